@@ -1,0 +1,62 @@
+#include "base/mapped_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <mutex>
+
+#include "base/error.h"
+
+namespace gp {
+namespace {
+std::mutex g_count_mutex;
+std::map<std::string, int>& open_counts() {
+  static std::map<std::string, int> counts;
+  return counts;
+}
+std::string canonical_key(const std::string& path) {
+  std::error_code ec;
+  auto p = std::filesystem::weakly_canonical(path, ec);
+  return ec ? path : p.string();
+}
+}  // namespace
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(path + ": not a regular file");
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      throw Error(path + ": cannot map (" + std::strerror(errno) + ")");
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+  std::lock_guard<std::mutex> lock(g_count_mutex);
+  ++open_counts()[canonical_key(path)];
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+int times_mapped(const std::string& path) {
+  std::lock_guard<std::mutex> lock(g_count_mutex);
+  auto it = open_counts().find(canonical_key(path));
+  return it == open_counts().end() ? 0 : it->second;
+}
+
+}  // namespace gp

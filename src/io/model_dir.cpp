@@ -1,0 +1,91 @@
+#include "io/model_dir.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "base/error.h"
+
+namespace gp {
+namespace fs = std::filesystem;
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream f(path);
+  check(f.good(), path + ": cannot open");
+  try {
+    return nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": not valid JSON (" + e.what() + ")");
+  }
+}
+
+ModelDir::ModelDir(const std::string& dir) : dir_(dir) {
+  check(fs::is_directory(dir), dir + ": not a directory (expected a checkpoint directory)");
+  const std::string cfg = dir + "/config.json";
+  check(fs::exists(cfg), cfg + ": missing (expected a Gemma 3 checkpoint directory with config.json)");
+  config_ = read_json_file(cfg);
+  check(config_.is_object(), cfg + ": expected a JSON object");
+  const std::string index = dir + "/model.safetensors.index.json";
+  if (fs::exists(index)) {
+    auto j = read_json_file(index);
+    check(j.contains("weight_map") && j["weight_map"].is_object(),
+          index + ": expected a \"weight_map\" object");
+    for (auto& [name, file] : j["weight_map"].items()) {
+      check(file.is_string(), index + ": weight_map entry '" + name + "' is not a file name");
+      weight_map_[name] = file.get<std::string>();
+    }
+    for (const auto& f : shard_files())
+      check(fs::exists(dir + "/" + f), index + ": lists '" + f + "', which is missing from " + dir +
+                                           " (incomplete download?)");
+  } else {
+    std::vector<std::string> files;
+    for (auto& e : fs::directory_iterator(dir))
+      if (e.path().extension() == ".safetensors") files.push_back(e.path().filename().string());
+    std::sort(files.begin(), files.end());
+    check(!files.empty(), dir + ": no *.safetensors files and no model.safetensors.index.json");
+    for (const auto& f : files)
+      for (const auto& [name, t] : shard(f).tensors()) weight_map_[name] = f;
+  }
+}
+
+nlohmann::json ModelDir::optional_json(const std::string& file) const {
+  const std::string p = dir_ + "/" + file;
+  if (!fs::exists(p)) return nullptr;
+  return read_json_file(p);
+}
+
+const SafeTensorsFile& ModelDir::shard(const std::string& file) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto& slot = shards_[file];
+  if (!slot) slot = std::make_unique<SafeTensorsFile>(dir_ + "/" + file);
+  return *slot;
+}
+
+const std::string& ModelDir::file_of(const std::string& name) const {
+  auto it = weight_map_.find(name);
+  check(it != weight_map_.end(), dir_ + ": tensor '" + name + "' is missing from the checkpoint");
+  return it->second;
+}
+
+const TensorInfo& ModelDir::tensor(const std::string& name) const {
+  const std::string& file = file_of(name);
+  const TensorInfo* t = shard(file).find(name);
+  check(t != nullptr, dir_ + "/" + file + ": tensor '" + name +
+                          "' is listed in the index but missing from the file");
+  return *t;
+}
+
+std::vector<std::string> ModelDir::tensor_names() const {
+  std::vector<std::string> names;
+  for (const auto& [n, f] : weight_map_) names.push_back(n);
+  return names;
+}
+
+std::vector<std::string> ModelDir::shard_files() const {
+  std::set<std::string> files;
+  for (const auto& [n, f] : weight_map_) files.insert(f);
+  return {files.begin(), files.end()};
+}
+
+}  // namespace gp

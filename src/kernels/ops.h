@@ -1,0 +1,60 @@
+// The compute operations of the engine: the only kernel header model code includes.
+// Each op has a scalar reference (kernels/ref) and a SIMD twin (kernels/cpu, Highway with
+// runtime dispatch); the ops here run the SIMD version, spread over the global thread pool.
+// Activations are f32 and row-major. Kernels never throw.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "tensor/weight.h"
+
+namespace gp::ops {
+
+// y[t, o] = sum_i x[t, i] * W[o, i] (+ bias[o]).  x [n, w.in], y [n, w.out], bias [w.out] or null.
+void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias = nullptr);
+
+// Gemma RMSNorm over rows of d: y = x / sqrt(mean(x^2) + eps) * (1 + w).  x, y [n, d]; may alias.
+void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);
+
+// LayerNorm over rows of d: y = (x - mean) / sqrt(var + eps) * w + b.  x, y [n, d]; may alias.
+void layer_norm(const float* x, const float* w, const float* b, int64_t n, int64_t d, float eps,
+                float* y);
+
+// Rotate-half RoPE in place on x [n, n_heads, head_dim]: pairs (i, i + head_dim/2) rotate by
+// angle (pos[t] * pos_scale) * base^(-2i/head_dim).
+void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, float base,
+          float pos_scale);
+
+// out = gelu_tanh(g) * u, elementwise over n values.  May alias g or u.
+void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out);
+
+// x = gelu_tanh(x), elementwise.
+void gelu_tanh(float* x, int64_t n);
+
+// x += y, elementwise.
+void add(float* x, const float* y, int64_t n);
+
+// A run of cached or fresh keys and values. Element (j, h, i) of K is k[j*pos_stride + h*head_stride + i].
+struct KvSegment {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t n = 0;
+  int64_t pos_stride = 0, head_stride = 0;
+  const int32_t* pos = nullptr;    // [n] position of each key; < 0 marks an empty slot; null: no mask
+  const int32_t* group = nullptr;  // [n] image id of each key (-1: none); null: all -1
+};
+
+// Which keys a query sees: (causal AND within the window) OR (same image group).
+struct AttentionMask {
+  bool causal = true;
+  int window = 0;  // 0: unlimited; else a query at p sees keys at p-window+1 .. p
+};
+
+// Multi-head attention with grouped-query sharing (n_heads / n_kv_heads query heads per kv head).
+// q, out [n_q, n_heads, head_dim]; q_pos / q_group [n_q] (null: no mask / no groups).
+void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int head_dim,
+               const int32_t* q_pos, const int32_t* q_group, std::span<const KvSegment> kv,
+               AttentionMask mask, float scale, float* out);
+
+}  // namespace gp::ops

@@ -1,0 +1,25 @@
+// Helpers shared by the tests: paths to the fixtures and small file readers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gp::test {
+
+// tests/data/<rel>
+std::string data_path(const std::string& rel);
+// build/bin/<tool>
+std::string bin_path(const std::string& tool);
+// A fresh empty directory under the system temp dir, removed when the process exits.
+std::string temp_dir(const std::string& tag);
+
+std::vector<float> read_f32(const std::string& path);
+std::vector<int32_t> read_ids(const std::string& path);  // comma-separated ids
+std::string read_text(const std::string& path);
+void write_text(const std::string& path, const std::string& text);
+
+// Runs a shell command; returns its exit status and puts stdout+stderr in `output`.
+int run_command(const std::string& cmd, std::string* output);
+
+}  // namespace gp::test
