@@ -1,0 +1,231 @@
+#include "model/text_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+
+#include "base/error.h"
+#include "kernels/ops.h"
+#include "tensor/dtype.h"
+
+namespace gp {
+
+namespace {
+// Extra ring slots on local layers beyond the window, so a cache can step back this many tokens
+// (a server request that rewrites the end of the previous one) without recomputing.
+constexpr int kRewindSlack = 64;
+}  // namespace
+
+TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c, const TableLayout& layout) {
+  TextWeights w;
+  const TextConfig& x = c.text;
+  std::map<std::string, TensorSpec> specs;
+  TableLayout text_only = layout;
+  text_only.vision = false;
+  for (auto& s : tensor_table(c, text_only)) specs.emplace(s.name, s);
+  auto linear = [&](const std::string& name) { return load_linear(dir, specs.at(name), c.quant); };
+  auto floats = [&](const std::string& name) { return load_floats(dir, name, specs.at(name).shape); };
+
+  w.embed = linear(names::text("model.embed_tokens"));
+  check(w.embed.quantized, dir.path() + ": embed_tokens must be MLX-quantized (found a float tensor)");
+  if (layout.token_map) {
+    const std::string tm = names::text("model.embed_tokens.token_map");
+    const TensorInfo& t = dir.tensor(tm);
+    check(t.dtype == DType::I32 && t.shape == std::vector<int64_t>{x.n_vocab},
+          dir.path() + ": tensor '" + tm + "' is " + dtype_name(t.dtype) + " " + t.shape_str() +
+              ", expected I32 [" + std::to_string(x.n_vocab) + "] (text_config.vocab_size)");
+    w.token_map = reinterpret_cast<const int32_t*>(t.data);
+    for (int64_t i = 0; i < x.n_vocab; ++i) {
+      int32_t r;
+      std::memcpy(&r, t.data + 4 * i, 4);
+      check(r >= 0 && r < w.embed.out,
+            dir.path() + ": tensor '" + tm + "' maps id " + std::to_string(i) + " to row " +
+                std::to_string(r) + ", outside the " + std::to_string(w.embed.out) +
+                " rows of embed_tokens (vocab_pruning.compact_vocab_size)");
+    }
+  }
+  if (layout.lm_head) {
+    w.lm_head = linear(names::text("lm_head"));
+    check(w.lm_head.out == x.n_vocab || (layout.token_map && w.lm_head.out == w.embed.out),
+          dir.path() + ": lm_head has " + std::to_string(w.lm_head.out) + " rows, expected " +
+              std::to_string(x.n_vocab) + " (vocab_size) or the compact vocabulary");
+  }
+  for (int l = 0; l < x.n_layers; ++l) {
+    TextLayer L;
+    L.q_proj = linear(names::text_layer(l, "self_attn.q_proj"));
+    L.k_proj = linear(names::text_layer(l, "self_attn.k_proj"));
+    L.v_proj = linear(names::text_layer(l, "self_attn.v_proj"));
+    L.o_proj = linear(names::text_layer(l, "self_attn.o_proj"));
+    L.q_norm = floats(names::weight(names::text_layer(l, "self_attn.q_norm")));
+    L.k_norm = floats(names::weight(names::text_layer(l, "self_attn.k_norm")));
+    L.gate_proj = linear(names::text_layer(l, "mlp.gate_proj"));
+    L.up_proj = linear(names::text_layer(l, "mlp.up_proj"));
+    L.down_proj = linear(names::text_layer(l, "mlp.down_proj"));
+    L.input_norm = floats(names::weight(names::text_layer(l, "input_layernorm")));
+    L.post_attn_norm = floats(names::weight(names::text_layer(l, "post_attention_layernorm")));
+    L.pre_ffw_norm = floats(names::weight(names::text_layer(l, "pre_feedforward_layernorm")));
+    L.post_ffw_norm = floats(names::weight(names::text_layer(l, "post_feedforward_layernorm")));
+    L.is_global = x.is_global[l];
+    L.d_ff = x.layer_d_ff[l];
+    w.layers.push_back(std::move(L));
+  }
+  w.final_norm = floats(names::weight(names::text("model.norm")));
+  return w;
+}
+
+KvCache::KvCache(const TextConfig& c, int max_context)
+    : max_context_(max_context), n_kv_heads_(c.n_kv_heads), head_dim_(c.head_dim) {
+  for (int l = 0; l < c.n_layers; ++l) {
+    Layer L;
+    L.capacity = c.is_global[l] ? max_context : std::min(max_context, c.sliding_window + kRewindSlack);
+    const size_t n = static_cast<size_t>(n_kv_heads_) * L.capacity * head_dim_;
+    L.k.reset(new float[n]);  // not value-initialized: pages stay unmapped until used
+    L.v.reset(new float[n]);
+    L.pos.assign(L.capacity, -1);
+    layers_.push_back(std::move(L));
+  }
+}
+
+void KvCache::clear() { truncate(0); }
+
+void KvCache::truncate(int n) {
+  n = std::clamp(n, 0, n_past_);
+  for (auto& L : layers_)
+    for (auto& p : L.pos)
+      if (p >= n) p = -1;
+  n_past_ = n;
+}
+
+size_t KvCache::bytes() const {
+  size_t b = 0;
+  for (const auto& L : layers_) b += 2 * sizeof(float) * n_kv_heads_ * L.capacity * head_dim_;
+  return b;
+}
+
+TextModel::TextModel(const ModelConfig& c, TextWeights w) : c_(c), w_(std::move(w)) {
+  embed_scale_ = bf16_to_f32(f32_to_bf16(std::sqrt(static_cast<float>(c_.text.d_model))));
+}
+
+void TextModel::embed(int32_t id, float* out) const {
+  const int64_t row = w_.token_map ? w_.token_map[id] : id;
+  weight_row(w_.embed, row, out);
+  for (int i = 0; i < c_.text.d_model; ++i) out[i] *= embed_scale_;
+}
+
+void TextModel::logits(const float* x, int64_t n, float* out) const {
+  const int64_t n_vocab = c_.text.n_vocab;
+  const Weight& head = w_.lm_head.empty() ? w_.embed : w_.lm_head;
+  if (head.out == n_vocab && !(w_.token_map && w_.lm_head.empty())) {
+    ops::linear(head, x, n, out);
+    return;
+  }
+  // A head over the compact vocabulary: logit[t] = compact[token_map[t]], pruned ids -inf.
+  std::vector<float> compact(static_cast<size_t>(n) * head.out);  // [n, compact rows]
+  ops::linear(head, x, n, compact.data());
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t t = 0; t < n_vocab; ++t) {
+      const int32_t row = w_.token_map[t];
+      out[r * n_vocab + t] =
+          row == 0 ? -std::numeric_limits<float>::infinity() : compact[r * head.out + row];
+    }
+}
+
+void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, int64_t n, int n_past,
+                                 const int32_t* pos, const int32_t* group, KvCache& cache, float* out) {
+  const TextConfig& x = c_.text;
+  const int hd = x.head_dim, nh = x.n_heads, nkv = x.n_kv_heads;
+  std::vector<float> q(n * nh * hd), k(n * nkv * hd), v(n * nkv * hd);  // [n, heads, head_dim]
+  ops::linear(L.q_proj, xn, n, q.data());
+  ops::linear(L.k_proj, xn, n, k.data());
+  ops::linear(L.v_proj, xn, n, v.data());
+  ops::rms_norm(q.data(), L.q_norm.data(), n * nh, hd, x.rms_norm_eps, q.data());
+  ops::rms_norm(k.data(), L.k_norm.data(), n * nkv, hd, x.rms_norm_eps, k.data());
+  const float base = L.is_global ? x.rope_global_base : x.rope_local_base;
+  const float pos_scale = L.is_global ? x.rope_global_scale : 1.0f;
+  ops::rope(q.data(), n, nh, hd, pos, base, pos_scale);
+  ops::rope(k.data(), n, nkv, hd, pos, base, pos_scale);
+
+  KvCache::Layer& C = cache.layers_[layer];
+  const int64_t head_stride_c = static_cast<int64_t>(C.capacity) * hd;
+  ops::KvSegment segs[2];
+  int n_segs = 0;
+  const int n_cached = L.is_global ? n_past : C.capacity;
+  if (n_cached > 0) segs[n_segs++] = {C.k.get(), C.v.get(), n_cached, hd, head_stride_c, C.pos.data(), nullptr};
+  segs[n_segs++] = {k.data(), v.data(), n, nkv * hd, hd, pos, group};
+  ops::AttentionMask mask{true, L.is_global ? 0 : x.sliding_window};
+  std::vector<float> att(n * nh * hd);  // [n, n_heads, head_dim]
+  ops::attention(q.data(), n, nh, nkv, hd, pos, group, std::span(segs, n_segs), mask,
+                 1.0f / std::sqrt(x.query_pre_attn_scalar), att.data());
+  // Append this batch's keys and values (positions are slots on global layers, a ring on local ones).
+  for (int64_t t = 0; t < n; ++t) {
+    const int slot = L.is_global ? pos[t] : pos[t] % C.capacity;
+    for (int h = 0; h < nkv; ++h) {
+      std::memcpy(C.k.get() + h * head_stride_c + slot * hd, k.data() + (t * nkv + h) * hd, hd * 4);
+      std::memcpy(C.v.get() + h * head_stride_c + slot * hd, v.data() + (t * nkv + h) * hd, hd * 4);
+    }
+    C.pos[slot] = pos[t];
+  }
+  ops::linear(L.o_proj, att.data(), n, out);
+}
+
+void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_out, int n_logit_rows) {
+  const TextConfig& x = c_.text;
+  const int64_t n = static_cast<int64_t>(batch.ids.size()), d = x.d_model;
+  const int n_past = cache.n_past_;
+  check(n_past + n <= cache.max_context(),
+        "prompt too long: " + std::to_string(n_past + n) + " tokens exceed the context size of " +
+            std::to_string(cache.max_context()));
+  std::vector<int32_t> pos(n);
+  for (int64_t t = 0; t < n; ++t) pos[t] = static_cast<int32_t>(n_past + t);
+  const int32_t* group = batch.group.empty() ? nullptr : batch.group.data();
+
+  std::vector<float> h(n * d), xn(n * d), tmp(n * d);  // [n, d_model]
+  for (int64_t t = 0; t < n; ++t) {
+    const float* e = batch.embeddings.empty() ? nullptr : batch.embeddings[t];
+    if (e) {
+      std::memcpy(&h[t * d], e, d * 4);  // image soft tokens are not scaled
+    } else {
+      check(batch.ids[t] >= 0 && batch.ids[t] < x.n_vocab,
+            "token id " + std::to_string(batch.ids[t]) + " is outside the vocabulary of " +
+                std::to_string(x.n_vocab));
+      embed(batch.ids[t], &h[t * d]);
+    }
+  }
+  if (observer_) observer_(-1, h.data(), n);
+
+  int max_ff = 0;
+  for (const auto& L : w_.layers) max_ff = std::max(max_ff, L.d_ff);
+  std::vector<float> gate(n * max_ff), up(n * max_ff);  // [n, d_ff]
+  for (size_t l = 0; l < w_.layers.size(); ++l) {
+    const TextLayer& L = w_.layers[l];
+    // h = h + post_attention_norm(attn(input_norm(h)))
+    ops::rms_norm(h.data(), L.input_norm.data(), n, d, x.rms_norm_eps, xn.data());
+    attention_block(L, static_cast<int>(l), xn.data(), n, n_past, pos.data(), group, cache, tmp.data());
+    ops::rms_norm(tmp.data(), L.post_attn_norm.data(), n, d, x.rms_norm_eps, tmp.data());
+    ops::add(h.data(), tmp.data(), n * d);
+    // h = h + post_feedforward_norm(down(gelu_tanh(gate(y)) * up(y))), y = pre_feedforward_norm(h)
+    ops::rms_norm(h.data(), L.pre_ffw_norm.data(), n, d, x.rms_norm_eps, xn.data());
+    ops::linear(L.gate_proj, xn.data(), n, gate.data());
+    ops::linear(L.up_proj, xn.data(), n, up.data());
+    if (mlp_observer_) {
+      std::vector<float> act(gate.begin(), gate.begin() + n * L.d_ff);
+      ops::gelu_tanh(act.data(), n * L.d_ff);
+      mlp_observer_(static_cast<int>(l), act.data(), n, L.d_ff);
+    }
+    ops::gelu_tanh_mul(gate.data(), up.data(), n * L.d_ff, gate.data());
+    ops::linear(L.down_proj, gate.data(), n, tmp.data());
+    ops::rms_norm(tmp.data(), L.post_ffw_norm.data(), n, d, x.rms_norm_eps, tmp.data());
+    ops::add(h.data(), tmp.data(), n * d);
+    if (observer_) observer_(static_cast<int>(l), h.data(), n);
+  }
+  cache.n_past_ = n_past + static_cast<int>(n);
+  if (!logits_out) return;
+  n_logit_rows = static_cast<int>(std::min<int64_t>(n_logit_rows, n));
+  const float* last = h.data() + (n - n_logit_rows) * d;
+  ops::rms_norm(last, w_.final_norm.data(), n_logit_rows, d, x.rms_norm_eps, xn.data());
+  logits(xn.data(), n_logit_rows, logits_out);
+}
+
+}  // namespace gp

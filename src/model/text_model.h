@@ -1,0 +1,106 @@
+// The Gemma 3 text decoder of SPEC §3: weights as views into the mapped checkpoint, and the forward
+// pass over a batch of tokens (prefill as matrix-matrix products, decode one token at a time).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "io/model_dir.h"
+#include "model/config.h"
+#include "model/tensor_table.h"
+#include "tensor/weight.h"
+
+namespace gp {
+
+struct TextLayer {
+  Weight q_proj, k_proj, v_proj;  // [n_heads*head_dim, d_model], [n_kv_heads*head_dim, d_model] x2
+  Weight o_proj;                  // [d_model, n_heads*head_dim]
+  std::vector<float> q_norm, k_norm;  // [head_dim]
+  Weight gate_proj, up_proj;      // [d_ff(layer), d_model]
+  Weight down_proj;               // [d_model, d_ff(layer)]
+  std::vector<float> input_norm, post_attn_norm, pre_ffw_norm, post_ffw_norm;  // [d_model]
+  bool is_global = false;
+  int d_ff = 0;
+};
+
+struct TextWeights {
+  Weight embed;                       // [embedding rows, d_model]: n_vocab, or compact rows
+  const int32_t* token_map = nullptr; // [n_vocab] -> embedding row (0: pruned id), or null
+  Weight lm_head;                     // [n_vocab or compact rows, d_model]; empty: tied to embed
+  std::vector<TextLayer> layers;
+  std::vector<float> final_norm;      // [d_model]
+};
+
+// Loads and checks every text tensor against the config (shapes, dtypes, per-layer widths,
+// token_map range). Maps only the files holding language tensors.
+TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c, const TableLayout& layout);
+
+// Keys and values of every layer: global layers keep every position, local layers a ring of
+// sliding_window slots. K and V are [n_kv_heads][capacity][head_dim]; pos[slot] < 0 marks empty.
+class KvCache {
+ public:
+  KvCache(const TextConfig& c, int max_context);
+  int max_context() const { return max_context_; }
+  int n_past() const { return n_past_; }
+  void clear();
+  // Forget everything at positions >= n (n <= n_past); local layers drop their ring when they
+  // cannot go back that far.
+  void truncate(int n);
+  size_t bytes() const;
+
+ private:
+  friend class TextModel;
+  struct Layer {
+    int capacity = 0;
+    std::unique_ptr<float[]> k, v;  // [n_kv_heads, capacity, head_dim], untouched until written
+    std::vector<int32_t> pos;       // [capacity]
+  };
+  std::vector<Layer> layers_;
+  int max_context_ = 0, n_past_ = 0, n_kv_heads_ = 0, head_dim_ = 0;
+};
+
+// One batch for the forward pass: token ids in the original vocabulary at positions
+// n_past .. n_past+n-1; rows with an image embedding use it instead of the token's embedding.
+struct TextBatch {
+  std::vector<int32_t> ids;              // [n]
+  std::vector<int32_t> group;            // [n] image id of each soft token, -1 otherwise; empty: none
+  std::vector<const float*> embeddings;  // [n] per row: [d_model] to use, or null; empty: none
+};
+
+class TextModel {
+ public:
+  TextModel(const ModelConfig& c, TextWeights w);
+  const ModelConfig& config() const { return c_; }
+  const TextWeights& weights() const { return w_; }
+
+  // Runs the batch, appending its keys and values to the cache. When logits is non-null it
+  // receives [n_logit_rows, n_vocab] for the last n_logit_rows rows of the batch.
+  void forward(const TextBatch& batch, KvCache& cache, float* logits, int n_logit_rows = 1);
+
+  // Called with (layer, residual stream [n, d_model]) after each layer, and with layer -1 for the
+  // scaled embeddings: lets tests and the profiler observe intermediates.
+  using Observer = std::function<void(int layer, const float* x, int64_t n)>;
+  void set_observer(Observer obs) { observer_ = std::move(obs); }
+  // Called with (layer, gelu(gate) activations [n, d_ff]) in every MLP; used by neuron profiling.
+  using MlpObserver = std::function<void(int layer, const float* act, int64_t n, int d_ff)>;
+  void set_mlp_observer(MlpObserver obs) { mlp_observer_ = std::move(obs); }
+
+  // Embedding of one token id (original vocabulary), scaled by sqrt(d_model) rounded to bf16.
+  void embed(int32_t id, float* out) const;
+  // Logits over the full vocabulary from final hidden states x [n, d_model].
+  void logits(const float* x, int64_t n, float* out) const;
+
+ private:
+  void attention_block(const TextLayer& L, int layer, const float* xn, int64_t n, int n_past,
+                       const int32_t* pos, const int32_t* group, KvCache& cache, float* out);
+
+  ModelConfig c_;
+  TextWeights w_;
+  float embed_scale_;
+  Observer observer_;
+  MlpObserver mlp_observer_;
+};
+
+}  // namespace gp
