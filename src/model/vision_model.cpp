@@ -1,0 +1,196 @@
+#include "model/vision_model.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+
+#include "base/error.h"
+#include "kernels/ops.h"
+
+namespace gp {
+
+namespace {
+
+Weight f32_view(const std::vector<float>& data, int64_t out, int64_t in) {
+  Weight w;
+  w.out = out;
+  w.in = in;
+  w.data = data.data();
+  w.dtype = DType::F32;
+  return w;
+}
+
+// The side of the pooled token grid: mm_tokens_per_image is a square (parse_config checks it).
+int token_side(const ModelConfig& c) {
+  int s = 1;
+  while (s * s < c.mm_tokens_per_image) ++s;
+  return s;
+}
+
+// A clear message for the usual mismatch (a config from another variant: the 896 original has a
+// 64x64 position grid, the 672 mobile one 48x48) instead of a bare shape difference.
+void check_position_grid(const ModelDir& dir, const VisionConfig& v) {
+  const std::string name = names::weight(names::vision("embeddings.position_embedding"));
+  const TensorInfo& t = dir.tensor(name);
+  const int64_t rows = t.shape.empty() ? 0 : t.shape[0];
+  if (rows == v.n_patches()) return;
+  const int64_t s = std::llround(std::sqrt(static_cast<double>(rows)));
+  const std::string grid = s * s == rows
+                               ? "a " + std::to_string(s) + "x" + std::to_string(s) + " grid"
+                               : "not a square grid";
+  const std::string side = std::to_string(v.patches_per_side());
+  throw Error(dir.path() + "/" + dir.file_of(name) + ": position_embedding has " +
+              std::to_string(rows) + " rows (" + grid + ") but vision_config.image_size " +
+              std::to_string(v.image_size) + " with patch_size " + std::to_string(v.patch_size) +
+              " needs " + side + "x" + side + " = " + std::to_string(v.n_patches()) +
+              " (config.json from another checkpoint?)");
+}
+
+}  // namespace
+
+VisionWeights load_vision_weights(const ModelDir& dir, const ModelConfig& c,
+                                  const TableLayout& layout) {
+  const std::string patch = names::vision("embeddings.patch_embedding");
+  check(layout.vision, dir.path() + ": no vision tower (tensor '" + names::weight(patch) +
+                           "' is absent): a text-only checkpoint cannot encode images");
+  const VisionConfig& v = c.vision;
+  std::map<std::string, TensorSpec> specs;
+  for (auto& s : tensor_table(c, layout))
+    if (s.vision) specs.emplace(s.name, s);
+  auto linear = [&](const std::string& name) { return load_linear(dir, specs.at(name), c.quant); };
+  auto floats = [&](const std::string& name) {
+    return load_floats(dir, name, specs.at(name).shape);
+  };
+  auto layer_floats = [&](int l, const std::string& rest) {
+    return floats(names::vision_layer(l, rest));
+  };
+  // The NAME.bias of a Linear spec: [out].
+  auto linear_bias = [&](const std::string& name) {
+    return load_floats(dir, names::bias(name), {specs.at(name).shape[0]});
+  };
+
+  VisionWeights w;
+  const int64_t d = v.d_model, p = v.patch_size;
+  // O,H,W,I is already [d_model, (h, w, c)]: the conv kernel is a plain matrix.
+  w.patch_f32 = floats(names::weight(patch));
+  w.patch_embed = f32_view(w.patch_f32, d, p * p * 3);
+  w.patch_bias = floats(names::bias(patch));
+  check_position_grid(dir, v);
+  w.position_embed = linear(names::vision("embeddings.position_embedding"));
+  for (int l = 0; l < v.n_layers; ++l) {
+    VisionLayer L;
+    L.q_proj = linear(names::vision_layer(l, "self_attn.q_proj"));
+    L.k_proj = linear(names::vision_layer(l, "self_attn.k_proj"));
+    L.v_proj = linear(names::vision_layer(l, "self_attn.v_proj"));
+    L.out_proj = linear(names::vision_layer(l, "self_attn.out_proj"));
+    L.q_bias = linear_bias(names::vision_layer(l, "self_attn.q_proj"));
+    L.k_bias = linear_bias(names::vision_layer(l, "self_attn.k_proj"));
+    L.v_bias = linear_bias(names::vision_layer(l, "self_attn.v_proj"));
+    L.out_bias = linear_bias(names::vision_layer(l, "self_attn.out_proj"));
+    L.ln1_w = layer_floats(l, "layer_norm1.weight");
+    L.ln1_b = layer_floats(l, "layer_norm1.bias");
+    L.ln2_w = layer_floats(l, "layer_norm2.weight");
+    L.ln2_b = layer_floats(l, "layer_norm2.bias");
+    L.fc1 = linear(names::vision_layer(l, "mlp.fc1"));
+    L.fc2 = linear(names::vision_layer(l, "mlp.fc2"));
+    L.fc1_bias = linear_bias(names::vision_layer(l, "mlp.fc1"));
+    L.fc2_bias = linear_bias(names::vision_layer(l, "mlp.fc2"));
+    w.layers.push_back(std::move(L));
+  }
+  w.post_ln_w = floats(names::weight(names::vision("post_layernorm")));
+  w.post_ln_b = floats(names::bias(names::vision("post_layernorm")));
+  w.soft_emb_norm = floats(names::weight(names::projector("mm_soft_emb_norm")));
+
+  // mm_input_projection_weight [d_model, text d_model] is used as x · W: store Wᵀ for linear.
+  const int64_t dt = c.text.d_model;
+  const std::vector<float> proj = floats(names::projector("mm_input_projection_weight"));
+  w.projection_f32.resize(proj.size());
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t o = 0; o < dt; ++o) w.projection_f32[o * d + i] = proj[i * dt + o];
+  w.projection = f32_view(w.projection_f32, dt, d);
+  return w;
+}
+
+VisionModel::VisionModel(const ModelConfig& c, VisionWeights w) : c_(c), w_(std::move(w)) {
+  assert(static_cast<int>(w_.layers.size()) == c_.vision.n_layers);
+  assert(w_.position_embed.out == c_.vision.n_patches());
+}
+
+void VisionModel::attention_block(const VisionLayer& L, const float* xn, float* out) const {
+  const VisionConfig& v = c_.vision;
+  const int64_t n = v.n_patches(), d = v.d_model;
+  const int hd = v.d_model / v.n_heads;
+  std::vector<float> q(n * d), k(n * d), val(n * d), att(n * d);  // [n_patches, n_heads, head_dim]
+  ops::linear(L.q_proj, xn, n, q.data(), L.q_bias.data());
+  ops::linear(L.k_proj, xn, n, k.data(), L.k_bias.data());
+  ops::linear(L.v_proj, xn, n, val.data(), L.v_bias.data());
+  // Bidirectional: every patch sees every patch (no positions, no mask).
+  const ops::KvSegment seg{k.data(), val.data(), n, d, hd, nullptr, nullptr};
+  ops::attention(q.data(), n, v.n_heads, v.n_heads, hd, nullptr, nullptr, std::span(&seg, 1),
+                 ops::AttentionMask{false, 0}, 1.0f / std::sqrt(static_cast<float>(hd)),
+                 att.data());
+  ops::linear(L.out_proj, att.data(), n, out, L.out_bias.data());
+}
+
+void VisionModel::encode(const float* pixels, float* out) const {
+  const VisionConfig& v = c_.vision;
+  const int64_t d = v.d_model, p = v.patch_size, side = v.patches_per_side();
+  const int64_t n = v.n_patches(), size = v.image_size, patch_len = p * p * 3;
+  const float eps = v.layer_norm_eps;
+
+  // Conv p x p stride p as a matrix product: patches [n_patches, p*p*3] row-major over the grid,
+  // each flattened (h, w, c) like the O,H,W,I kernel's rows.
+  std::vector<float> patches(n * patch_len);
+  for (int64_t pr = 0; pr < side; ++pr)
+    for (int64_t pc = 0; pc < side; ++pc)
+      for (int64_t h = 0; h < p; ++h)
+        std::memcpy(&patches[(pr * side + pc) * patch_len + h * p * 3],
+                    pixels + ((pr * p + h) * size + pc * p) * 3, p * 3 * sizeof(float));
+  std::vector<float> x(n * d), xn(n * d), tmp(n * d);  // [n_patches, d_model]
+  ops::linear(w_.patch_embed, patches.data(), n, x.data(), w_.patch_bias.data());
+  for (int64_t t = 0; t < n; ++t) weight_row(w_.position_embed, t, &tmp[t * d]);
+  ops::add(x.data(), tmp.data(), n * d);
+  if (observer_) observer_(-1, x.data(), n);
+
+  int64_t max_ff = 0;
+  for (const auto& L : w_.layers) max_ff = std::max(max_ff, L.fc1.out);
+  std::vector<float> ff(n * max_ff);  // [n_patches, d_ff]
+  for (size_t l = 0; l < w_.layers.size(); ++l) {
+    const VisionLayer& L = w_.layers[l];
+    // h = x + out(attn(LN1(x)))
+    ops::layer_norm(x.data(), L.ln1_w.data(), L.ln1_b.data(), n, d, eps, xn.data());
+    attention_block(L, xn.data(), tmp.data());
+    ops::add(x.data(), tmp.data(), n * d);
+    // x = h + fc2(gelu_tanh(fc1(LN2(h))))
+    ops::layer_norm(x.data(), L.ln2_w.data(), L.ln2_b.data(), n, d, eps, xn.data());
+    ops::linear(L.fc1, xn.data(), n, ff.data(), L.fc1_bias.data());
+    ops::gelu_tanh(ff.data(), n * L.fc1.out);
+    ops::linear(L.fc2, ff.data(), n, tmp.data(), L.fc2_bias.data());
+    ops::add(x.data(), tmp.data(), n * d);
+    if (observer_) observer_(static_cast<int>(l), x.data(), n);
+  }
+  ops::layer_norm(x.data(), w_.post_ln_w.data(), w_.post_ln_b.data(), n, d, eps, x.data());
+  if (observer_) observer_(v.n_layers, x.data(), n);
+
+  // Projector: average-pool k x k blocks of the patch grid (avg_pool2d), tokens row-major.
+  const int64_t tok_side = token_side(c_), k = side / tok_side, n_tok = tok_side * tok_side;
+  std::vector<float> pooled(n_tok * d, 0.0f);  // [mm_tokens_per_image, d_model]
+  for (int64_t tr = 0; tr < tok_side; ++tr)
+    for (int64_t tc = 0; tc < tok_side; ++tc) {
+      float* o = &pooled[(tr * tok_side + tc) * d];
+      for (int64_t a = 0; a < k; ++a)
+        for (int64_t b = 0; b < k; ++b) {
+          const float* src = &x[((tr * k + a) * side + tc * k + b) * d];
+          for (int64_t i = 0; i < d; ++i) o[i] += src[i];
+        }
+      for (int64_t i = 0; i < d; ++i) o[i] /= static_cast<float>(k * k);
+    }
+  ops::rms_norm(pooled.data(), w_.soft_emb_norm.data(), n_tok, d, c_.text.rms_norm_eps,
+                pooled.data());
+  ops::linear(w_.projection, pooled.data(), n_tok, out);
+}
+
+}  // namespace gp
