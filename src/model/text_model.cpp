@@ -76,7 +76,7 @@ TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c, const T
 }
 
 KvCache::KvCache(const TextConfig& c, int max_context)
-    : max_context_(max_context), n_kv_heads_(c.n_kv_heads), head_dim_(c.head_dim) {
+    : max_context_(max_context), n_kv_heads_(c.n_kv_heads), head_dim_(c.head_dim), window_(c.sliding_window) {
   for (int l = 0; l < c.n_layers; ++l) {
     Layer L;
     L.capacity = c.is_global[l] ? max_context : std::min(max_context, c.sliding_window + kRewindSlack);
@@ -90,12 +90,21 @@ KvCache::KvCache(const TextConfig& c, int max_context)
 
 void KvCache::clear() { truncate(0); }
 
-void KvCache::truncate(int n) {
+int KvCache::truncate(int n) {
   n = std::clamp(n, 0, n_past_);
+  if (!ring_holds_window_before(n)) n = 0;
   for (auto& L : layers_)
     for (auto& p : L.pos)
       if (p >= n) p = -1;
   n_past_ = n;
+  return n;
+}
+
+bool KvCache::ring_holds_window_before(int n) const {
+  const int oldest_needed = std::max(0, n - window_ + 1);
+  for (const auto& L : layers_)
+    if (L.capacity < max_context_ && oldest_needed < std::max(0, n_past_ - L.capacity)) return false;
+  return true;
 }
 
 size_t KvCache::bytes() const {

@@ -45,9 +45,10 @@ class KvCache {
   int max_context() const { return max_context_; }
   int n_past() const { return n_past_; }
   void clear();
-  // Forget everything at positions >= n (n <= n_past); local layers drop their ring when they
-  // cannot go back that far.
-  void truncate(int n);
+  // Forgets positions >= n. Local layers keep a few slots beyond the window, so the cache can step
+  // back a little; when a ring no longer holds the window before n, everything is dropped.
+  // Returns the positions kept (n or 0).
+  int truncate(int n);
   size_t bytes() const;
 
  private:
@@ -57,8 +58,12 @@ class KvCache {
     std::unique_ptr<float[]> k, v;  // [n_kv_heads, capacity, head_dim], untouched until written
     std::vector<int32_t> pos;       // [capacity]
   };
+  // True when every ring still holds the window of keys that position n attends to: a ring of
+  // capacity C holds positions [n_past - C, n_past).
+  bool ring_holds_window_before(int n) const;
+
   std::vector<Layer> layers_;
-  int max_context_ = 0, n_past_ = 0, n_kv_heads_ = 0, head_dim_ = 0;
+  int max_context_ = 0, n_past_ = 0, n_kv_heads_ = 0, head_dim_ = 0, window_ = 0;
 };
 
 // One batch for the forward pass: token ids in the original vocabulary at positions
