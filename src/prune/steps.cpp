@@ -1,0 +1,1 @@
+// The compression pipeline (issue 4) lives in this folder.
