@@ -1,32 +1,32 @@
 #include "kernels/ops.h"
 
-#include "kernels/ref/ref.h"
+#include "kernels/cpu/cpu.h"
 
 namespace gp::ops {
 
 void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
-  ref::linear(w, x, n, y, bias);
+  cpu::linear(w, x, n, y, bias);
 }
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y) {
-  ref::rms_norm(x, w, n, d, eps, y);
+  cpu::rms_norm(x, w, n, d, eps, y);
 }
 void layer_norm(const float* x, const float* w, const float* b, int64_t n, int64_t d, float eps,
                 float* y) {
-  ref::layer_norm(x, w, b, n, d, eps, y);
+  cpu::layer_norm(x, w, b, n, d, eps, y);
 }
 void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, float base,
           float pos_scale) {
-  ref::rope(x, n, n_heads, head_dim, pos, base, pos_scale);
+  cpu::rope(x, n, n_heads, head_dim, pos, base, pos_scale);
 }
 void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out) {
-  ref::gelu_tanh_mul(g, u, n, out);
+  cpu::gelu_tanh_mul(g, u, n, out);
 }
-void gelu_tanh(float* x, int64_t n) { ref::gelu_tanh(x, n); }
-void add(float* x, const float* y, int64_t n) { ref::add(x, y, n); }
+void gelu_tanh(float* x, int64_t n) { cpu::gelu_tanh(x, n); }
+void add(float* x, const float* y, int64_t n) { cpu::add(x, y, n); }
 void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int head_dim,
                const int32_t* q_pos, const int32_t* q_group, std::span<const KvSegment> kv,
                AttentionMask mask, float scale, float* out) {
-  ref::attention(q, n_q, n_heads, n_kv_heads, head_dim, q_pos, q_group, kv, mask, scale, out);
+  cpu::attention(q, n_q, n_heads, n_kv_heads, head_dim, q_pos, q_group, kv, mask, scale, out);
 }
 
 }  // namespace gp::ops

@@ -1,0 +1,29 @@
+// SIMD twins of the ops in kernels/ops.h: Highway kernels compiled for every target of the
+// build (SSE4, AVX2, AVX-512, NEON, ...) and picked at run time, spread over ThreadPool::global().
+// Each one is tested against its scalar reference in kernels/ref.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "kernels/ops.h"
+
+namespace gp::cpu {
+
+void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias);
+void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);
+void layer_norm(const float* x, const float* w, const float* b, int64_t n, int64_t d, float eps,
+                float* y);
+void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, float base,
+          float pos_scale);
+void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out);
+void gelu_tanh(float* x, int64_t n);
+void add(float* x, const float* y, int64_t n);
+void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int head_dim,
+               const int32_t* q_pos, const int32_t* q_group, std::span<const ops::KvSegment> kv,
+               ops::AttentionMask mask, float scale, float* out);
+
+// Name of the SIMD target the dispatcher picks on this machine (e.g. "AVX2").
+const char* target_name();
+
+}  // namespace gp::cpu

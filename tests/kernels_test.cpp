@@ -1,0 +1,538 @@
+// Every SIMD kernel (kernels/cpu, through ops.h) against its scalar reference (kernels/ref), on
+// every SIMD target this CPU runs, over many sizes, dtypes, thread counts and misaligned
+// pointers; and the reference itself pinned by hand-computed values.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "hwy/targets.h"
+#include "kernels/cpu/cpu.h"
+#include "kernels/ops.h"
+#include "kernels/ref/ref.h"
+#include "tensor/dtype.h"
+#include "tensor/weight.h"
+
+namespace gp {
+namespace {
+
+// Runs fn once per SIMD target that is compiled in and that this CPU supports.
+template <class Fn>
+void for_each_target(const Fn& fn) {
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    ASSERT_STREQ(cpu::target_name(), hwy::TargetName(target));
+    fn();
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
+// Replaces the global pool for the life of the object.
+struct ScopedThreads {
+  explicit ScopedThreads(int n) { ThreadPool::set_global_threads(n); }
+  ~ScopedThreads() { ThreadPool::set_global_threads(0); }
+};
+
+// n values of T starting `offset` elements into the storage, to test unaligned pointers.
+template <class T>
+struct Buf {
+  Buf(size_t n, int offset) : storage(n + 1), p(storage.data() + offset) {}
+  std::vector<T> storage;
+  T* p;
+};
+
+std::vector<float> randn(size_t n, std::mt19937& rng, float sigma = 1.0f, float mean = 0.0f) {
+  std::normal_distribution<float> dist(mean, sigma);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// A weight with its storage, offset by one element from the allocation when `offset` is 1.
+struct TestWeight {
+  Weight w;
+  Buf<uint32_t> q{0, 0};
+  Buf<uint8_t> scales{0, 0}, biases{0, 0}, data{0, 0};
+};
+
+TestWeight make_quantized(int64_t out, int64_t in, DType scale_dtype, int offset,
+                          std::mt19937& rng) {
+  // Rows of different magnitudes, groups of different offsets: realistic scales and biases.
+  std::vector<float> f = randn(out * in, rng, 0.05f);
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t i = 0; i < in; ++i)
+      f[o * in + i] = f[o * in + i] * (1 + o % 5) + 0.01f * (i / 64 % 3);
+  }
+  const QuantizedRows qr = quantize_rows(f.data(), out, in, QuantFormat{}, scale_dtype);
+  const size_t ss = dtype_size(scale_dtype);
+  TestWeight t;
+  t.q = Buf<uint32_t>(qr.q.size(), offset);
+  t.scales = Buf<uint8_t>(qr.scales.size() + ss, offset * ss);
+  t.biases = Buf<uint8_t>(qr.biases.size() + ss, offset * ss);
+  std::copy(qr.q.begin(), qr.q.end(), t.q.p);
+  std::copy(qr.scales.begin(), qr.scales.end(), t.scales.p);
+  std::copy(qr.biases.begin(), qr.biases.end(), t.biases.p);
+  t.w.out = out;
+  t.w.in = in;
+  t.w.quantized = true;
+  t.w.q = t.q.p;
+  t.w.scales = t.scales.p;
+  t.w.biases = t.biases.p;
+  t.w.scale_dtype = scale_dtype;
+  return t;
+}
+
+TestWeight make_float(int64_t out, int64_t in, DType dtype, int offset, std::mt19937& rng) {
+  const std::vector<float> f = randn(out * in, rng, 0.1f);
+  const size_t ds = dtype_size(dtype);
+  TestWeight t;
+  t.data = Buf<uint8_t>(f.size() * ds + ds, offset * ds);
+  from_f32(dtype, f.data(), f.size(), t.data.p);
+  t.w.out = out;
+  t.w.in = in;
+  t.w.data = t.data.p;
+  t.w.dtype = dtype;
+  return t;
+}
+
+// ops::linear against ref::linear: |y - ref| <= tol * (1 + sum_i |x_i w_i|).
+void check_linear(const Weight& w, int64_t n, bool with_bias, int offset, std::mt19937& rng,
+                  double tol = 1e-5) {
+  SCOPED_TRACE("out=" + std::to_string(w.out) + " in=" + std::to_string(w.in) +
+               " n=" + std::to_string(n) + " bias=" + std::to_string(with_bias) +
+               " offset=" + std::to_string(offset));
+  const std::vector<float> xv = randn(n * w.in, rng);
+  Buf<float> x(n * w.in, offset), y(n * w.out, offset), bias(w.out, offset);
+  std::copy(xv.begin(), xv.end(), x.p);
+  const std::vector<float> bv = randn(w.out, rng);
+  std::copy(bv.begin(), bv.end(), bias.p);
+  const float* b = with_bias ? bias.p : nullptr;
+  std::vector<float> expect(n * w.out);
+  ref::linear(w, x.p, n, expect.data(), b);
+  std::fill(y.p, y.p + n * w.out, std::nanf(""));
+  ops::linear(w, x.p, n, y.p, b);
+  std::vector<float> row(w.in);
+  int failures = 0;
+  for (int64_t o = 0; o < w.out && failures < 5; ++o) {
+    weight_row(w, o, row.data());
+    for (int64_t t = 0; t < n; ++t) {
+      double mag = 0;
+      for (int64_t i = 0; i < w.in; ++i) mag += std::fabs(double{x.p[t * w.in + i]} * row[i]);
+      const double got = y.p[t * w.out + o], want = expect[t * w.out + o];
+      if (!(std::fabs(got - want) <= tol * (1 + mag))) {
+        ADD_FAILURE() << "y[" << t << "," << o << "] = " << got << ", expected " << want
+                      << " (magnitude " << mag << ")";
+        ++failures;
+      }
+    }
+  }
+}
+
+TEST(RefLinear, MatchesHandDequantization) {
+  // Two rows, two groups. Row 0: words 0x76543210, 0xFEDCBA98 repeated, so element k holds
+  // k % 16 (low nibble first). Row 1: every word 0x0000000F, so only k % 8 == 0 holds 15.
+  std::vector<uint32_t> q(2 * 16);
+  for (int i = 0; i < 16; ++i) q[i] = i % 2 == 0 ? 0x76543210u : 0xFEDCBA98u;
+  for (int i = 16; i < 32; ++i) q[i] = 0x0000000Fu;
+  // [out=2][groups=2] scale and bias, all exact in bf16.
+  const float s[4] = {0.5f, 0.25f, 2.0f, -1.0f}, b[4] = {-1.0f, 3.0f, 0.5f, 0.0f};
+  std::vector<uint8_t> sb(8), bb(8);
+  from_f32(DType::BF16, s, 4, sb.data());
+  from_f32(DType::BF16, b, 4, bb.data());
+  Weight w;
+  w.out = 2;
+  w.in = 128;
+  w.quantized = true;
+  w.q = q.data();
+  w.scales = sb.data();
+  w.biases = bb.data();
+  w.scale_dtype = DType::BF16;
+  std::vector<float> x(2 * 128);
+  for (int k = 0; k < 128; ++k) x[k] = 1.0f, x[128 + k] = static_cast<float>(k);
+  // By hand. Row 0, x = 1: group 0: sum(k%16)=480 -> 480*0.5 - 64 = 176; group 1: 480*0.25 +
+  // 64*3 = 312. Row 1, x = 1: group 0: 8 nibbles of 15 -> 120*2 + 64*0.5 = 272; group 1: -120.
+  // Row 0, x = k: group 0: sum k*(k%16) over k<64 = 16*6*120 + 4*1240 = 16480 -> 8240 - 2016
+  // = 6224; group 1: 16480 + 64*480 = 47200 -> 11800 + 3*6112 = 30136; total 36360.
+  // Row 1, x = k: group 0: 15*(0+8+..+56) = 3360 -> 6720 + 0.5*2016 = 7728; group 1:
+  // 15*(64+72+..+120) = 11040 -> -11040; total -3312.
+  const float expect[4] = {176 + 312, 272 - 120, 36360, -3312};
+  float y[4];
+  ref::linear(w, x.data(), 2, y, nullptr);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(y[i], expect[i]) << i;
+  for_each_target([&] {
+    float z[4] = {0, 0, 0, 0}, z1[2];
+    ops::linear(w, x.data(), 2, z, nullptr);
+    ops::linear(w, x.data() + 128, 1, z1, nullptr);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(z[i], expect[i]) << i;
+    EXPECT_EQ(z1[0], expect[2]);
+    EXPECT_EQ(z1[1], expect[3]);
+  });
+}
+
+TEST(Linear, QuantizedMatchesReference) {
+  std::mt19937 rng(1);
+  const DType dtypes[3] = {DType::BF16, DType::F16, DType::F32};
+  struct Shape {
+    int64_t out, in, n;
+  };
+  const Shape shapes[] = {{1, 64, 1},    {7, 64, 2},    {65, 128, 1},   {333, 192, 3},
+                          {17, 1984, 1}, {100, 640, 7}, {5, 576, 13},   {48, 256, 6},
+                          {33, 320, 50}, {333, 64, 1},  {70, 1152, 29}, {64, 512, 12}};
+  for_each_target([&] {
+    int c = 0;
+    for (const Shape& s : shapes) {
+      for (DType dt : dtypes) {
+        SCOPED_TRACE(dtype_name(dt));
+        TestWeight t = make_quantized(s.out, s.in, dt, c % 2, rng);
+        check_linear(t.w, s.n, c % 3 != 0, (c / 2) % 2, rng);
+        ++c;
+      }
+    }
+  });
+}
+
+TEST(Linear, FloatMatchesReference) {
+  std::mt19937 rng(2);
+  const DType dtypes[3] = {DType::BF16, DType::F16, DType::F32};
+  struct Shape {
+    int64_t out, in, n;
+  };
+  const Shape shapes[] = {{1, 64, 1},   {7, 128, 2},   {65, 64, 1},  {333, 192, 3},
+                          {9, 1152, 1}, {45, 576, 13}, {33, 320, 50}};
+  for_each_target([&] {
+    int c = 0;
+    for (const Shape& s : shapes) {
+      for (DType dt : dtypes) {
+        SCOPED_TRACE(dtype_name(dt));
+        TestWeight t = make_float(s.out, s.in, dt, c % 2, rng);
+        check_linear(t.w, s.n, c % 3 != 0, (c / 2) % 2, rng);
+        ++c;
+      }
+    }
+  });
+}
+
+TEST(Linear, ModelShapesAndThreadCounts) {
+  std::mt19937 rng(3);
+  TestWeight gate = make_quantized(1030, 2560, DType::BF16, 1, rng);
+  TestWeight down = make_quantized(257, 2560 * 2, DType::F16, 0, rng);
+  for (int threads : {1, 2, 3, 5}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    check_linear(gate.w, 1, false, 1, rng);
+    check_linear(down.w, 1, true, 0, rng);
+    check_linear(gate.w, 37, true, 0, rng);
+  }
+}
+
+// |got - want| <= rel * |want| + abs for every element.
+void expect_close(const float* got, const float* want, int64_t n, double rel, double abs,
+                  const std::string& what) {
+  int failures = 0;
+  for (int64_t i = 0; i < n && failures < 5; ++i) {
+    if (!(std::fabs(double{got[i]} - want[i]) <= rel * std::fabs(want[i]) + abs)) {
+      ADD_FAILURE() << what << "[" << i << "] = " << got[i] << ", expected " << want[i];
+      ++failures;
+    }
+  }
+}
+
+TEST(Norms, MatchReference) {
+  std::mt19937 rng(4);
+  for_each_target([&] {
+    int c = 0;
+    for (int64_t n : {1, 3, 40}) {
+      for (int64_t d : {1, 7, 64, 72, 1152, 2560, 2563}) {
+        const int off = c++ % 2;
+        SCOPED_TRACE("n=" + std::to_string(n) + " d=" + std::to_string(d));
+        const std::vector<float> xv = randn(n * d, rng, 2.0f, 0.5f), wv = randn(d, rng),
+                                 bv = randn(d, rng);
+        Buf<float> x(n * d, off), w(d, off), b(d, off), y(n * d, off);
+        std::copy(xv.begin(), xv.end(), x.p);
+        std::copy(wv.begin(), wv.end(), w.p);
+        std::copy(bv.begin(), bv.end(), b.p);
+        std::vector<float> want(n * d);
+        ref::rms_norm(x.p, w.p, n, d, 1e-6f, want.data());
+        ops::rms_norm(x.p, w.p, n, d, 1e-6f, y.p);
+        expect_close(y.p, want.data(), n * d, 1e-5, 1e-6, "rms_norm");
+        ops::rms_norm(x.p, w.p, n, d, 1e-6f, x.p);  // in place
+        expect_close(x.p, want.data(), n * d, 1e-5, 1e-6, "rms_norm in place");
+        std::copy(xv.begin(), xv.end(), x.p);
+        ref::layer_norm(x.p, w.p, b.p, n, d, 1e-6f, want.data());
+        ops::layer_norm(x.p, w.p, b.p, n, d, 1e-6f, y.p);
+        expect_close(y.p, want.data(), n * d, 1e-5, 1e-5, "layer_norm");
+        ops::layer_norm(x.p, w.p, b.p, n, d, 1e-6f, x.p);
+        expect_close(x.p, want.data(), n * d, 1e-5, 1e-5, "layer_norm in place");
+      }
+    }
+  });
+}
+
+TEST(Rope, MatchesReference) {
+  std::mt19937 rng(5);
+  for_each_target([&] {
+    int c = 0;
+    for (int head_dim : {2, 8, 64, 72, 256}) {
+      for (int n_heads : {1, 3, 8}) {
+        for (float base : {10000.0f, 1000000.0f}) {
+          const float pos_scale = c % 2 ? 0.125f : 1.0f;
+          const int off = c++ % 2;
+          const int64_t n = 9;
+          // Positions up to 131072 (and 0): angles where f32 arithmetic would drift.
+          const int32_t pos[n] = {0, 1, 7, 1023, 4095, 8191, 40000, 131071, 131072};
+          const int64_t count = n * n_heads * head_dim;
+          const std::vector<float> xv = randn(count, rng);
+          Buf<float> x(count, off);
+          std::copy(xv.begin(), xv.end(), x.p);
+          std::vector<float> want = xv;
+          ref::rope(want.data(), n, n_heads, head_dim, pos, base, pos_scale);
+          ops::rope(x.p, n, n_heads, head_dim, pos, base, pos_scale);
+          const int half = head_dim / 2;
+          for (int64_t r = 0; r < n * n_heads; ++r) {
+            for (int i = 0; i < half; ++i) {
+              const int64_t lo = r * head_dim + i, hi = lo + half;
+              const double mag = std::fabs(xv[lo]) + std::fabs(xv[hi]);
+              ASSERT_NEAR(x.p[lo], want[lo], 1e-6 * mag) << "hd=" << head_dim << " r=" << r;
+              ASSERT_NEAR(x.p[hi], want[hi], 1e-6 * mag) << "hd=" << head_dim << " r=" << r;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+TEST(Gelu, MatchesReference) {
+  std::mt19937 rng(6);
+  std::vector<float> g = randn(4099, rng, 3.0f);
+  // Edges: zero, tiny, the cancellation region of 1 + tanh, saturation, overflow of exp.
+  const float special[] = {0.0f,   -0.0f,  1e-30f,  -1e-30f, 1e-8f, -3.0f,  -5.0f, -8.0f, -9.5f,
+                           -12.0f, -20.0f, -100.0f, 3.0f,    10.0f, 100.0f, 1e30f, -1e30f};
+  std::copy(std::begin(special), std::end(special), g.begin());
+  for (int i = 0; i < 200; ++i) g[100 + i] = -12.0f + 0.06f * i;  // dense over [-12, 0]
+  const std::vector<float> u = randn(g.size(), rng);
+  for_each_target([&] {
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{17}, static_cast<int64_t>(g.size())}) {
+      for (int off : {0, 1}) {
+        Buf<float> a(n, off), b(n, off), out(n, off);
+        std::copy(g.begin(), g.begin() + n, a.p);
+        std::copy(u.begin(), u.begin() + n, b.p);
+        std::vector<float> want(g.begin(), g.begin() + n), want_mul(n);
+        ref::gelu_tanh(want.data(), n);
+        ref::gelu_tanh_mul(g.data(), u.data(), n, want_mul.data());
+        ops::gelu_tanh_mul(a.p, b.p, n, out.p);
+        // Below x ~ -9.3 the reference's 1 + tanh rounds to 0 in f64; the kernel keeps the tiny
+        // true value (< 1e-15), hence the absolute term.
+        expect_close(out.p, want_mul.data(), n, 1e-6, 1e-15, "gelu_tanh_mul");
+        ops::gelu_tanh_mul(a.p, b.p, n, a.p);  // aliasing the input
+        expect_close(a.p, want_mul.data(), n, 1e-6, 1e-15, "gelu_tanh_mul in place");
+        std::copy(g.begin(), g.begin() + n, a.p);
+        ops::gelu_tanh(a.p, n);
+        expect_close(a.p, want.data(), n, 1e-6, 1e-15, "gelu_tanh");
+      }
+    }
+  });
+}
+
+TEST(Add, MatchesReference) {
+  std::mt19937 rng(7);
+  for_each_target([&] {
+    for (int64_t n : {1, 15, 1000, 300001}) {
+      const std::vector<float> xv = randn(n, rng), yv = randn(n, rng);
+      Buf<float> x(n, 1), y(n, 0);
+      std::copy(xv.begin(), xv.end(), x.p);
+      std::copy(yv.begin(), yv.end(), y.p);
+      std::vector<float> want = xv;
+      ref::add(want.data(), yv.data(), n);
+      ops::add(x.p, y.p, n);
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(x.p[i], want[i]) << i;
+    }
+  });
+}
+
+// ---------------------------------------------------------------- attention
+
+// Keys and values of one segment, with their storage: [n][n_kv_heads][head_dim] (token-major)
+// or [n_kv_heads][n][head_dim] (head-major).
+struct TestSegment {
+  Buf<float> k{0, 0}, v{0, 0};
+  std::vector<int32_t> pos, group;
+  ops::KvSegment seg;
+};
+
+TestSegment make_segment(int64_t n, int n_kv_heads, int head_dim, bool head_major, int offset,
+                         std::vector<int32_t> pos, std::vector<int32_t> group, std::mt19937& rng) {
+  TestSegment s;
+  const int64_t count = n * n_kv_heads * head_dim;
+  s.k = Buf<float>(count, offset);
+  s.v = Buf<float>(count, offset);
+  const std::vector<float> kv = randn(count, rng), vv = randn(count, rng);
+  std::copy(kv.begin(), kv.end(), s.k.p);
+  std::copy(vv.begin(), vv.end(), s.v.p);
+  s.pos = std::move(pos);
+  s.group = std::move(group);
+  s.seg.k = s.k.p;
+  s.seg.v = s.v.p;
+  s.seg.n = n;
+  s.seg.pos_stride = head_major ? head_dim : int64_t{n_kv_heads} * head_dim;
+  s.seg.head_stride = head_major ? n * head_dim : head_dim;
+  s.seg.pos = s.pos.empty() ? nullptr : s.pos.data();
+  s.seg.group = s.group.empty() ? nullptr : s.group.data();
+  return s;
+}
+
+std::vector<int32_t> iota(int64_t n, int32_t first) {
+  std::vector<int32_t> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = first + static_cast<int32_t>(i);
+  return v;
+}
+
+struct AttnCase {
+  std::string name;
+  int64_t n_q;
+  int n_heads, n_kv_heads, head_dim;
+  std::vector<int32_t> q_pos, q_group;  // empty: null
+  std::vector<TestSegment> segs;
+  ops::AttentionMask mask;
+};
+
+void check_attention(AttnCase& c, std::mt19937& rng, int offset) {
+  SCOPED_TRACE(c.name + " offset=" + std::to_string(offset));
+  const int64_t count = c.n_q * c.n_heads * c.head_dim;
+  const std::vector<float> qv = randn(count, rng);
+  Buf<float> q(count, offset), out(count, offset);
+  std::copy(qv.begin(), qv.end(), q.p);
+  std::vector<ops::KvSegment> kv;
+  for (auto& s : c.segs) kv.push_back(s.seg);
+  const int32_t* q_pos = c.q_pos.empty() ? nullptr : c.q_pos.data();
+  const int32_t* q_group = c.q_group.empty() ? nullptr : c.q_group.data();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  std::vector<float> want(count);
+  ref::attention(q.p, c.n_q, c.n_heads, c.n_kv_heads, c.head_dim, q_pos, q_group, kv, c.mask, scale,
+                 want.data());
+  std::fill(out.p, out.p + count, std::nanf(""));
+  ops::attention(q.p, c.n_q, c.n_heads, c.n_kv_heads, c.head_dim, q_pos, q_group, kv, c.mask, scale,
+                 out.p);
+  // Outputs are convex combinations of values ~N(0, 1).
+  expect_close(out.p, want.data(), count, 0, 2e-5, "attention");
+}
+
+std::vector<AttnCase> attention_cases(std::mt19937& rng) {
+  std::vector<AttnCase> cases;
+  auto add = [&](AttnCase c) { cases.push_back(std::move(c)); };
+  {  // Text decode: one query at 299 over 300 cached keys, 8 heads on 4 kv heads of 256.
+    AttnCase c{"decode causal", 1, 8, 4, 256, {299}, {}, {}, {}};
+    c.segs.push_back(make_segment(300, 4, 256, false, 1, iota(300, 0), {}, rng));
+    add(std::move(c));
+  }
+  {  // Local layer: sliding window of 128, keys in a ring (out of order) with empty slots.
+    AttnCase c{"decode window ring", 1, 8, 4, 256, {700}, {}, {}, {true, 128}};
+    std::vector<int32_t> pos(256);
+    for (int i = 0; i < 256; ++i) pos[i] = i < 200 ? 512 + (i + 57) % 200 : -1;
+    pos[3] = 700;
+    c.segs.push_back(make_segment(256, 4, 256, true, 0, pos, {}, rng));
+    add(std::move(c));
+  }
+  {  // Long cache: the keys are split over threads and merged.
+    AttnCase c{"decode long", 1, 8, 4, 64, {2999}, {}, {}, {}};
+    c.segs.push_back(make_segment(3000, 4, 64, false, 0, iota(3000, 0), {}, rng));
+    add(std::move(c));
+  }
+  {  // Prefill: cached keys + fresh keys (two segments), causal; and with a window.
+    for (int window : {0, 16}) {
+      AttnCase c{"prefill two segments window=" + std::to_string(window),
+                 40,
+                 8,
+                 4,
+                 64,
+                 iota(40, 100),
+                 {},
+                 {},
+                 {true, window}};
+      c.segs.push_back(make_segment(100, 4, 64, true, 0, iota(100, 0), {}, rng));
+      c.segs.push_back(make_segment(40, 4, 64, false, 1, iota(40, 100), {}, rng));
+      add(std::move(c));
+    }
+  }
+  {  // Image groups: soft tokens see each other both ways, across the window, not later images.
+    std::vector<int32_t> grp(90, -1);
+    for (int i = 5; i < 70; ++i) grp[i] = 0;
+    for (int i = 74; i < 86; ++i) grp[i] = 1;
+    for (int window : {0, 8}) {
+      AttnCase c{"image groups window=" + std::to_string(window),
+                 90,
+                 4,
+                 2,
+                 32,
+                 iota(90, 0),
+                 grp,
+                 {},
+                 {true, window}};
+      c.segs.push_back(make_segment(90, 2, 32, false, 0, iota(90, 0), grp, rng));
+      add(std::move(c));
+    }
+    // Decode-sized (few queries) with groups: the last two soft tokens of an image.
+    AttnCase c{"image groups few queries", 2, 4, 2, 32, {68, 69}, {0, 0}, {}, {true, 0}};
+    c.segs.push_back(make_segment(90, 2, 32, false, 0, iota(90, 0), grp, rng));
+    add(std::move(c));
+  }
+  {  // Queries that see nothing (all keys later or empty) output zeros.
+    AttnCase c{"nothing visible", 13, 2, 1, 16, iota(13, 0), {}, {}, {true, 0}};
+    std::vector<int32_t> pos(70, -1);
+    for (int i = 0; i < 8; ++i) pos[i * 3] = 5 + i;
+    c.segs.push_back(make_segment(70, 1, 16, false, 1, pos, {}, rng));
+    add(std::move(c));
+  }
+  {  // Vision: no mask at all, 16 heads of 72 (not a multiple of the vector width).
+    AttnCase c{"vision", 150, 16, 16, 72, {}, {}, {}, {false, 0}};
+    c.segs.push_back(make_segment(150, 16, 72, false, 1, {}, {}, rng));
+    add(std::move(c));
+    AttnCase d{"vision one query", 1, 16, 16, 72, {}, {}, {}, {false, 0}};
+    d.segs.push_back(make_segment(150, 16, 72, false, 0, {}, {}, rng));
+    add(std::move(d));
+  }
+  {  // GQA with 4 query heads per kv head, odd head_dim; a segment without positions.
+    AttnCase c{"gqa 4 odd head_dim", 20, 8, 2, 36, iota(20, 30), {}, {}, {true, 0}};
+    c.segs.push_back(make_segment(30, 2, 36, false, 0, iota(30, 0), {}, rng));
+    c.segs.push_back(make_segment(20, 2, 36, true, 1, iota(20, 30), {}, rng));
+    c.segs.push_back(make_segment(5, 2, 36, false, 0, {}, {}, rng));
+    add(std::move(c));
+  }
+  {  // More keys than one packed chunk, causal prefill at the end of a long context.
+    AttnCase c{"prefill long context", 16, 4, 2, 32, iota(16, 5000), {}, {}, {true, 0}};
+    c.segs.push_back(make_segment(5016, 2, 32, false, 0, iota(5016, 0), {}, rng));
+    add(std::move(c));
+    AttnCase d{"prefill long context window", 16, 4, 2, 32, iota(16, 5000), {}, {}, {true, 1024}};
+    d.segs.push_back(make_segment(5016, 2, 32, true, 0, iota(5016, 0), {}, rng));
+    add(std::move(d));
+  }
+  return cases;
+}
+
+TEST(Attention, MatchesReference) {
+  std::mt19937 rng(8);
+  std::vector<AttnCase> cases = attention_cases(rng);
+  for_each_target([&] {
+    int c = 0;
+    for (AttnCase& a : cases) check_attention(a, rng, c++ % 2);
+  });
+}
+
+TEST(Attention, ThreadCounts) {
+  std::mt19937 rng(9);
+  std::vector<AttnCase> cases = attention_cases(rng);
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    for (AttnCase& a : cases) check_attention(a, rng, 0);
+  }
+}
+
+}  // namespace
+}  // namespace gp
