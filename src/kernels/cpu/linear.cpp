@@ -267,15 +267,16 @@ void Gemm(const Weight& w, const float* x, int64_t n, float* y, const float* bia
   const int64_t NB = 4 * NR;  // output rows per task: panels kept in L2 across token tiles
   const int64_t n_ob = (w.out + NB - 1) / NB;
   ThreadPool& pool = ThreadPool::global();
-  // Token rows per task: enough to amortize the dequantization, few enough for 4 tasks/thread.
-  int64_t tb = std::min<int64_t>(n, 40 * kMR);
+  // Token blocks of equal size: at most 40 tiles of kMR rows (each dequantized panel is reused
+  // that often), at least 4 tiles, and enough blocks for about 4 tasks per thread.
+  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  int64_t n_blocks = ceil_div(n, 40 * kMR);
   const int64_t want = 4 * pool.size();
-  if (n_ob * ((n + tb - 1) / tb) < want) {
-    const int64_t n_tb = std::min<int64_t>((want + n_ob - 1) / n_ob, (n + 4 * kMR - 1) / (4 * kMR));
-    tb = std::max<int64_t>(1, (n + n_tb - 1) / n_tb);
-    tb = (tb + kMR - 1) / kMR * kMR;
+  if (n_ob * n_blocks < want) {
+    n_blocks = std::max(n_blocks, std::min(ceil_div(want, n_ob), ceil_div(n, 4 * kMR)));
   }
-  const int64_t n_tb = (n + tb - 1) / tb;
+  const int64_t tb = ceil_div(ceil_div(n, n_blocks), kMR) * kMR;
+  const int64_t n_tb = ceil_div(n, tb);
   auto tasks = [&](size_t b, size_t e, int) {
     float* panels = thread_scratch(kScratchA, kKC * NB);
     float* tile = thread_scratch(kScratchB, kMR * NR);

@@ -1,0 +1,220 @@
+// Kernel micro-benchmarks at the model's shapes, with the rates that compare to the machine's
+// roofline: GB/s of weights read for decode (vs. the memory bandwidth probe), GFLOP/s for
+// prefill, vision and attention.
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "kernels/cpu/cpu.h"
+#include "kernels/ops.h"
+#include "tensor/dtype.h"
+#include "tensor/weight.h"
+
+namespace gp {
+namespace {
+
+// Random 4-bit weights with BF16 scales: the values do not matter for speed, only the layout.
+struct QuantWeight {
+  std::vector<uint32_t> q;
+  std::vector<uint16_t> scales, biases;
+  Weight w;
+  QuantWeight(int64_t out, int64_t in, uint32_t seed)
+      : q(out * in / 8), scales(out * in / 64), biases(out * in / 64) {
+    std::mt19937 rng(seed);
+    for (auto& v : q) v = rng();
+    for (size_t i = 0; i < scales.size(); ++i) {
+      scales[i] = f32_to_bf16(0.001f * (1 + i % 7));
+      biases[i] = f32_to_bf16(-0.008f * (1 + i % 5));
+    }
+    w.out = out;
+    w.in = in;
+    w.quantized = true;
+    w.q = q.data();
+    w.scales = scales.data();
+    w.biases = biases.data();
+    w.scale_dtype = DType::BF16;
+  }
+};
+
+struct FloatWeight {
+  std::vector<uint16_t> data;
+  Weight w;
+  FloatWeight(int64_t out, int64_t in) : data(out * in) {
+    for (size_t i = 0; i < data.size(); ++i) data[i] = f32_to_bf16(0.01f * (i % 13) - 0.06f);
+    w.out = out;
+    w.in = in;
+    w.data = data.data();
+    w.dtype = DType::BF16;
+  }
+};
+
+std::vector<float> activations(int64_t n) {
+  std::vector<float> x(n);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist;
+  for (auto& v : x) v = dist(rng);
+  return x;
+}
+
+// Sum of a 1 GiB buffer over all threads: the bandwidth a streaming kernel can hope for.
+void BM_MemoryBandwidth(benchmark::State& state) {
+  const size_t n = (size_t{1} << 30) / sizeof(uint64_t);
+  std::vector<uint64_t> buf(n);
+  for (size_t i = 0; i < n; ++i) buf[i] = i;
+  ThreadPool& pool = ThreadPool::global();
+  std::vector<uint64_t> sums(pool.size());
+  for (auto _ : state) {
+    pool.parallel_for(n, 4096, [&](size_t b, size_t e, int t) {
+      uint64_t s[8] = {};
+      for (size_t i = b; i + 8 <= e; i += 8) {
+        for (int j = 0; j < 8; ++j) s[j] += buf[i + j];
+      }
+      sums[t] = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n * sizeof(uint64_t)));
+}
+BENCHMARK(BM_MemoryBandwidth)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// One token through a quantized linear. Copies of the weight are cycled until they exceed any
+// cache (256 MB), as in a real decode step where each layer's weights come from DRAM.
+void BM_LinearDecode(benchmark::State& state) {
+  const int64_t in = state.range(0), out = state.range(1);
+  const size_t bytes = QuantWeight(1, in, 0).w.bytes() * out;
+  const size_t copies = std::max<size_t>(1, (size_t{256} << 20) / bytes + 1);
+  std::vector<QuantWeight> ws;
+  for (size_t c = 0; c < copies; ++c) ws.emplace_back(out, in, static_cast<uint32_t>(c));
+  const std::vector<float> x = activations(in);
+  std::vector<float> y(out);
+  size_t c = 0;
+  for (auto _ : state) {
+    ops::linear(ws[c].w, x.data(), 1, y.data());
+    c = (c + 1) % copies;
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * ws[0].w.bytes()));
+}
+BENCHMARK(BM_LinearDecode)
+    ->ArgNames({"in", "out"})
+    ->Args({2560, 10240})
+    ->Args({10240, 2560})
+    ->Args({2560, 2048})
+    ->Args({2560, 262208})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+
+void set_flops(benchmark::State& state, double flops_per_iter) {
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flops_per_iter * state.iterations() / 1e9, benchmark::Counter::kIsRate);
+}
+
+// n activation rows through a quantized (or BF16 float) linear.
+void BM_LinearBatch(benchmark::State& state) {
+  const int64_t n = state.range(0), in = state.range(1), out = state.range(2);
+  const bool quantized = state.range(3) != 0;
+  QuantWeight qw(quantized ? out : 1, in, 1);
+  FloatWeight fw(quantized ? 1 : out, in);
+  const Weight& w = quantized ? qw.w : fw.w;
+  const std::vector<float> x = activations(n * in);
+  std::vector<float> y(n * out);
+  for (auto _ : state) {
+    ops::linear(w, x.data(), n, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_flops(state, 2.0 * n * in * out);
+}
+BENCHMARK(BM_LinearBatch)
+    ->ArgNames({"n", "in", "out", "q4"})
+    ->Args({512, 2560, 10240, 1})  // prefill gate/up
+    ->Args({512, 10240, 2560, 1})  // prefill down
+    ->Args({4096, 1152, 4352, 1})  // vision fc1 (mobile)
+    ->Args({4096, 4304, 1152, 0})  // vision fc2, BF16 float (original)
+    ->Args({8, 2560, 10240, 1})    // a few rows
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// Attention: n_q queries over n_k keys, token-major K/V [n_k][n_kv_heads][head_dim].
+void BM_Attention(benchmark::State& state) {
+  const int64_t n_q = state.range(0), n_k = state.range(1);
+  const int n_heads = static_cast<int>(state.range(2)), n_kv = static_cast<int>(state.range(3));
+  const int hd = static_cast<int>(state.range(4));
+  const bool causal = state.range(5) != 0;
+  const std::vector<float> q = activations(n_q * n_heads * hd);
+  const std::vector<float> k = activations(n_k * n_kv * hd), v = activations(n_k * n_kv * hd);
+  std::vector<float> out(q.size());
+  std::vector<int32_t> q_pos(n_q), k_pos(n_k);
+  for (int64_t i = 0; i < n_k; ++i) k_pos[i] = static_cast<int32_t>(i);
+  for (int64_t i = 0; i < n_q; ++i) q_pos[i] = static_cast<int32_t>(n_k - n_q + i);
+  ops::KvSegment seg{
+      k.data(), v.data(), n_k, int64_t{n_kv} * hd, hd, causal ? k_pos.data() : nullptr, nullptr};
+  for (auto _ : state) {
+    ops::attention(q.data(), n_q, n_heads, n_kv, hd, causal ? q_pos.data() : nullptr, nullptr,
+                   {&seg, 1}, ops::AttentionMask{causal, 0}, 0.0625f, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  // Q·Kᵀ and P·V over the visible pairs.
+  double pairs = static_cast<double>(n_q) * n_k;
+  if (causal) pairs -= static_cast<double>(n_q) * (n_q - 1) / 2;
+  set_flops(state, 4.0 * pairs * n_heads * hd);
+}
+BENCHMARK(BM_Attention)
+    ->ArgNames({"n_q", "n_k", "heads", "kv_heads", "head_dim", "causal"})
+    ->Args({4096, 4096, 16, 16, 72, 0})  // vision, original resolution
+    ->Args({2304, 2304, 16, 16, 72, 0})  // vision, mobile resolution
+    ->Args({512, 512, 8, 4, 256, 1})     // text prefill
+    ->Args({1, 4096, 8, 4, 256, 1})      // text decode, 4K context
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+void BM_RmsNormPrefill(benchmark::State& state) {
+  const std::vector<float> x = activations(512 * 2560), w = activations(2560);
+  std::vector<float> y(x.size());
+  for (auto _ : state) {
+    ops::rms_norm(x.data(), w.data(), 512, 2560, 1e-6f, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * x.size() * 8));
+}
+BENCHMARK(BM_RmsNormPrefill)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void BM_GeluTanhMulPrefill(benchmark::State& state) {
+  const std::vector<float> g = activations(512 * 10240), u = activations(512 * 10240);
+  std::vector<float> out(g.size());
+  for (auto _ : state) {
+    ops::gelu_tanh_mul(g.data(), u.data(), static_cast<int64_t>(g.size()), out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations() * g.size()));
+}
+BENCHMARK(BM_GeluTanhMulPrefill)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void BM_RopePrefill(benchmark::State& state) {
+  std::vector<float> x = activations(512 * 8 * 256);
+  std::vector<int32_t> pos(512);
+  for (int i = 0; i < 512; ++i) pos[i] = 1000 + i;
+  for (auto _ : state) {
+    ops::rope(x.data(), 512, 8, 256, pos.data(), 1e6f, 0.125f);
+    benchmark::DoNotOptimize(x.data());
+  }
+}
+BENCHMARK(BM_RopePrefill)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+}  // namespace gp
+
+int main(int argc, char** argv) {
+  // GP_THREADS=n runs the kernels on n threads (default: all hardware threads).
+  if (const char* t = std::getenv("GP_THREADS")) gp::ThreadPool::set_global_threads(std::atoi(t));
+  benchmark::Initialize(&argc, argv);
+  benchmark::AddCustomContext("simd_target", gp::cpu::target_name());
+  benchmark::AddCustomContext("threads", std::to_string(gp::ThreadPool::global().size()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
