@@ -1,0 +1,276 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/error.h"
+#include "base/sys.h"
+#include "base/thread_pool.h"
+#include "model/vision_model.h"
+
+namespace gp {
+
+Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(path) {
+  Timer timer;
+  ThreadPool::set_global_threads(options.threads);
+  config_ = parse_config(dir_.config(), dir_.optional_json("generation_config.json"),
+                         path + "/config.json");
+  layout_ = detect_layout(dir_, config_);
+  if (layout_.token_map && config_.compact_vocab == 0)
+    config_.compact_vocab = dir_.tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
+  tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(path));
+  text_ = std::make_unique<TextModel>(config_, load_text_weights(dir_, config_, layout_));
+
+  // Chat pieces: the template's markers as the tokenizer spells the config's ids.
+  pieces_.mm_tokens_per_image = config_.mm_tokens_per_image;
+  pieces_.start_of_image = tokenizer_->piece(config_.boi_token);
+  pieces_.end_of_image = tokenizer_->piece(config_.eoi_token);
+  pieces_.image_soft_token = tokenizer_->piece(config_.image_token);
+  for (const auto& [field, name] : {std::pair{&pieces_.start_of_turn, "<start_of_turn>"},
+                                    std::pair{&pieces_.end_of_turn, "<end_of_turn>"}})
+    check(tokenizer_->piece_to_id(name) >= 0,
+          path + ": the tokenizer has no '" + std::string(name) + "' piece (not a Gemma 3 tokenizer?)");
+  stop_tokens_ = config_.eos_tokens;
+  for (int32_t id : {tokenizer_->eos_id(), tokenizer_->piece_to_id(pieces_.end_of_turn)})
+    if (id >= 0 && std::find(stop_tokens_.begin(), stop_tokens_.end(), id) == stop_tokens_.end())
+      stop_tokens_.push_back(id);
+
+  const auto pre = dir_.optional_json("preprocessor_config.json");
+  if (pre.is_object()) {
+    for (int c = 0; c < 3; ++c) {
+      if (pre.contains("image_mean") && pre["image_mean"].is_array() && pre["image_mean"].size() == 3)
+        image_mean_[c] = pre["image_mean"][c].get<float>();
+      if (pre.contains("image_std") && pre["image_std"].is_array() && pre["image_std"].size() == 3)
+        image_std_[c] = pre["image_std"][c].get<float>();
+    }
+  }
+  load_s_ = timer.seconds();
+}
+
+Engine::~Engine() = default;
+
+std::vector<int32_t> Engine::chat_prompt(const std::vector<ChatMessage>& messages) const {
+  std::vector<int32_t> ids = {config_.bos_token};
+  const auto body = tokenizer_->encode(format_chat(messages, pieces_));
+  ids.insert(ids.end(), body.begin(), body.end());
+  return ids;
+}
+
+void Engine::preprocess_settings(int* size, float mean[3], float std_[3]) const {
+  *size = config_.vision.image_size;
+  for (int c = 0; c < 3; ++c) {
+    mean[c] = image_mean_[c];
+    std_[c] = image_std_[c];
+  }
+}
+
+std::vector<float> Engine::encode_image(const Image& image) {
+  if (!vision_) {
+    check(layout_.vision, dir_.path() + ": this checkpoint has no vision tower (text-only)");
+    vision_ = std::make_unique<VisionModel>(config_, load_vision_weights(dir_, config_, layout_));
+  }
+  const auto pixels = preprocess_image(image, config_.vision.image_size, image_mean_, image_std_);
+  std::vector<float> out(static_cast<size_t>(config_.mm_tokens_per_image) * config_.text.d_model);
+  vision_->encode(pixels.data(), out.data());
+  return out;
+}
+
+namespace {
+uint64_t image_hash(const Image& img) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the size and the pixels
+  auto mix = [&](const uint8_t* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  };
+  const int dims[2] = {img.width, img.height};
+  mix(reinterpret_cast<const uint8_t*>(dims), sizeof dims);
+  mix(img.rgb.data(), img.rgb.size());
+  return h | 1;  // never 0, which marks text positions
+}
+}  // namespace
+
+Session::Session(Engine& engine, int max_context)
+    : engine_(engine), cache_(engine.config().text, max_context),
+      logits_(engine.config().text.n_vocab) {}
+
+const std::vector<float>& Session::image_embeddings(const Image& img, uint64_t hash, PrefillResult& r) {
+  auto it = image_cache_.find(hash);
+  if (it != image_cache_.end()) return it->second;
+  if (image_cache_.size() >= 8) image_cache_.clear();
+  Timer t;
+  auto& e = image_cache_[hash] = engine_.encode_image(img);
+  r.image_s += t.seconds();
+  ++r.n_images;
+  return e;
+}
+
+PrefillResult Session::prefill(const std::vector<int32_t>& ids, const std::vector<const Image*>& images,
+                               const LogitsSink& sink) {
+  const ModelConfig& c = engine_.config();
+  const int n = static_cast<int>(ids.size());
+  check(n > 0, "empty prompt");
+  check(n <= cache_.max_context(), "prompt too long: " + std::to_string(n) +
+                                       " tokens exceed the context size of " +
+                                       std::to_string(cache_.max_context()) + " (see --ctx-size)");
+  // Which image fills each soft-token run.
+  std::vector<uint64_t> keys(n, 0);
+  std::vector<int> run_start(n, -1);
+  size_t next_image = 0;
+  for (int i = 0; i < n; ++i) {
+    if (ids[i] != c.image_token) continue;
+    if (i == 0 || ids[i - 1] != c.image_token) {
+      check(next_image < images.size(),
+            "the prompt has more runs of image tokens than the " + std::to_string(images.size()) +
+                " image(s) given");
+      ++next_image;
+    }
+    keys[i] = image_hash(*images[next_image - 1]);
+    run_start[i] = (i > 0 && ids[i - 1] == c.image_token) ? run_start[i - 1] : i;
+  }
+  check(next_image == images.size(), std::to_string(images.size()) + " image(s) given but the prompt has " +
+                                         std::to_string(next_image) + " run(s) of image tokens");
+  for (int i = 0; i < n; ++i)
+    if (run_start[i] >= 0 && (i + 1 == n || ids[i + 1] != c.image_token))
+      check(i - run_start[i] + 1 == c.mm_tokens_per_image,
+            "an image needs exactly " + std::to_string(c.mm_tokens_per_image) +
+                " image tokens in a row, the prompt has " + std::to_string(i - run_start[i] + 1));
+
+  // Longest cached prefix, never ending inside an image, always leaving one position to run.
+  int keep = 0;
+  if (!sink)
+    while (keep < n && keep < static_cast<int>(ids_.size()) && ids_[keep] == ids[keep] &&
+           image_keys_[keep] == keys[keep])
+      ++keep;
+  if (keep == n) --keep;
+  if (keep > 0 && keep < n && run_start[keep] >= 0) keep = run_start[keep];
+  keep = cache_.truncate(keep);
+  ids_.assign(ids.begin(), ids.begin() + keep);
+  image_keys_.assign(keys.begin(), keys.begin() + keep);
+
+  PrefillResult r;
+  r.n_tokens = n;
+  r.n_reused = keep;
+  const int64_t n_vocab = c.text.n_vocab;
+  const int chunk = sink ? 32 : kChunk;
+  std::vector<float> rows;
+  for (int start = keep; start < n;) {
+    int end = std::min(n, start + chunk);
+    if (end < n && run_start[end] >= 0) {  // do not split an image
+      end = run_start[end] > start ? run_start[end] : end;
+      while (end < n && run_start[end] >= 0 && run_start[end] == run_start[start + (end - start) - 1]) ++end;
+    }
+    TextBatch b;
+    b.ids.assign(ids.begin() + start, ids.begin() + end);
+    b.group.assign(end - start, -1);
+    b.embeddings.assign(end - start, nullptr);
+    bool any_image = false;
+    for (int i = start; i < end; ++i) {
+      if (run_start[i] < 0) continue;
+      any_image = true;
+      size_t img_index = 0;  // ordinal of this run among the prompt's images
+      for (int j = 0; j <= run_start[i]; ++j)
+        if (run_start[j] == j) ++img_index;
+      const auto& e = image_embeddings(*images[img_index - 1], keys[i], r);
+      b.group[i - start] = run_start[i];
+      b.embeddings[i - start] = e.data() + static_cast<size_t>(i - run_start[i]) * c.text.d_model;
+    }
+    if (!any_image) {
+      b.group.clear();
+      b.embeddings.clear();
+    }
+    Timer t;
+    const int n_rows = sink ? end - start : (end == n ? 1 : 0);
+    rows.resize(static_cast<size_t>(n_rows) * n_vocab);
+    engine_.text().forward(b, cache_, n_rows ? rows.data() : nullptr, n_rows);
+    r.prefill_s += t.seconds();
+    if (sink) sink(rows.data(), n_rows);
+    if (end == n) std::copy(rows.end() - n_vocab, rows.end(), logits_.begin());
+    ids_.insert(ids_.end(), ids.begin() + start, ids.begin() + end);
+    image_keys_.insert(image_keys_.end(), keys.begin() + start, keys.begin() + end);
+    start = end;
+  }
+  return r;
+}
+
+void Session::decode(int32_t id) {
+  check(cache_.n_past() + 1 <= cache_.max_context(),
+        "context full: " + std::to_string(cache_.max_context()) + " tokens (see --ctx-size)");
+  TextBatch b;
+  b.ids = {id};
+  engine_.text().forward(b, cache_, logits_.data(), 1);
+  ids_.push_back(id);
+  image_keys_.push_back(0);
+}
+
+double GenerateResult::prompt_tps() const {
+  const int n = prefill.n_tokens - prefill.n_reused;
+  const double s = prefill.prefill_s + prefill.image_s;
+  return s > 0 ? n / s : 0;
+}
+double GenerateResult::gen_tps() const { return gen_s > 0 ? n_decoded / gen_s : 0; }
+
+GenerateResult generate(Session& session, const std::vector<int32_t>& prompt,
+                        const std::vector<const Image*>& images, const GenerateOptions& options,
+                        const std::function<bool(const std::string&)>& on_text) {
+  Engine& engine = session.engine();
+  GenerateResult r;
+  r.prefill = session.prefill(prompt, images);
+  Sampler sampler(options.sampling);
+  TokenStreamer streamer(engine.tokenizer());
+  const auto& stops = engine.stop_tokens();
+  std::vector<int32_t> history = prompt;
+  std::string pending;  // text held back while it could still become a stop string
+  r.finish_reason = "length";
+  Timer t;
+  auto emit = [&](const std::string& s) { return !on_text || s.empty() || on_text(s); };
+  for (int i = 0; i < options.max_tokens; ++i) {
+    if (i > 0) {
+      session.decode(r.ids.back());
+      ++r.n_decoded;
+    }
+    const int32_t id = sampler.sample(session.last_logits().data(),
+                                      engine.config().text.n_vocab, history);
+    if (std::find(stops.begin(), stops.end(), id) != stops.end()) {
+      r.finish_reason = "stop";
+      break;
+    }
+    r.ids.push_back(id);
+    history.push_back(id);
+    // Ids past the tokenizer's pieces (the embedding's padding rows) have no text.
+    if (id < engine.tokenizer().vocab_size()) pending += streamer.push(id);
+    // Stop strings: cut at the first match; otherwise release the text that cannot start one.
+    size_t cut = std::string::npos;
+    for (const auto& s : options.stop_strings)
+      if (!s.empty()) cut = std::min(cut, pending.find(s));
+    if (cut != std::string::npos) {
+      pending.resize(cut);
+      r.text += pending;
+      emit(pending);
+      pending.clear();
+      r.finish_reason = "stop";
+      break;
+    }
+    size_t hold = 0;
+    for (const auto& s : options.stop_strings)
+      for (size_t k = std::min(s.size() - 1, pending.size()); k > hold; --k)
+        if (pending.compare(pending.size() - k, k, s, 0, k) == 0) {
+          hold = k;
+          break;
+        }
+    const std::string out = pending.substr(0, pending.size() - hold);
+    pending.erase(0, out.size());
+    r.text += out;
+    if (!emit(out)) {
+      r.finish_reason = "cancelled";
+      break;
+    }
+  }
+  if (r.finish_reason != "cancelled") {
+    pending += streamer.flush();
+    r.text += pending;
+    emit(pending);
+  }
+  r.gen_s = t.seconds();
+  return r;
+}
+
+}  // namespace gp

@@ -1,0 +1,334 @@
+// The engine end to end on the fixtures: greedy continuations, image prompts, the attention mask of
+// images, prefix reuse, lazy vision mapping, and the CLI's verification outputs and errors.
+#include "runtime/engine.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "base/error.h"
+#include "base/mapped_file.h"
+#include "test_util.h"
+
+namespace gp {
+namespace {
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+double max_abs_diff(const float* a, const float* b, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (std::isinf(a[i]) && std::isinf(b[i]) && (a[i] > 0) == (b[i] > 0)) continue;
+    const double d = std::fabs(static_cast<double>(a[i]) - b[i]);
+    m = std::isnan(d) ? INFINITY : std::max(m, d);
+    if (std::isnan(d)) break;
+  }
+  return m;
+}
+
+std::vector<int32_t> greedy_ref(const std::string& model, std::vector<int32_t>* prompt) {
+  const std::string text = test::read_text(test::data_path(model + "/ref/greedy.txt"));
+  const size_t semi = text.find(';');
+  const std::string p = test::temp_dir("g") + "/p.txt";
+  test::write_text(p, text.substr(0, semi));
+  *prompt = test::read_ids(p);
+  test::write_text(p, text.substr(semi + 1));
+  return test::read_ids(p);
+}
+
+class Fixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Fixture, GreedyContinuationMatchesReference) {
+  Engine engine(test::data_path(GetParam()), {0, false});
+  std::vector<int32_t> prompt;
+  const auto expected = greedy_ref(GetParam(), &prompt);
+  Session session(engine, 128);
+  GenerateOptions opt;
+  opt.max_tokens = static_cast<int>(expected.size());
+  const GenerateResult r = generate(session, prompt, {}, opt);
+  EXPECT_EQ(r.ids, expected);
+  EXPECT_EQ(r.finish_reason, "length");
+}
+
+TEST_P(Fixture, ImagePromptLogitsMatchReference) {
+  Engine engine(test::data_path(GetParam()), {0, false});
+  const std::string ref = test::data_path(GetParam() + "/ref/");
+  const auto ids = test::read_ids(ref + "image-prompt.ids.txt");
+  const auto exact = test::read_f32(ref + "image-prompt.logits_exact.f32");
+  const Image img = load_image(ref + "image.png");
+  Session session(engine, 128);
+  std::vector<float> got;
+  session.prefill(ids, {&img}, [&](const float* rows, int64_t n) {
+    got.insert(got.end(), rows, rows + n * engine.config().text.n_vocab);
+  });
+  ASSERT_EQ(got.size(), exact.size());
+  const double d = max_abs_diff(got.data(), exact.data(), got.size());
+  std::printf("%s image prompt: max |diff| vs exact %.3g\n", GetParam().c_str(), d);
+  EXPECT_LT(d, 1e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, Fixture, ::testing::Values("tiny-original", "tiny-mobile"),
+                         [](const auto& info) {
+                           return info.param == "tiny-original" ? "original" : "mobile";
+                         });
+
+// A prompt with `n_images` images (all the fixture image, or `other` for the second).
+struct ImagePrompt {
+  std::vector<int32_t> ids;
+  std::vector<int> soft_start;  // first soft token of each image
+};
+ImagePrompt image_prompt(const Engine& e, int n_images) {
+  const ModelConfig& c = e.config();
+  ImagePrompt p;
+  p.ids = {c.bos_token, 300, 301};
+  for (int i = 0; i < n_images; ++i) {
+    p.ids.push_back(c.boi_token);
+    p.soft_start.push_back(static_cast<int>(p.ids.size()));
+    p.ids.insert(p.ids.end(), c.mm_tokens_per_image, c.image_token);
+    p.ids.push_back(c.eoi_token);
+    p.ids.push_back(310 + i);
+  }
+  p.ids.push_back(320);
+  return p;
+}
+
+std::vector<float> all_logits(Engine& e, const std::vector<int32_t>& ids, const std::vector<const Image*>& imgs) {
+  Session s(e, 256);
+  std::vector<float> out;
+  s.prefill(ids, imgs, [&](const float* rows, int64_t n) {
+    out.insert(out.end(), rows, rows + n * e.config().text.n_vocab);
+  });
+  return out;
+}
+
+Image noise_image(int w, int h, uint32_t seed) {
+  Image img{w, h, std::vector<uint8_t>(static_cast<size_t>(w) * h * 3)};
+  for (auto& b : img.rgb) b = static_cast<uint8_t>((seed = seed * 1664525u + 1013904223u) >> 24);
+  return img;
+}
+
+TEST(ImageMask, SoftTokensOfOneImageSeeEachOtherButNeverALaterImage) {
+  Engine e(test::data_path("tiny-original"), {0, false});
+  const int64_t V = e.config().text.n_vocab;
+  const Image a = load_image(test::data_path("tiny-original/ref/image.png"));
+  const Image b = noise_image(224, 224, 1), c = noise_image(300, 200, 2);
+  const ImagePrompt p = image_prompt(e, 2);
+  const auto ab = all_logits(e, p.ids, {&a, &b});
+  const auto ac = all_logits(e, p.ids, {&a, &c});
+  const auto cb = all_logits(e, p.ids, {&c, &b});
+  const int first_end = p.soft_start[0] + e.config().mm_tokens_per_image;  // eoi of image 1
+  // Changing the second image leaves every position before it unchanged (it is never seen)...
+  EXPECT_EQ(max_abs_diff(ab.data(), ac.data(), static_cast<size_t>(p.soft_start[1]) * V), 0.0);
+  // ...and changes what comes after it.
+  EXPECT_GT(max_abs_diff(ab.data() + (p.ids.size() - 1) * V, ac.data() + (p.ids.size() - 1) * V, V), 1e-3);
+  // Changing the first image changes its own first soft token's output: the first soft token sees
+  // the later soft tokens of its image (bidirectional), which a causal mask would forbid.
+  const size_t s0 = static_cast<size_t>(p.soft_start[0]) * V;
+  EXPECT_GT(max_abs_diff(ab.data() + s0, cb.data() + s0, V), 1e-3);
+  // Text before the first image is unaffected by any image.
+  EXPECT_EQ(max_abs_diff(ab.data(), cb.data(), static_cast<size_t>(p.soft_start[0]) * V), 0.0);
+  (void)first_end;
+}
+
+TEST(ImageMask, FirstSoftTokenDependsOnLaterSoftTokensOfItsImage) {
+  // Direct check of the rule: perturb only the embedding of the LAST soft token of an image; the
+  // first soft token's output must change (same image, bidirectional), while <start_of_image>,
+  // which stays causal, must not.
+  Engine e(test::data_path("tiny-original"), {0, false});
+  const ModelConfig& c = e.config();
+  const int64_t d = c.text.d_model, V = c.text.n_vocab;
+  const ImagePrompt p = image_prompt(e, 1);
+  const Image a = load_image(test::data_path("tiny-original/ref/image.png"));
+  auto emb = e.encode_image(a);
+  auto run = [&](const std::vector<float>& embeddings) {
+    KvCache cache(c.text, 128);
+    TextBatch b;
+    b.ids = p.ids;
+    b.group.assign(p.ids.size(), -1);
+    b.embeddings.assign(p.ids.size(), nullptr);
+    for (int i = 0; i < c.mm_tokens_per_image; ++i) {
+      b.group[p.soft_start[0] + i] = 0;
+      b.embeddings[p.soft_start[0] + i] = embeddings.data() + i * d;
+    }
+    std::vector<float> logits(p.ids.size() * V);
+    e.text().forward(b, cache, logits.data(), static_cast<int>(p.ids.size()));
+    return logits;
+  };
+  const auto base = run(emb);
+  auto changed_emb = emb;
+  for (int64_t i = 0; i < d; ++i) changed_emb[(c.mm_tokens_per_image - 1) * d + i] += 1.0f;
+  const auto changed = run(changed_emb);
+  const size_t boi = static_cast<size_t>(p.soft_start[0] - 1) * V, s0 = boi + V;
+  EXPECT_EQ(max_abs_diff(base.data() + boi, changed.data() + boi, V), 0.0);
+  EXPECT_GT(max_abs_diff(base.data() + s0, changed.data() + s0, V), 1e-4);
+}
+
+TEST(Engine, TwoImagePromptRunsEndToEnd) {
+  Engine e(test::data_path("tiny-mobile"), {0, false});
+  const Image a = load_image(test::data_path("tiny-mobile/ref/image.png"));
+  const Image b = noise_image(640, 480, 3);
+  Session s(e, 512);
+  GenerateOptions opt;
+  opt.max_tokens = 5;
+  const auto prompt = e.chat_prompt({{"user", "Compare these.", 2}});
+  int soft = 0;
+  for (int32_t id : prompt) soft += id == e.config().image_token;
+  EXPECT_EQ(soft, 2 * e.config().mm_tokens_per_image);
+  const GenerateResult r = generate(s, prompt, {&a, &b}, opt);
+  EXPECT_EQ(r.prefill.n_images, 2);
+  EXPECT_EQ(r.ids.size(), 5u);
+  EXPECT_THROW(generate(s, prompt, {&a}, opt), Error);  // two image runs, one image
+}
+
+TEST(Engine, PrefixReuseGivesTheSameLogits) {
+  Engine e(test::data_path("tiny-original"), {0, false});
+  const auto ids = test::read_ids(test::data_path("tiny-original/ref/seq40.tokens.txt"));
+  const int64_t V = e.config().text.n_vocab;
+  Session fresh(e, 128), reused(e, 128);
+  fresh.prefill(ids, {});
+  const std::vector<int32_t> head(ids.begin(), ids.begin() + 30);
+  reused.prefill(head, {});
+  const PrefillResult r = reused.prefill(ids, {});
+  EXPECT_EQ(r.n_reused, 30);
+  EXPECT_LT(max_abs_diff(fresh.last_logits().data(), reused.last_logits().data(), V), 1e-5);
+  // A prompt that diverges early beyond the ring's reach recomputes from scratch, still exactly.
+  std::vector<int32_t> other = ids;
+  other[5] = 300;
+  Session fresh2(e, 128);
+  fresh2.prefill(other, {});
+  const PrefillResult r2 = reused.prefill(other, {});
+  EXPECT_LE(r2.n_reused, 5);
+  EXPECT_LT(max_abs_diff(fresh2.last_logits().data(), reused.last_logits().data(), V), 1e-5);
+}
+
+TEST(Engine, TextOnlyRunNeverMapsVisionFileAndFirstImageDoes) {
+  const std::string dir = test::temp_dir("lazy");
+  fs::copy(test::data_path("tiny-mobile"), dir, fs::copy_options::recursive);
+  Engine e(dir, {0, false});
+  Session s(e, 128);
+  GenerateOptions opt;
+  opt.max_tokens = 3;
+  generate(s, e.chat_prompt({{"user", "Hello", 0}}), {}, opt);
+  EXPECT_EQ(times_mapped(dir + "/vision_model.safetensors"), 0);
+  EXPECT_FALSE(e.vision_loaded());
+  const Image a = load_image(test::data_path("tiny-mobile/ref/image.png"));
+  generate(s, e.chat_prompt({{"user", "Hello", 0}, {"assistant", "Hi", 0}, {"user", "Look", 1}}), {&a}, opt);
+  EXPECT_EQ(times_mapped(dir + "/vision_model.safetensors"), 1);
+}
+
+TEST(Engine, PromptLongerThanContextIsRefused) {
+  Engine e(test::data_path("tiny-original"), {0, false});
+  Session s(e, 16);
+  std::vector<int32_t> ids(17, 300);
+  try {
+    s.prefill(ids, {});
+    FAIL() << "no error";
+  } catch (const Error& err) {
+    EXPECT_THAT(err.what(), HasSubstr("17 tokens exceed the context size of 16"));
+  }
+}
+
+TEST(Engine, MissingTokenizerIsNamed) {
+  const std::string dir = test::temp_dir("notok");
+  fs::copy(test::data_path("tiny-original"), dir, fs::copy_options::recursive);
+  fs::remove(dir + "/tokenizer.model");
+  try {
+    Engine e(dir, {0, false});
+    FAIL() << "no error";
+  } catch (const Error& err) {
+    EXPECT_THAT(err.what(), HasSubstr(dir));
+    EXPECT_THAT(err.what(), HasSubstr("tokenizer"));
+  }
+}
+
+TEST(Engine, StopTokensComeFromConfigAndTokenizer) {
+  Engine e(test::data_path("tiny-original"), {0, false});
+  EXPECT_EQ(e.stop_tokens(), (std::vector<int32_t>{1, 5}));
+  EXPECT_EQ(e.chat_pieces().image_soft_token, "<image_soft_token>");
+  const auto p = e.chat_prompt({{"user", "Hi", 0}});
+  ASSERT_GE(p.size(), 3u);
+  EXPECT_EQ(p[0], 2);  // bos, exactly once
+  EXPECT_EQ(p[1], 4);  // <start_of_turn>
+  EXPECT_NE(std::count(p.begin(), p.end(), 2), 2);
+}
+
+// The CLI.
+std::string cli(const std::string& args, int* rc) {
+  std::string out;
+  *rc = test::run_command(test::bin_path("gemma-cli") + " " + args, &out);
+  return out;
+}
+
+TEST(Cli, LogitsOutMatchesReference) {
+  const std::string ref = test::data_path("tiny-mobile/ref/");
+  const std::string out = test::temp_dir("cli") + "/l.f32";
+  std::string ids = test::read_text(ref + "seq40.tokens.txt");
+  ids.erase(std::remove(ids.begin(), ids.end(), '\n'), ids.end());
+  int rc;
+  const std::string log = cli(test::data_path("tiny-mobile") + " --tokens " + ids +
+                                  " --logits-out " + out + " --max-tokens 0",
+                              &rc);
+  ASSERT_EQ(rc, 0) << log;
+  const auto got = test::read_f32(out), exact = test::read_f32(ref + "seq40.logits_exact.f32");
+  ASSERT_EQ(got.size(), exact.size());
+  EXPECT_LT(max_abs_diff(got.data(), exact.data(), got.size()), 1e-3);
+}
+
+TEST(Cli, ImageTokensAndEmbeddingsOut) {
+  const std::string ref = test::data_path("tiny-original/ref/");
+  const std::string dir = test::temp_dir("cli");
+  std::string ids = test::read_text(ref + "image-prompt.ids.txt");
+  ids.erase(std::remove(ids.begin(), ids.end(), '\n'), ids.end());
+  int rc;
+  const std::string log = cli(test::data_path("tiny-original") + " --tokens " + ids + " --image " + ref +
+                                  "image.png --logits-out " + dir + "/l.f32 --embeddings-out " + dir +
+                                  "/e.f32 --max-tokens 0",
+                              &rc);
+  ASSERT_EQ(rc, 0) << log;
+  const auto l = test::read_f32(dir + "/l.f32"), le = test::read_f32(ref + "image-prompt.logits_exact.f32");
+  const auto e = test::read_f32(dir + "/e.f32"), ee = test::read_f32(ref + "image.embd_exact.f32");
+  ASSERT_EQ(l.size(), le.size());
+  ASSERT_EQ(e.size(), ee.size());
+  EXPECT_LT(max_abs_diff(l.data(), le.data(), l.size()), 1e-3);
+  EXPECT_LT(max_abs_diff(e.data(), ee.data(), e.size()), 1e-4);
+}
+
+TEST(Cli, JsonReportsStatistics) {
+  int rc;
+  const std::string out = cli(test::data_path("tiny-original") + " -p Hello -m 4 --json 2>/dev/null", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const auto j = nlohmann::json::parse(out);
+  for (const char* k : {"prompt_tokens", "generated_ids", "text", "prompt_tps", "gen_tps", "peak_rss_mb", "load_s"})
+    EXPECT_TRUE(j.contains(k)) << k;
+  EXPECT_EQ(j["generated_ids"].size(), 4u);
+  EXPECT_GT(j["peak_rss_mb"].get<double>(), 0);
+}
+
+TEST(Cli, BadInputGivesOneClearErrorAndNonZeroExit) {
+  const std::string dir = test::temp_dir("bad");
+  test::write_text(dir + "/not-an-image.png", "hello");
+  struct Case {
+    std::string args, expect;
+  };
+  const std::vector<Case> cases = {
+      {dir + "/nope -p hi", "not a directory"},
+      {test::data_path("tiny-original") + " -p hi --image " + dir + "/not-an-image.png", "not-an-image.png"},
+      {test::data_path("tiny-original") + " -p hi --image " + dir + "/missing.png", "missing.png"},
+      {test::data_path("tiny-original") + " --tokens 2,x,3", "'x' is not a token id"},
+      {test::data_path("tiny-original") + " --tokens 2,99999", "outside the vocabulary"},
+      {test::data_path("tiny-original") + " -p hi --ctx-size 4", "exceed the context size of 4"},
+  };
+  for (const auto& c : cases) {
+    int rc;
+    const std::string out = cli(c.args, &rc);
+    EXPECT_EQ(rc, 1) << c.args << "\n" << out;
+    EXPECT_THAT(out, HasSubstr("error: ")) << c.args;
+    EXPECT_THAT(out, HasSubstr(c.expect)) << c.args;
+  }
+  EXPECT_FALSE(fs::exists(dir + "/l.f32"));
+}
+
+}  // namespace
+}  // namespace gp
