@@ -82,30 +82,38 @@ void BM_MemoryBandwidth(benchmark::State& state) {
 }
 BENCHMARK(BM_MemoryBandwidth)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-// One token through a quantized linear. Copies of the weight are cycled until they exceed any
-// cache (256 MB), as in a real decode step where each layer's weights come from DRAM.
+// One token through a quantized linear (q8: ops::linear_q8, int8 activations). Unless hot, copies
+// of the weight are cycled until they exceed any cache (256 MB), as in a real decode step where
+// each layer's weights come from DRAM.
 void BM_LinearDecode(benchmark::State& state) {
   const int64_t in = state.range(0), out = state.range(1);
+  const bool q8 = state.range(2) != 0, hot = state.range(3) != 0;
   const size_t bytes = QuantWeight(1, in, 0).w.bytes() * out;
-  const size_t copies = std::max<size_t>(1, (size_t{256} << 20) / bytes + 1);
+  const size_t copies = hot ? 1 : std::max<size_t>(1, (size_t{256} << 20) / bytes + 1);
   std::vector<QuantWeight> ws;
   for (size_t c = 0; c < copies; ++c) ws.emplace_back(out, in, static_cast<uint32_t>(c));
   const std::vector<float> x = activations(in);
   std::vector<float> y(out);
   size_t c = 0;
   for (auto _ : state) {
-    ops::linear(ws[c].w, x.data(), 1, y.data());
+    if (q8) {
+      ops::linear_q8(ws[c].w, x.data(), 1, y.data());
+    } else {
+      ops::linear(ws[c].w, x.data(), 1, y.data());
+    }
     c = (c + 1) % copies;
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * ws[0].w.bytes()));
 }
 BENCHMARK(BM_LinearDecode)
-    ->ArgNames({"in", "out"})
-    ->Args({2560, 10240})
-    ->Args({10240, 2560})
-    ->Args({2560, 2048})
-    ->Args({2560, 262208})
+    ->ArgNames({"in", "out", "q8", "hot"})
+    ->ArgsProduct({{2560}, {10240, 2048, 262208}, {0, 1}, {0}})
+    ->Args({10240, 2560, 0, 0})
+    ->Args({10240, 2560, 1, 0})
+    // Weights resident in L2 (hot): the compute rate of the kernel, without DRAM.
+    ->Args({2560, 256, 0, 1})
+    ->Args({2560, 256, 1, 1})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

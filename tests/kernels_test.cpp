@@ -231,6 +231,79 @@ TEST(Linear, ModelShapesAndThreadCounts) {
   }
 }
 
+// ops::linear_q8 (one row) against ref::linear: the int8 rounding of x moves each product
+// q_k * s_g * x_k by at most |q_k * s_g| * dx_g / 2, dx_g = max|x_g| / 127.
+void check_linear_q8(const Weight& w, const std::vector<float>& xv, const float* bias, int offset,
+                     double extra_tol) {
+  SCOPED_TRACE("out=" + std::to_string(w.out) + " in=" + std::to_string(w.in) +
+               " offset=" + std::to_string(offset));
+  Buf<float> x(w.in, offset), y(w.out, offset);
+  std::copy(xv.begin(), xv.end(), x.p);
+  std::vector<float> expect(w.out);
+  ref::linear(w, x.p, 1, expect.data(), bias);
+  std::fill(y.p, y.p + w.out, std::nanf(""));
+  ops::linear_q8(w, x.p, 1, y.p, bias);
+  const int64_t gpr = w.groups_per_row();
+  std::vector<float> row(w.in);
+  int failures = 0;
+  for (int64_t o = 0; o < w.out && failures < 5; ++o) {
+    weight_row(w, o, row.data());
+    double mag = 0, bound = 0;
+    for (int64_t g = 0; g < gpr; ++g) {
+      const double b = load_float(w.scale_dtype, w.biases, o * gpr + g);
+      double amax = 0, qs = 0;
+      for (int64_t i = g * 64; i < (g + 1) * 64; ++i) {
+        amax = std::max(amax, std::fabs(double{x.p[i]}));
+        qs += std::fabs(row[i] - b);  // |q_k * s_g|
+        mag += std::fabs(double{x.p[i]} * row[i]);
+      }
+      bound += qs * amax / 127 / 2;
+    }
+    const double got = y.p[o], want = expect[o];
+    if (!(std::fabs(got - want) <= extra_tol * bound + 1e-5 * (1 + mag))) {
+      ADD_FAILURE() << "y[" << o << "] = " << got << ", expected " << want << " (int8 bound "
+                    << bound << ", magnitude " << mag << ")";
+      ++failures;
+    }
+  }
+}
+
+TEST(LinearQ8, WithinInt8ErrorOfReference) {
+  std::mt19937 rng(10);
+  const DType dtypes[3] = {DType::BF16, DType::F16, DType::F32};
+  struct Shape {
+    int64_t out, in;
+  };
+  const Shape shapes[] = {{1, 64}, {7, 128}, {65, 640}, {333, 192}, {1030, 2560}, {257, 10240}};
+  for_each_target([&] {
+    int c = 0;
+    for (const Shape& s : shapes) {
+      for (DType dt : dtypes) {
+        SCOPED_TRACE(dtype_name(dt));
+        TestWeight t = make_quantized(s.out, s.in, dt, c % 2, rng);
+        const std::vector<float> x = randn(s.in, rng), b = randn(s.out, rng);
+        check_linear_q8(t.w, x, c % 2 ? b.data() : nullptr, (c / 2) % 2, 1.0);
+        ++c;
+      }
+    }
+  });
+}
+
+TEST(LinearQ8, ExactWhenActivationsAreInt8) {
+  // Integers in [-127, 127] with 127 in every group: dx = 1 and the int8 row is x itself, so
+  // only f32 rounding separates the result from the reference (and nibble order must match).
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> dist(-127, 127);
+  for_each_target([&] {
+    for (int64_t in : {64, 576, 2560}) {
+      TestWeight t = make_quantized(77, in, DType::BF16, 1, rng);
+      std::vector<float> x(in);
+      for (int64_t i = 0; i < in; ++i) x[i] = i % 64 == 5 ? 127.0f : static_cast<float>(dist(rng));
+      check_linear_q8(t.w, x, nullptr, 0, 0.0);
+    }
+  });
+}
+
 // |got - want| <= rel * |want| + abs for every element.
 void expect_close(const float* got, const float* want, int64_t n, double rel, double abs,
                   const std::string& what) {

@@ -7,6 +7,9 @@ namespace gp::ops {
 void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
   cpu::linear(w, x, n, y, bias);
 }
+void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
+  cpu::linear_q8(w, x, n, y, bias);
+}
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y) {
   cpu::rms_norm(x, w, n, d, eps, y);
 }

@@ -14,6 +14,11 @@ namespace gp::ops {
 // y[t, o] = sum_i x[t, i] * W[o, i] (+ bias[o]).  x [n, w.in], y [n, w.out], bias [w.out] or null.
 void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias = nullptr);
 
+// As linear, but for one activation row (n == 1) of a 4-bit weight, x is first quantized to
+// int8 per group of 64 (x ≈ dx_g * xq_g, |error| <= dx_g / 2 = max|x_g| / 254) and the products
+// are exact integer sums. Faster decode, slightly less precise; other cases run linear.
+void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias = nullptr);
+
 // Gemma RMSNorm over rows of d: y = x / sqrt(mean(x^2) + eps) * (1 + w).  x, y [n, d]; may alias.
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);
 
