@@ -123,6 +123,16 @@ void TextModel::embed(int32_t id, float* out) const {
   for (int i = 0; i < c_.text.d_model; ++i) out[i] *= embed_scale_;
 }
 
+size_t TextModel::weight_bytes_per_token() const {
+  size_t b = w_.embed.bytes() / w_.embed.out + (w_.lm_head.empty() ? w_.embed : w_.lm_head).bytes();
+  for (const auto& L : w_.layers) {
+    for (const Weight* w : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      b += w->bytes();
+    b += 4 * (L.q_norm.size() + L.k_norm.size() + 4 * L.input_norm.size());
+  }
+  return b;
+}
+
 void TextModel::logits(const float* x, int64_t n, float* out) const {
   const int64_t n_vocab = c_.text.n_vocab;
   const Weight& head = w_.lm_head.empty() ? w_.embed : w_.lm_head;

@@ -96,6 +96,8 @@ class TextModel {
   void embed(int32_t id, float* out) const;
   // Logits over the full vocabulary from final hidden states x [n, d_model].
   void logits(const float* x, int64_t n, float* out) const;
+  // Weight bytes one decode step reads: every layer, the output head and one embedding row.
+  size_t weight_bytes_per_token() const;
 
  private:
   void attention_block(const TextLayer& L, int layer, const float* xn, int64_t n, int n_past,

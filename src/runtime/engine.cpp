@@ -229,7 +229,7 @@ GenerateResult generate(Session& session, const std::vector<int32_t>& prompt,
     }
     const int32_t id = sampler.sample(session.last_logits().data(),
                                       engine.config().text.n_vocab, history);
-    if (std::find(stops.begin(), stops.end(), id) != stops.end()) {
+    if (!options.ignore_stop_tokens && std::find(stops.begin(), stops.end(), id) != stops.end()) {
       r.finish_reason = "stop";
       break;
     }

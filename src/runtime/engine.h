@@ -112,6 +112,7 @@ struct GenerateOptions {
   SamplingParams sampling;
   int max_tokens = 256;
   std::vector<std::string> stop_strings;  // generation ends before any of these texts
+  bool ignore_stop_tokens = false;        // run the full max_tokens (benchmarks)
 };
 
 struct GenerateResult {

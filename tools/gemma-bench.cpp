@@ -1,0 +1,230 @@
+// gemma-bench: the speed and peak-memory table of SPEC §6 for one checkpoint, plus llama-bench's
+// pp512 / tg128 and the decode roofline. Each measurement runs in a fresh child process, so every
+// peak RSS is that test's own.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "base/sys.h"
+#include "base/thread_pool.h"
+#include "runtime/engine.h"
+
+namespace {
+
+using namespace gp;
+using nlohmann::json;
+
+struct Args {
+  std::string model, image;
+  int reps = 3, threads = 0, pp = 512, tg = 128, text_tokens = 100, image_tokens = 200;
+  bool json_out = false, skip_image = false;
+};
+
+// Runs fn in a child process and returns the JSON it produced (or {"error": ...}).
+json in_child(const std::function<json()>& fn) {
+  int fds[2];
+  check(::pipe(fds) == 0, "gemma-bench: pipe failed");
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  check(pid >= 0, "gemma-bench: fork failed");
+  if (pid == 0) {
+    ::close(fds[0]);
+    json out;
+    try {
+      out = fn();
+    } catch (const std::exception& e) {
+      out = {{"error", e.what()}};
+    }
+    const std::string s = out.dump();
+    size_t off = 0;
+    while (off < s.size()) {
+      const ssize_t n = ::write(fds[1], s.data() + off, s.size() - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string s;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fds[0], buf, sizeof buf)) > 0) s.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (s.empty()) return {{"error", "the measurement process died (signal or out of memory)"}};
+  return json::parse(s);
+}
+
+// A deterministic test picture (smooth gradients and a few edges) when no --image is given.
+Image test_image() {
+  Image img{1024, 768, {}};
+  img.rgb.resize(static_cast<size_t>(img.width) * img.height * 3);
+  for (int y = 0; y < img.height; ++y)
+    for (int x = 0; x < img.width; ++x) {
+      uint8_t* p = &img.rgb[(static_cast<size_t>(y) * img.width + x) * 3];
+      p[0] = static_cast<uint8_t>(x * 255 / img.width);
+      p[1] = static_cast<uint8_t>(y * 255 / img.height);
+      p[2] = ((x / 64 + y / 64) % 2) ? 200 : 40;
+    }
+  return img;
+}
+
+json generation_test(const Args& a, const std::string& prompt, int n_tokens, bool with_image) {
+  Engine engine(a.model, {a.threads, false});
+  Image img;
+  std::vector<const Image*> images;
+  if (with_image) {
+    img = a.image.empty() ? test_image() : load_image(a.image);
+    images.push_back(&img);
+  }
+  Session session(engine, 4096);
+  GenerateOptions opt;
+  opt.max_tokens = n_tokens;
+  opt.ignore_stop_tokens = true;  // random weights: always run the full count
+  const auto r = generate(session, engine.chat_prompt({{"user", prompt, with_image ? 1 : 0}}), images, opt);
+  return {{"load_s", engine.load_seconds()},       {"prompt_tokens", r.prefill.n_tokens},
+          {"prompt_tps", r.prompt_tps()},           {"gen_tokens", r.ids.size()},
+          {"gen_tps", r.gen_tps()},                 {"image_s", r.prefill.image_s},
+          {"peak_rss_mb", peak_rss_mb()}};
+}
+
+json pp_tg_test(const Args& a) {
+  Engine engine(a.model, {a.threads, false});
+  const ModelConfig& c = engine.config();
+  Session session(engine, a.pp + a.tg + 8);
+  // Deterministic ids from the upper half of the tokenizer's pieces (ordinary text, no specials).
+  const int32_t hi = std::min<int32_t>(engine.tokenizer().vocab_size(), static_cast<int32_t>(c.text.n_vocab));
+  uint64_t x = 12345;
+  auto next_id = [&] {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<int32_t>(hi / 2 + (x >> 33) % (hi - hi / 2));
+  };
+  std::vector<int32_t> ids = {c.bos_token};
+  while (static_cast<int>(ids.size()) < a.pp) ids.push_back(next_id());
+  const PrefillResult pp = session.prefill(ids, {});
+  Session tg_session(engine, a.tg + 8);
+  tg_session.prefill({c.bos_token}, {});
+  Timer t;
+  for (int i = 0; i < a.tg; ++i) tg_session.decode(next_id());
+  const double tg_s = t.seconds();
+  return {{"pp_tps", a.pp / pp.prefill_s},
+          {"tg_tps", a.tg / tg_s},
+          {"bytes_per_token", engine.text().weight_bytes_per_token()},
+          {"peak_rss_mb", peak_rss_mb()}};
+}
+
+struct Stat {
+  double median = 0, lo = 0, hi = 0;
+};
+Stat stat_of(std::vector<double> v) {
+  if (v.empty()) return {};
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  const double med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+  return {med, v.front(), v.back()};
+}
+
+json collect(const std::vector<json>& runs, const std::string& key) {
+  std::vector<double> v;
+  for (const auto& r : runs)
+    if (r.contains(key)) v.push_back(r[key].get<double>());
+  const Stat s = stat_of(v);
+  return {{"median", s.median}, {"min", s.lo}, {"max", s.hi}};
+}
+
+int run(const Args& a) {
+  ModelDir dir(a.model);
+  uint64_t lang = 0, vision = 0;
+  for (const auto& name : dir.tensor_names())
+    (name.rfind("language_model.", 0) == 0 ? lang : vision) += dir.tensor(name).nbytes;
+  json out = {{"model", a.model}, {"disk_language_mb", lang / 1e6}, {"disk_vision_mb", vision / 1e6}};
+  auto runs_of = [&](const std::string& label, const std::function<json()>& fn) {
+    std::vector<json> runs;
+    for (int r = 0; r < a.reps; ++r) {
+      if (!a.json_out) std::fprintf(stderr, "%s: run %d/%d\n", label.c_str(), r + 1, a.reps);
+      json j = in_child(fn);
+      check(!j.contains("error"), label + ": " + (j.contains("error") ? j["error"].get<std::string>() : ""));
+      runs.push_back(j);
+    }
+    return runs;
+  };
+  ThreadPool pool(a.threads);
+  const double bw_before = memory_read_bandwidth_gbs(pool);
+  const auto text = runs_of("text", [&] { return generation_test(a, "Hello, how are you?", a.text_tokens, false); });
+  const auto bench = runs_of("pp/tg", [&] { return pp_tg_test(a); });
+  std::vector<json> image;
+  if (!a.skip_image && dir.has("vision_tower.vision_model.embeddings.patch_embedding.weight"))
+    image = runs_of("image", [&] { return generation_test(a, "Describe this image in detail.", a.image_tokens, true); });
+  const double bw_after = memory_read_bandwidth_gbs(pool);
+  const double bw = std::max(bw_before, bw_after);
+  for (const char* k : {"load_s", "prompt_tps", "gen_tps", "peak_rss_mb"}) out["text"][k] = collect(text, k);
+  for (const char* k : {"pp_tps", "tg_tps"}) out["bench"][k] = collect(bench, k);
+  const double bytes = bench[0]["bytes_per_token"].get<double>();
+  out["roofline"] = {{"bandwidth_gbs", bw},
+                     {"bytes_per_token_mb", bytes / 1e6},
+                     {"max_tg_tps", bw * 1e9 / bytes},
+                     {"tg_fraction", out["bench"]["tg_tps"]["median"].get<double>() / (bw * 1e9 / bytes)}};
+  if (!image.empty())
+    for (const char* k : {"image_s", "prompt_tps", "gen_tps", "peak_rss_mb"}) out["image"][k] = collect(image, k);
+
+  if (a.json_out) {
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  auto m = [](const json& j) { return j["median"].get<double>(); };
+  auto spread = [](const json& j) {
+    char b[64];
+    std::snprintf(b, sizeof b, "[%.2f-%.2f]", j["min"].get<double>(), j["max"].get<double>());
+    return std::string(b);
+  };
+  std::printf("\n%s  (%d threads, %d reps: median [min-max])\n", a.model.c_str(), pool.size(), a.reps);
+  std::printf("%-28s %10.0f MB (language %.0f + vision %.0f)\n", "disk", (lang + vision) / 1e6, lang / 1e6, vision / 1e6);
+  std::printf("%-28s %10.0f MB %s\n", "peak memory, text", m(out["text"]["peak_rss_mb"]), spread(out["text"]["peak_rss_mb"]).c_str());
+  if (!image.empty())
+    std::printf("%-28s %10.0f MB %s\n", "peak memory, image", m(out["image"]["peak_rss_mb"]), spread(out["image"]["peak_rss_mb"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", "prompt speed, text", m(out["text"]["prompt_tps"]), spread(out["text"]["prompt_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", "generation, text", m(out["text"]["gen_tps"]), spread(out["text"]["gen_tps"]).c_str());
+  if (!image.empty()) {
+    std::printf("%-28s %10.2f s   %s\n", "image encode", m(out["image"]["image_s"]), spread(out["image"]["image_s"]).c_str());
+    std::printf("%-28s %10.2f t/s %s\n", "prompt speed, image", m(out["image"]["prompt_tps"]), spread(out["image"]["prompt_tps"]).c_str());
+    std::printf("%-28s %10.2f t/s %s\n", "generation, image", m(out["image"]["gen_tps"]), spread(out["image"]["gen_tps"]).c_str());
+  }
+  std::printf("%-28s %10.2f t/s %s\n", ("pp" + std::to_string(a.pp)).c_str(), m(out["bench"]["pp_tps"]), spread(out["bench"]["pp_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", ("tg" + std::to_string(a.tg)).c_str(), m(out["bench"]["tg_tps"]), spread(out["bench"]["tg_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s (%.1f GB/s / %.0f MB per token); tg is %.0f%% of it\n", "decode roofline",
+              out["roofline"]["max_tg_tps"].get<double>(), bw, bytes / 1e6,
+              100 * out["roofline"]["tg_fraction"].get<double>());
+  std::printf("%-28s %10.2f s\n", "load", m(out["text"]["load_s"]));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"gemma-bench: speed and peak-memory table for a Gemma 3 checkpoint"};
+  Args a;
+  app.add_option("model", a.model, "checkpoint directory")->required();
+  app.add_option("--image", a.image, "image for the image test (default: a generated test picture)");
+  app.add_option("--reps", a.reps, "repetitions of each test")->check(CLI::PositiveNumber);
+  app.add_option("--threads", a.threads, "worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--pp", a.pp, "prompt length of the prefill benchmark")->check(CLI::PositiveNumber);
+  app.add_option("--tg", a.tg, "tokens of the generation benchmark")->check(CLI::PositiveNumber);
+  app.add_option("--text-tokens", a.text_tokens, "tokens generated in the text test")->check(CLI::PositiveNumber);
+  app.add_option("--image-tokens", a.image_tokens, "tokens generated in the image test")->check(CLI::PositiveNumber);
+  app.add_flag("--skip-image", a.skip_image, "skip the image test");
+  app.add_flag("--json", a.json_out, "print JSON");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    return run(a);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
