@@ -15,6 +15,22 @@ std::string vision_layer(int layer, const std::string& rest) {
   return vision("encoder.layers." + std::to_string(layer) + "." + rest);
 }
 std::string projector(const std::string& rest) { return "multi_modal_projector." + rest; }
+
+bool parse_text_layer(const std::string& name, int* layer, std::string* rest) {
+  const std::string prefix = text("model.layers.");
+  if (name.compare(0, prefix.size(), prefix) != 0) return false;
+  size_t i = prefix.size(), j = i;
+  while (j < name.size() && j - i < 9 && name[j] >= '0' && name[j] <= '9') ++j;
+  if (j == i || j >= name.size() || name[j] != '.' || (name[i] == '0' && j - i > 1)) return false;
+  *layer = std::stoi(name.substr(i, j - i));
+  *rest = name.substr(j + 1);
+  return true;
+}
+
+bool is_vision(const std::string& name) {
+  const std::string v = vision(""), p = projector("");
+  return name.compare(0, v.size(), v) == 0 || name.compare(0, p.size(), p) == 0;
+}
 }  // namespace names
 
 int64_t embedding_rows(const ModelConfig& c, const TableLayout& layout) {

@@ -48,6 +48,10 @@ inline std::string weight(const std::string& n) { return n + ".weight"; }
 inline std::string scales(const std::string& n) { return n + ".scales"; }
 inline std::string biases(const std::string& n) { return n + ".biases"; }
 inline std::string bias(const std::string& n) { return n + ".bias"; }
+// The inverse of text_layer: true when `name` is "language_model.model.layers.<layer>.<rest>".
+bool parse_text_layer(const std::string& name, int* layer, std::string* rest);
+// True for tensors of the vision tower and the projector (the vision file of a split checkpoint).
+bool is_vision(const std::string& name);
 }  // namespace names
 
 // Rows of the embedding: the compact vocabulary when there is a token_map, else n_vocab.

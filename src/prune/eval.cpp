@@ -1,0 +1,188 @@
+#include "prune/eval.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+
+#include "base/error.h"
+#include "base/sys.h"
+#include "io/model_dir.h"
+#include "io/tokenizer.h"
+#include "model/text_model.h"
+#include "prune/checkpoint.h"
+
+namespace gp::prune {
+
+namespace {
+
+// A checkpoint's text decoder, loaded from its directory.
+struct TextRunner {
+  std::unique_ptr<ModelDir> dir;
+  ModelConfig config;
+  std::unique_ptr<TextModel> model;
+
+  explicit TextRunner(const std::string& path) : dir(std::make_unique<ModelDir>(path)) {
+    config = parse_config(dir->config(), dir->optional_json("generation_config.json"),
+                          path + "/config.json");
+    const TableLayout layout = detect_layout(*dir, config);
+    if (layout.token_map && config.compact_vocab == 0)
+      config.compact_vocab =
+          dir->tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
+    model = std::make_unique<TextModel>(config, load_text_weights(*dir, config, layout));
+  }
+};
+
+// Windows of BOS + up to window-1 text tokens.
+std::vector<std::vector<int32_t>> windows(const Tokenizer& tok, int32_t bos,
+                                          const std::string& text, int window) {
+  check(window >= 2, "evaluation window must hold at least 2 tokens");
+  const std::vector<int32_t> ids = tok.encode(text);
+  check(!ids.empty(), "the evaluation text is empty");
+  std::vector<std::vector<int32_t>> out;
+  for (size_t i = 0; i < ids.size(); i += window - 1) {
+    std::vector<int32_t> w = {bos};
+    w.insert(w.end(), ids.begin() + i, ids.begin() + std::min(ids.size(), i + window - 1));
+    out.push_back(std::move(w));
+  }
+  return out;
+}
+
+// Calls fn(position, logits rows [n, n_vocab], n) chunk by chunk over one window.
+template <typename Fn>
+void run_window(TextRunner& r, const std::vector<int32_t>& w, int chunk, Fn fn) {
+  KvCache cache(r.config.text, static_cast<int>(w.size()));
+  std::vector<float> logits(static_cast<size_t>(chunk) * r.config.text.n_vocab);
+  for (size_t p = 0; p < w.size(); p += chunk) {
+    check(!cancel_requested(), "interrupted");
+    TextBatch b;
+    b.ids.assign(w.begin() + p, w.begin() + std::min(w.size(), p + chunk));
+    const int n = static_cast<int>(b.ids.size());
+    r.model->forward(b, cache, logits.data(), n);
+    fn(p, logits.data(), n);
+  }
+}
+
+}  // namespace
+
+std::vector<double> log_softmax(const float* x, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, static_cast<double>(x[i]));
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - m);
+  const double lse = m + std::log(sum);
+  std::vector<double> out(n);
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<double>(x[i]) - lse;
+  return out;
+}
+
+double kl_divergence(const float* a, const float* b, int64_t n, double* excluded) {
+  const std::vector<double> la = log_softmax(a, n), lb = log_softmax(b, n);
+  double outside = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (std::isinf(lb[i])) outside += std::exp(la[i]);
+  const double inside = 1.0 - outside;
+  double kl = 0;
+  if (inside > 0) {
+    const double log_inside = std::log(inside);
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::isinf(lb[i]) || std::isinf(la[i])) continue;
+      const double pa = std::exp(la[i]) / inside;
+      kl += pa * (la[i] - log_inside - lb[i]);
+    }
+  }
+  if (excluded) *excluded = outside;
+  return std::max(kl, 0.0);
+}
+
+int64_t argmax(const float* x, int64_t n) { return std::max_element(x, x + n) - x; }
+
+bool top1_in_topk(const float* a, const float* b, int64_t n, int k) {
+  const float v = b[argmax(a, n)];
+  int64_t higher = 0;
+  for (int64_t i = 0; i < n; ++i) higher += b[i] > v;
+  return higher < k;
+}
+
+PerplexityResult perplexity(const std::string& model_dir, const std::string& text,
+                            const EvalOptions& options) {
+  TextRunner r(model_dir);
+  const Tokenizer tok = Tokenizer::load(model_dir);
+  const int64_t V = r.config.text.n_vocab;
+  const auto ws = windows(tok, r.config.bos_token, text, options.window);
+  size_t total = 0;
+  for (const auto& w : ws) total += w.size();
+  Progress progress("ppl", total, options.progress);
+  size_t done = 0;
+  PerplexityResult res;
+  double nll = 0;
+  for (const auto& w : ws) {
+    run_window(r, w, options.chunk, [&](size_t p, const float* logits, int n) {
+      for (int j = 0; j < n; ++j) {
+        const size_t next = p + j + 1;
+        if (next >= w.size()) continue;
+        const std::vector<double> ls = log_softmax(logits + static_cast<int64_t>(j) * V, V);
+        nll -= ls[w[next]];
+        ++res.n_predicted;
+      }
+      done += n;
+      progress.update(done);
+    });
+  }
+  progress.finish();
+  check(res.n_predicted > 0, "the evaluation text has no token to predict");
+  res.mean_nll = nll / static_cast<double>(res.n_predicted);
+  res.perplexity = std::exp(res.mean_nll);
+  return res;
+}
+
+CompareResult compare_models(const std::string& a_dir, const std::string& b_dir,
+                             const std::string& text, const EvalOptions& options) {
+  TextRunner a(a_dir), b(b_dir);
+  const int64_t V = a.config.text.n_vocab;
+  check(b.config.text.n_vocab == V,
+        b_dir + ": vocabulary of " + std::to_string(b.config.text.n_vocab) + " ids, but " + a_dir +
+            " has " + std::to_string(V) + " (not variants of the same model?)");
+  const Tokenizer tok = Tokenizer::load(a_dir);
+  const auto ws = windows(tok, a.config.bos_token, text, options.window);
+  size_t total = 0;
+  for (const auto& w : ws) total += w.size();
+  Progress progress("compare", total, options.progress);
+  size_t done = 0;
+  CompareResult res;
+  double kl_sum = 0, excluded_sum = 0;
+  int64_t top1 = 0, top5 = 0;
+  for (const auto& w : ws) {
+    // B's logits of the current chunk, computed just before A's chunk of the same positions.
+    KvCache cache_b(b.config.text, static_cast<int>(w.size()));
+    std::vector<float> lb(static_cast<size_t>(options.chunk) * V);
+    run_window(a, w, options.chunk, [&](size_t p, const float* la, int n) {
+      TextBatch batch;
+      batch.ids.assign(w.begin() + p, w.begin() + p + n);
+      b.model->forward(batch, cache_b, lb.data(), n);
+      for (int j = 0; j < n; ++j) {
+        const float* ra = la + static_cast<int64_t>(j) * V;
+        const float* rb = lb.data() + static_cast<int64_t>(j) * V;
+        double excluded = 0;
+        const double kl = kl_divergence(ra, rb, V, &excluded);
+        kl_sum += kl;
+        res.max_kl = std::max(res.max_kl, kl);
+        excluded_sum += excluded;
+        top1 += argmax(ra, V) == argmax(rb, V);
+        top5 += top1_in_topk(ra, rb, V, 5);
+        ++res.n_positions;
+      }
+      done += n;
+      progress.update(done);
+    });
+  }
+  progress.finish();
+  const double n = static_cast<double>(std::max<int64_t>(res.n_positions, 1));
+  res.mean_kl = kl_sum / n;
+  res.excluded_mass = excluded_sum / n;
+  res.top1 = static_cast<double>(top1) / n;
+  res.top5 = static_cast<double>(top5) / n;
+  return res;
+}
+
+}  // namespace gp::prune
