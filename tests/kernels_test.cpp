@@ -203,8 +203,10 @@ TEST(Linear, FloatMatchesReference) {
   struct Shape {
     int64_t out, in, n;
   };
-  const Shape shapes[] = {{1, 64, 1},   {7, 128, 2},   {65, 64, 1},  {333, 192, 3},
-                          {9, 1152, 1}, {45, 576, 13}, {33, 320, 50}};
+  // Float weights need not have in % 64 == 0: the original vision fc2 has in = 4304.
+  const Shape shapes[] = {{1, 64, 1},    {7, 128, 2},   {65, 64, 1},   {333, 192, 3},
+                          {9, 1152, 1},  {45, 576, 13}, {33, 320, 50}, {9, 4304, 1},
+                          {21, 4304, 7}, {5, 37, 1},    {6, 37, 9},    {70, 3, 2}};
   for_each_target([&] {
     int c = 0;
     for (const Shape& s : shapes) {
@@ -451,10 +453,19 @@ TestSegment make_segment(int64_t n, int n_kv_heads, int head_dim, bool head_majo
   s.pos = std::move(pos);
   s.group = std::move(group);
   s.seg.k = s.k.p;
-  s.seg.v = s.v.p;
-  s.seg.n = n;
   s.seg.pos_stride = head_major ? head_dim : int64_t{n_kv_heads} * head_dim;
   s.seg.head_stride = head_major ? n * head_dim : head_dim;
+  // Empty slots hold garbage (NaN here) that must never reach the output.
+  for (int64_t j = 0; j < static_cast<int64_t>(s.pos.size()); ++j) {
+    if (s.pos[j] >= 0) continue;
+    for (int h = 0; h < n_kv_heads; ++h) {
+      const int64_t off = j * s.seg.pos_stride + h * s.seg.head_stride;
+      std::fill(s.k.p + off, s.k.p + off + head_dim, std::nanf(""));
+      std::fill(s.v.p + off, s.v.p + off + head_dim, std::nanf(""));
+    }
+  }
+  s.seg.v = s.v.p;
+  s.seg.n = n;
   s.seg.pos = s.pos.empty() ? nullptr : s.pos.data();
   s.seg.group = s.group.empty() ? nullptr : s.group.data();
   return s;

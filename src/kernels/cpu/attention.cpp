@@ -121,6 +121,43 @@ HWY_INLINE void AddScaled(float* HWY_RESTRICT acc, const float* HWY_RESTRICT v, 
   for (; i < n; ++i) acc[i] += p * v[i];
 }
 
+// o[0..n) += sum_j p[j] * v_j[0..n) over the keys with vis[j], keeping a strip of o in
+// registers across the keys (one load and store of o per block, not per key).
+HWY_INLINE void AccumulateV(float* HWY_RESTRICT o, const float* const* v, const float* p,
+                            const bool* vis, int64_t nb, int64_t n) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  int64_t i = 0;
+  for (; i + 4 * N <= n; i += 4 * N) {
+    auto a0 = hn::LoadU(df, o + i), a1 = hn::LoadU(df, o + i + N);
+    auto a2 = hn::LoadU(df, o + i + 2 * N), a3 = hn::LoadU(df, o + i + 3 * N);
+    for (int64_t j = 0; j < nb; ++j) {
+      if (!vis[j]) continue;
+      const auto pj = hn::Set(df, p[j]);
+      a0 = hn::MulAdd(pj, hn::LoadU(df, v[j] + i), a0);
+      a1 = hn::MulAdd(pj, hn::LoadU(df, v[j] + i + N), a1);
+      a2 = hn::MulAdd(pj, hn::LoadU(df, v[j] + i + 2 * N), a2);
+      a3 = hn::MulAdd(pj, hn::LoadU(df, v[j] + i + 3 * N), a3);
+    }
+    hn::StoreU(a0, df, o + i);
+    hn::StoreU(a1, df, o + i + N);
+    hn::StoreU(a2, df, o + i + 2 * N);
+    hn::StoreU(a3, df, o + i + 3 * N);
+  }
+  for (; i + N <= n; i += N) {
+    auto a0 = hn::LoadU(df, o + i);
+    for (int64_t j = 0; j < nb; ++j) {
+      if (vis[j]) a0 = hn::MulAdd(hn::Set(df, p[j]), hn::LoadU(df, v[j] + i), a0);
+    }
+    hn::StoreU(a0, df, o + i);
+  }
+  for (; i < n; ++i) {
+    for (int64_t j = 0; j < nb; ++j) {
+      if (vis[j]) o[i] += p[j] * v[j][i];
+    }
+  }
+}
+
 // out[j] = q · k_j for four keys, with two accumulators each to hide the FMA latency.
 HWY_INLINE void Dot4(const float* HWY_RESTRICT q, const float* const* k, int64_t n, float* out) {
   const hn::ScalableTag<float> df;
@@ -203,9 +240,7 @@ void AttendKeys(const AttnArgs& a, int64_t t, int kh, int64_t k0, int64_t k1, Pa
         if (corr != 1.0f) Scale(o, hd, corr);
         p.l[hh] = p.l[hh] * corr + ExpShiftSum(s, nb, m_new);
         p.m[hh] = m_new;
-        for (j = 0; j < nb; ++j) {
-          if (vis[j]) AddScaled(o, vp[j], hd, s[j]);
-        }
+        AccumulateV(o, vp, s, vis, nb, hd);
       }
     }
   });
@@ -344,14 +379,18 @@ void AttendMany(const AttnArgs& a) {
                         [&](const ops::KvSegment& seg, int64_t j0, int64_t j1, int64_t key0) {
                           for (int64_t j = j0; j < j1; ++j) {
                             const int64_t jk = key0 + (j - j0) - kb0;  // key within block
-                            const float* kr = seg.k + j * seg.pos_stride + kh * seg.head_stride;
-                            const float* vr = seg.v + j * seg.pos_stride + kh * seg.head_stride;
-                            float* kdst = ktb + (jk / NR) * hd * NR + jk % NR;
-                            for (int64_t d = 0; d < hd; ++d) kdst[d * NR] = kr[d];
-                            for (int64_t d = 0; d < hd; ++d) {
-                              vtb[(d / NR) * kKeyBlock * NR + jk * NR + d % NR] = vr[d];
-                            }
                             const int64_t ki = b * kKeyBlock + jk;
+                            // Empty slots stay zero: whatever they hold must not reach P·V.
+                            if (!seg.pos || seg.pos[j] >= 0) {
+                              const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
+                              const float* kr = seg.k + off;
+                              const float* vr = seg.v + off;
+                              float* kdst = ktb + (jk / NR) * hd * NR + jk % NR;
+                              for (int64_t d = 0; d < hd; ++d) kdst[d * NR] = kr[d];
+                              for (int64_t d = 0; d < hd; ++d) {
+                                vtb[(d / NR) * kKeyBlock * NR + jk * NR + d % NR] = vr[d];
+                              }
+                            }
                             kunmasked[ki] = seg.pos == nullptr;
                             kpos[ki] = seg.pos ? seg.pos[j] : 0;
                             kgrp[ki] = seg.group ? seg.group[j] : -1;
