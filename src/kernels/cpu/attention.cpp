@@ -10,6 +10,7 @@
 
 #include "base/thread_pool.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scratch.h"
 #include "kernels/ref/ref.h"
 
@@ -258,28 +259,26 @@ void AttendFew(const AttnArgs& a) {
   }
   const int64_t rows = units * splits * G;
   std::vector<float> pm(rows), pl(rows), po(splits > 1 ? rows * hd : 0);
-  auto task = [&](size_t b, size_t e, int) {
-    for (size_t i = b; i < e; ++i) {
-      const int64_t unit = static_cast<int64_t>(i) / splits, s = static_cast<int64_t>(i) % splits;
-      const int64_t t = unit / a.n_kv_heads;
-      const int kh = static_cast<int>(unit % a.n_kv_heads);
-      const int64_t k0 = a.n_keys * s / splits, k1 = a.n_keys * (s + 1) / splits;
-      Partial p{pm.data() + i * G, pl.data() + i * G, nullptr};
-      p.o = splits > 1 ? po.data() + i * G * hd : thread_scratch(kScratchB, G * hd);
-      AttendKeys(a, t, kh, k0, k1, p);
-      if (splits > 1) continue;
-      for (int hh = 0; hh < G; ++hh) {
-        float* out = a.out + (t * a.n_heads + kh * G + hh) * hd;
-        const float inv = p.l[hh] > 0 ? 1.0f / p.l[hh] : 0.0f;
-        for (int d = 0; d < hd; ++d) out[d] = p.o[hh * hd + d] * inv;
-      }
+  auto task = [&](int64_t i) {
+    const int64_t unit = i / splits, s = i % splits;
+    const int64_t t = unit / a.n_kv_heads;
+    const int kh = static_cast<int>(unit % a.n_kv_heads);
+    const int64_t k0 = a.n_keys * s / splits, k1 = a.n_keys * (s + 1) / splits;
+    Partial p{pm.data() + i * G, pl.data() + i * G, nullptr};
+    p.o = splits > 1 ? po.data() + i * G * hd : thread_scratch(kScratchB, G * hd);
+    AttendKeys(a, t, kh, k0, k1, p);
+    if (splits > 1) return;
+    for (int hh = 0; hh < G; ++hh) {
+      float* out = a.out + (t * a.n_heads + kh * G + hh) * hd;
+      const float inv = p.l[hh] > 0 ? 1.0f / p.l[hh] : 0.0f;
+      for (int d = 0; d < hd; ++d) out[d] = p.o[hh * hd + d] * inv;
     }
   };
   const int64_t n_tasks = units * splits;
   if (n_tasks == 1 || units * a.n_keys * hd < 8192) {
-    task(0, n_tasks, 0);
+    for (int64_t i = 0; i < n_tasks; ++i) task(i);
   } else {
-    pool.parallel_for(n_tasks, 1, task);
+    parallel_blocks(n_tasks, [&](int64_t i, int) { task(i); });
   }
   if (splits == 1) return;
   // Merge the partial softmaxes of each (query, head): rescale to the common max.
@@ -311,8 +310,9 @@ constexpr int64_t kChunk = 64 * kKeyBlock;  // keys packed at once per kv head
 
 // Visibility facts about one block of keys, to skip or unmask whole tiles.
 struct KeyBlockInfo {
-  int32_t min_pos, max_pos;  // over non-empty masked keys
-  bool any_empty, any_unmasked, any_group, all_unmasked;
+  int32_t min_pos = std::numeric_limits<int32_t>::max();  // over non-empty masked keys
+  int32_t max_pos = std::numeric_limits<int32_t>::min();
+  bool any_empty = false, any_unmasked = false, any_group = false, all_unmasked = true;
 };
 
 enum class TileMask { kAll, kNone, kMixed };
@@ -334,7 +334,6 @@ TileMask Classify(const AttnArgs& a, const KeyBlockInfo& kb, int32_t q_min, int3
 }
 
 void AttendMany(const AttnArgs& a) {
-  ThreadPool& pool = ThreadPool::global();
   const int64_t hd = a.head_dim, G = a.group;
   const int64_t NR = static_cast<int64_t>(PanelWidth());
   const int64_t hd_pad = (hd + NR - 1) / NR * NR;
@@ -352,167 +351,153 @@ void AttendMany(const AttnArgs& a) {
   std::vector<KeyBlockInfo> kinfo(n_kb_max);
   std::vector<int32_t> kpos(chunk), kgrp(chunk);
   std::vector<uint8_t> kunmasked(chunk);
-  const int n_threads = pool.size();
   for (int kh = 0; kh < a.n_kv_heads; ++kh) {
     for (int64_t c0 = 0; c0 < a.n_keys; c0 += chunk) {
       const int64_t nck = std::min(chunk, a.n_keys - c0), n_kb = (nck + kKeyBlock - 1) / kKeyBlock;
       const bool first = c0 == 0, last = c0 + nck == a.n_keys;
       // Pack: K transposed into panels of NR keys, V into panels of NR dims; zero padding.
-      auto pack = [&](size_t b0, size_t b1, int) {
-        for (size_t b = b0; b < b1; ++b) {
-          const int64_t kb0 = c0 + static_cast<int64_t>(b) * kKeyBlock;
-          float* ktb = kt + b * kKeyBlock * hd;
-          float* vtb = vt + b * kKeyBlock * hd_pad;
-          std::fill(ktb, ktb + kKeyBlock * hd, 0.0f);
-          std::fill(vtb, vtb + kKeyBlock * hd_pad, 0.0f);
-          KeyBlockInfo info{std::numeric_limits<int32_t>::max(),
-                            std::numeric_limits<int32_t>::min(),
-                            false,
-                            false,
-                            false,
-                            true};
-          for (int64_t j = std::min(kKeyBlock, a.n_keys - kb0); j < kKeyBlock; ++j) {
-            kpos[b * kKeyBlock + j] = -1;
-            kunmasked[b * kKeyBlock + j] = 0;
-          }
-          for_key_range(a, kb0, std::min(kb0 + kKeyBlock, a.n_keys),
-                        [&](const ops::KvSegment& seg, int64_t j0, int64_t j1, int64_t key0) {
-                          for (int64_t j = j0; j < j1; ++j) {
-                            const int64_t jk = key0 + (j - j0) - kb0;  // key within block
-                            const int64_t ki = b * kKeyBlock + jk;
-                            // Empty slots stay zero: whatever they hold must not reach P·V.
-                            if (!seg.pos || seg.pos[j] >= 0) {
-                              const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
-                              const float* kr = seg.k + off;
-                              const float* vr = seg.v + off;
-                              float* kdst = ktb + (jk / NR) * hd * NR + jk % NR;
-                              for (int64_t d = 0; d < hd; ++d) kdst[d * NR] = kr[d];
-                              for (int64_t d = 0; d < hd; ++d) {
-                                vtb[(d / NR) * kKeyBlock * NR + jk * NR + d % NR] = vr[d];
-                              }
-                            }
-                            kunmasked[ki] = seg.pos == nullptr;
-                            kpos[ki] = seg.pos ? seg.pos[j] : 0;
-                            kgrp[ki] = seg.group ? seg.group[j] : -1;
-                            if (!seg.pos) {
-                              info.any_unmasked = true;
-                              continue;
-                            }
-                            info.all_unmasked = false;
-                            if (kpos[ki] < 0) {
-                              info.any_empty = true;
-                              continue;
-                            }
-                            info.min_pos = std::min(info.min_pos, kpos[ki]);
-                            info.max_pos = std::max(info.max_pos, kpos[ki]);
-                            info.any_group |= kgrp[ki] >= 0;
-                          }
-                        });
-          kinfo[b] = info;
+      auto pack = [&](int64_t b) {
+        const int64_t kb0 = c0 + b * kKeyBlock;
+        float* ktb = kt + b * kKeyBlock * hd;
+        float* vtb = vt + b * kKeyBlock * hd_pad;
+        std::fill(ktb, ktb + kKeyBlock * hd, 0.0f);
+        std::fill(vtb, vtb + kKeyBlock * hd_pad, 0.0f);
+        KeyBlockInfo info;
+        for (int64_t j = std::min(kKeyBlock, a.n_keys - kb0); j < kKeyBlock; ++j) {
+          kpos[b * kKeyBlock + j] = -1;
+          kunmasked[b * kKeyBlock + j] = 0;
         }
+        for_key_range(a, kb0, std::min(kb0 + kKeyBlock, a.n_keys),
+                      [&](const ops::KvSegment& seg, int64_t j0, int64_t j1, int64_t key0) {
+                        for (int64_t j = j0; j < j1; ++j) {
+                          const int64_t jk = key0 + (j - j0) - kb0;  // key within block
+                          const int64_t ki = b * kKeyBlock + jk;
+                          // Empty slots stay zero: whatever they hold must not reach P·V.
+                          if (!a.q_pos || !seg.pos || seg.pos[j] >= 0) {
+                            const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
+                            const float* kr = seg.k + off;
+                            const float* vr = seg.v + off;
+                            float* kdst = ktb + (jk / NR) * hd * NR + jk % NR;
+                            for (int64_t d = 0; d < hd; ++d) kdst[d * NR] = kr[d];
+                            for (int64_t d = 0; d < hd; ++d) {
+                              vtb[(d / NR) * kKeyBlock * NR + jk * NR + d % NR] = vr[d];
+                            }
+                          }
+                          kunmasked[ki] = seg.pos == nullptr;
+                          kpos[ki] = seg.pos ? seg.pos[j] : 0;
+                          kgrp[ki] = seg.group ? seg.group[j] : -1;
+                          if (!seg.pos) {
+                            info.any_unmasked = true;
+                            continue;
+                          }
+                          info.all_unmasked = false;
+                          if (kpos[ki] < 0) {
+                            info.any_empty = true;
+                            continue;
+                          }
+                          info.min_pos = std::min(info.min_pos, kpos[ki]);
+                          info.max_pos = std::max(info.max_pos, kpos[ki]);
+                          info.any_group |= kgrp[ki] >= 0;
+                        }
+                      });
+        kinfo[b] = info;
       };
       if (nck * hd < 16384) {
-        pack(0, n_kb, 0);
+        for (int64_t b = 0; b < n_kb; ++b) pack(b);
       } else {
-        pool.parallel_for(n_kb, 1, pack);
+        parallel_blocks(n_kb, [&](int64_t b, int) { pack(b); });
       }
-      // Query blocks dealt round-robin, so that causal masks leave every thread the same work.
-      auto compute = [&](size_t, size_t, int thread) {
+      auto compute = [&](int64_t qb) {
         float* s_tile = thread_scratch(kScratchA, kQueryBlock * kKeyBlock);
         float* zeros = thread_scratch(kScratchB, NR);
         std::fill(zeros, zeros + NR, 0.0f);
-        for (int64_t qb = thread; qb < n_qb; qb += n_threads) {
-          const int64_t r0 = qb * kQueryBlock, nr = std::min(kQueryBlock, R - r0);
-          const float* q_rows[kQueryBlock];
-          const float* p_rows[kQueryBlock];
-          float* o_rows[kQueryBlock];
-          float* s_rows[kQueryBlock];
-          int32_t q_min = std::numeric_limits<int32_t>::max();
-          int32_t q_max = std::numeric_limits<int32_t>::min();
-          bool q_any_group = false;
-          for (int64_t r = 0; r < nr; ++r) {
-            const int64_t t = (r0 + r) / G, hh = (r0 + r) % G;
-            q_rows[r] = a.q + (t * a.n_heads + kh * G + hh) * hd;
-            s_rows[r] = s_tile + r * kKeyBlock;
-            p_rows[r] = s_rows[r];
-            o_rows[r] = o_all + (r0 + r) * hd_pad;
-            if (a.q_pos) {
-              q_min = std::min(q_min, a.q_pos[t]);
-              q_max = std::max(q_max, a.q_pos[t]);
-              q_any_group |= a.q_group && a.q_group[t] >= 0;
-            }
-            if (first) {
-              m_all[r0 + r] = kNegInf;
-              l_all[r0 + r] = 0;
-              std::fill(o_rows[r], o_rows[r] + hd_pad, 0.0f);
-            }
+        const int64_t r0 = qb * kQueryBlock, nr = std::min(kQueryBlock, R - r0);
+        const float* q_rows[kQueryBlock];
+        const float* p_rows[kQueryBlock];
+        float* o_rows[kQueryBlock];
+        float* s_rows[kQueryBlock];
+        int32_t q_min = std::numeric_limits<int32_t>::max();
+        int32_t q_max = std::numeric_limits<int32_t>::min();
+        bool q_any_group = false;
+        for (int64_t r = 0; r < nr; ++r) {
+          const int64_t t = (r0 + r) / G, hh = (r0 + r) % G;
+          q_rows[r] = a.q + (t * a.n_heads + kh * G + hh) * hd;
+          s_rows[r] = s_tile + r * kKeyBlock;
+          p_rows[r] = s_rows[r];
+          o_rows[r] = o_all + (r0 + r) * hd_pad;
+          if (a.q_pos) {
+            q_min = std::min(q_min, a.q_pos[t]);
+            q_max = std::max(q_max, a.q_pos[t]);
+            q_any_group |= a.q_group && a.q_group[t] >= 0;
           }
-          for (int64_t b = 0; b < n_kb; ++b) {
-            const TileMask tm = Classify(a, kinfo[b], q_min, q_max, q_any_group);
-            if (tm == TileMask::kNone) continue;
-            const float* ktb = kt + b * kKeyBlock * hd;
-            const float* vtb = vt + b * kKeyBlock * hd_pad;
-            // S = Q Kᵀ for the block.
-            for (int64_t r = 0; r < nr; r += kMR) {
-              const size_t mr = std::min<int64_t>(kMR, nr - r);
-              for (int64_t p = 0; p < kKeyBlock / NR; ++p) {
-                float* c[kMR];
-                for (size_t i = 0; i < mr; ++i) c[i] = s_rows[r + i] + p * NR;
-                MicroKernelRows(mr, q_rows + r, hd, ktb + p * hd * NR, c, zeros);
-              }
-            }
-            // Scale and mask, then the online softmax update of each row.
-            const int64_t n_valid = std::min(kKeyBlock, nck - b * kKeyBlock);
-            for (int64_t r = 0; r < nr; ++r) {
-              float* s = s_rows[r];
-              const int64_t t = (r0 + r) / G;
-              if (tm == TileMask::kAll) {
-                Scale(s, n_valid, a.scale);
-              } else {
-                const int32_t qp = a.q_pos[t], qg = a.q_group ? a.q_group[t] : -1;
-                for (int64_t j = 0; j < n_valid; ++j) {
-                  const int64_t ki = b * kKeyBlock + j;
-                  const bool ok = kunmasked[ki] || ref::visible(qp, qg, kpos[ki], kgrp[ki], a.mask);
-                  s[j] = ok ? s[j] * a.scale : kNegInf;
-                }
-              }
-              std::fill(s + n_valid, s + kKeyBlock, kNegInf);
-              float& m = m_all[r0 + r];
-              const float m_new = std::max(m, MaxOf(s, kKeyBlock));
-              if (m_new == kNegInf) {  // nothing visible yet: contribute nothing
-                std::fill(s, s + kKeyBlock, 0.0f);
-                continue;
-              }
-              const float corr = std::exp(m - m_new);
-              if (corr != 1.0f) Scale(o_rows[r], hd_pad, corr);
-              l_all[r0 + r] = l_all[r0 + r] * corr + ExpShiftSum(s, kKeyBlock, m_new);
-              m = m_new;
-            }
-            // O += P V for the block.
-            for (int64_t r = 0; r < nr; r += kMR) {
-              const size_t mr = std::min<int64_t>(kMR, nr - r);
-              for (int64_t p = 0; p < hd_pad / NR; ++p) {
-                float* c[kMR];
-                for (size_t i = 0; i < mr; ++i) c[i] = o_rows[r + i] + p * NR;
-                MicroKernelRows(mr, p_rows + r, kKeyBlock, vtb + p * kKeyBlock * NR, c, nullptr);
-              }
-            }
-          }
-          if (!last) continue;
-          for (int64_t r = 0; r < nr; ++r) {
-            const int64_t t = (r0 + r) / G, hh = (r0 + r) % G;
-            float* out = a.out + (t * a.n_heads + kh * G + hh) * hd;
-            const float l = l_all[r0 + r];
-            const float inv = l > 0 ? 1.0f / l : 0.0f;
-            for (int64_t d = 0; d < hd; ++d) out[d] = o_rows[r][d] * inv;
+          if (first) {
+            m_all[r0 + r] = kNegInf;
+            l_all[r0 + r] = 0;
+            std::fill(o_rows[r], o_rows[r] + hd_pad, 0.0f);
           }
         }
+        for (int64_t b = 0; b < n_kb; ++b) {
+          const TileMask tm = Classify(a, kinfo[b], q_min, q_max, q_any_group);
+          if (tm == TileMask::kNone) continue;
+          const float* ktb = kt + b * kKeyBlock * hd;
+          const float* vtb = vt + b * kKeyBlock * hd_pad;
+          // S = Q Kᵀ for the block.
+          for (int64_t r = 0; r < nr; r += kMR) {
+            const size_t mr = std::min<int64_t>(kMR, nr - r);
+            for (int64_t p = 0; p < kKeyBlock / NR; ++p) {
+              float* c[kMR];
+              for (size_t i = 0; i < mr; ++i) c[i] = s_rows[r + i] + p * NR;
+              MicroKernelRows(mr, q_rows + r, hd, ktb + p * hd * NR, c, zeros);
+            }
+          }
+          // Scale and mask, then the online softmax update of each row.
+          const int64_t n_valid = std::min(kKeyBlock, nck - b * kKeyBlock);
+          for (int64_t r = 0; r < nr; ++r) {
+            float* s = s_rows[r];
+            const int64_t t = (r0 + r) / G;
+            if (tm == TileMask::kAll) {
+              Scale(s, n_valid, a.scale);
+            } else {
+              const int32_t qp = a.q_pos[t], qg = a.q_group ? a.q_group[t] : -1;
+              for (int64_t j = 0; j < n_valid; ++j) {
+                const int64_t ki = b * kKeyBlock + j;
+                const bool ok = kunmasked[ki] || ref::visible(qp, qg, kpos[ki], kgrp[ki], a.mask);
+                s[j] = ok ? s[j] * a.scale : kNegInf;
+              }
+            }
+            std::fill(s + n_valid, s + kKeyBlock, kNegInf);
+            float& m = m_all[r0 + r];
+            const float m_new = std::max(m, MaxOf(s, kKeyBlock));
+            if (m_new == kNegInf) {  // nothing visible yet: contribute nothing
+              std::fill(s, s + kKeyBlock, 0.0f);
+              continue;
+            }
+            const float corr = std::exp(m - m_new);
+            if (corr != 1.0f) Scale(o_rows[r], hd_pad, corr);
+            l_all[r0 + r] = l_all[r0 + r] * corr + ExpShiftSum(s, kKeyBlock, m_new);
+            m = m_new;
+          }
+          // O += P V for the block.
+          for (int64_t r = 0; r < nr; r += kMR) {
+            const size_t mr = std::min<int64_t>(kMR, nr - r);
+            for (int64_t p = 0; p < hd_pad / NR; ++p) {
+              float* c[kMR];
+              for (size_t i = 0; i < mr; ++i) c[i] = o_rows[r + i] + p * NR;
+              MicroKernelRows(mr, p_rows + r, kKeyBlock, vtb + p * kKeyBlock * NR, c, nullptr);
+            }
+          }
+        }
+        if (!last) return;
+        for (int64_t r = 0; r < nr; ++r) {
+          const int64_t t = (r0 + r) / G, hh = (r0 + r) % G;
+          float* out = a.out + (t * a.n_heads + kh * G + hh) * hd;
+          const float l = l_all[r0 + r];
+          const float inv = l > 0 ? 1.0f / l : 0.0f;
+          for (int64_t d = 0; d < hd; ++d) out[d] = o_rows[r][d] * inv;
+        }
       };
-      if (n_qb == 1) {
-        compute(0, 1, 0);
-      } else {
-        pool.parallel_for(n_threads, 1, compute);
-      }
+      // Last query blocks first: under a causal mask they see the most keys.
+      parallel_blocks(n_qb, [&](int64_t b, int) { compute(n_qb - 1 - b); });
     }
   }
 }

@@ -7,6 +7,7 @@
 
 #include "base/thread_pool.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scratch.h"
 #include "kernels/ref/ref.h"
 #include "tensor/dtype.h"
@@ -184,6 +185,12 @@ void GemvFloatRows(const Weight& w, const float* x, int64_t r0, int64_t r1, floa
   }
 }
 
+// Output rows per block of a decode linear: about 16 blocks per thread, a multiple of 4.
+int64_t RowBlock(int64_t out) {
+  const int64_t rb = out / (16 * ThreadPool::global().size());
+  return std::clamp<int64_t>(rb / 4 * 4, 8, 256);
+}
+
 void Gemv(const Weight& w, const float* x, float* y, const float* bias) {
   const float* xp = nullptr;
   const float* xsum = nullptr;
@@ -207,7 +214,9 @@ void Gemv(const Weight& w, const float* x, float* y, const float* bias) {
   };
   // Below ~256 KB of weights the hand-off to the pool costs more than it saves.
   if (w.bytes() < (size_t{256} << 10)) return rows(0, w.out, 0);
-  ThreadPool::global().parallel_for(w.out, 8, rows);
+  const int64_t rb = RowBlock(w.out);
+  parallel_blocks((w.out + rb - 1) / rb,
+                  [&](int64_t b, int t) { rows(b * rb, std::min(w.out, (b + 1) * rb), t); });
 }
 
 // ---------------------------------------------------------------- many activation rows
@@ -268,55 +277,52 @@ void Gemm(const Weight& w, const float* x, int64_t n, float* y, const float* bia
   const int64_t n_ob = (w.out + NB - 1) / NB;
   ThreadPool& pool = ThreadPool::global();
   // Token blocks of equal size: at most 40 tiles of kMR rows (each dequantized panel is reused
-  // that often), at least 4 tiles, and enough blocks for about 4 tasks per thread.
+  // that often), at least 4 tiles, and enough blocks for about 8 tasks per thread.
   auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
   int64_t n_blocks = ceil_div(n, 40 * kMR);
-  const int64_t want = 4 * pool.size();
+  const int64_t want = 8 * pool.size();
   if (n_ob * n_blocks < want) {
     n_blocks = std::max(n_blocks, std::min(ceil_div(want, n_ob), ceil_div(n, 4 * kMR)));
   }
   const int64_t tb = ceil_div(ceil_div(n, n_blocks), kMR) * kMR;
   const int64_t n_tb = ceil_div(n, tb);
-  auto tasks = [&](size_t b, size_t e, int) {
+  parallel_blocks(n_ob * n_tb, [&](int64_t task, int) {
     float* panels = thread_scratch(kScratchA, kKC * NB);
     float* tile = thread_scratch(kScratchB, kMR * NR);
     float* init = thread_scratch(kScratchC, NB);
     float* row = thread_scratch(kScratchD, kKC);
-    for (size_t task = b; task < e; ++task) {
-      const int64_t o0 = static_cast<int64_t>(task) / n_tb * NB;
-      const int64_t o1 = std::min(w.out, o0 + NB);
-      const int64_t t0 = static_cast<int64_t>(task) % n_tb * tb, t1 = std::min(n, t0 + tb);
-      const int64_t np = (o1 - o0 + NR - 1) / NR;
-      for (int64_t j = 0; j < np * NR; ++j) init[j] = bias && o0 + j < o1 ? bias[o0 + j] : 0.0f;
-      for (int64_t k0 = 0; k0 < w.in; k0 += kKC) {
-        const int64_t kc = std::min(kKC, w.in - k0);
-        for (int64_t p = 0; p < np; ++p) {
-          if (w.quantized) {
-            PackQuantPanel(w, o0 + p * NR, k0, kc, panels + p * kKC * NR);
-          } else {
-            PackFloatPanel(w, o0 + p * NR, k0, kc, panels + p * kKC * NR, row);
-          }
+    const int64_t o0 = task / n_tb * NB;
+    const int64_t o1 = std::min(w.out, o0 + NB);
+    const int64_t t0 = task % n_tb * tb, t1 = std::min(n, t0 + tb);
+    const int64_t np = (o1 - o0 + NR - 1) / NR;
+    for (int64_t j = 0; j < np * NR; ++j) init[j] = bias && o0 + j < o1 ? bias[o0 + j] : 0.0f;
+    for (int64_t k0 = 0; k0 < w.in; k0 += kKC) {
+      const int64_t kc = std::min(kKC, w.in - k0);
+      for (int64_t p = 0; p < np; ++p) {
+        if (w.quantized) {
+          PackQuantPanel(w, o0 + p * NR, k0, kc, panels + p * kKC * NR);
+        } else {
+          PackFloatPanel(w, o0 + p * NR, k0, kc, panels + p * kKC * NR, row);
         }
-        for (int64_t t = t0; t < t1; t += kMR) {
-          const int64_t mr = std::min<int64_t>(kMR, t1 - t);
-          const float* a[kMR];
-          float* c[kMR];
-          for (int64_t r = 0; r < mr; ++r) a[r] = x + (t + r) * w.in + k0;
-          for (int64_t p = 0; p < np; ++p) {
-            const int64_t oc = o0 + p * NR, nc = std::min(NR, o1 - oc);
-            for (int64_t r = 0; r < mr; ++r) c[r] = y + (t + r) * w.out + oc;
-            const float* start = k0 == 0 ? init + p * NR : nullptr;
-            if (nc == NR) {
-              MicroKernelRows(mr, a, kc, panels + p * kKC * NR, c, start);
-            } else {
-              MicroKernelPartial(mr, nc, a, kc, panels + p * kKC * NR, c, start, tile);
-            }
+      }
+      for (int64_t t = t0; t < t1; t += kMR) {
+        const int64_t mr = std::min<int64_t>(kMR, t1 - t);
+        const float* a[kMR];
+        float* c[kMR];
+        for (int64_t r = 0; r < mr; ++r) a[r] = x + (t + r) * w.in + k0;
+        for (int64_t p = 0; p < np; ++p) {
+          const int64_t oc = o0 + p * NR, nc = std::min(NR, o1 - oc);
+          for (int64_t r = 0; r < mr; ++r) c[r] = y + (t + r) * w.out + oc;
+          const float* start = k0 == 0 ? init + p * NR : nullptr;
+          if (nc == NR) {
+            MicroKernelRows(mr, a, kc, panels + p * kKC * NR, c, start);
+          } else {
+            MicroKernelPartial(mr, nc, a, kc, panels + p * kKC * NR, c, start, tile);
           }
         }
       }
     }
-  };
-  pool.parallel_for(n_ob * n_tb, 1, tasks);
+  });
 }
 
 void LinearImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {

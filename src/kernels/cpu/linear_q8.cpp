@@ -7,6 +7,7 @@
 
 #include "base/thread_pool.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scratch.h"
 #include "tensor/dtype.h"
 
@@ -136,9 +137,13 @@ void LinearQ8Impl(const Weight& w, const float* x, float* y, const float* bias) 
   float* dx = thread_scratch(kScratchD, gpr);
   float* xsum = thread_scratch(kScratchE, gpr);
   QuantizeX(x, w.in, xq, dx, xsum);
-  auto rows = [&](size_t r0, size_t r1, int) { GemvQ8Rows(w, xq, dx, xsum, r0, r1, y, bias); };
-  if (w.bytes() < (size_t{256} << 10)) return rows(0, w.out, 0);
-  ThreadPool::global().parallel_for(w.out, 8, rows);
+  if (w.bytes() < (size_t{256} << 10)) return GemvQ8Rows(w, xq, dx, xsum, 0, w.out, y, bias);
+  // About 16 blocks of rows per thread, taken dynamically.
+  const int64_t rb =
+      std::clamp<int64_t>(w.out / (16 * ThreadPool::global().size()) / 4 * 4, 8, 256);
+  parallel_blocks((w.out + rb - 1) / rb, [&](int64_t b, int) {
+    GemvQ8Rows(w, xq, dx, xsum, b * rb, std::min(w.out, (b + 1) * rb), y, bias);
+  });
 }
 
 }  // namespace gp::cpu::HWY_NAMESPACE

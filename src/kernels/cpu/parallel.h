@@ -1,0 +1,30 @@
+// Dynamic scheduling over the global pool: threads take blocks from a shared counter, so a
+// thread that starts late (a busy machine, a slow core of a big.LITTLE phone) takes fewer
+// blocks instead of holding everyone up.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "base/thread_pool.h"
+
+namespace gp::cpu {
+
+// Calls fn(block, thread) for every block in [0, n_blocks), on all threads of the pool.
+template <class Fn>
+void parallel_blocks(int64_t n_blocks, const Fn& fn) {
+  ThreadPool& pool = ThreadPool::global();
+  if (n_blocks <= 1 || pool.size() == 1) {
+    for (int64_t b = 0; b < n_blocks; ++b) fn(b, 0);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  pool.parallel_for(pool.size(), 1, [&](size_t, size_t, int thread) {
+    for (int64_t b = next.fetch_add(1, std::memory_order_relaxed); b < n_blocks;
+         b = next.fetch_add(1, std::memory_order_relaxed)) {
+      fn(b, thread);
+    }
+  });
+}
+
+}  // namespace gp::cpu
