@@ -97,10 +97,16 @@ bool inside(const fs::path& inner, const fs::path& outer) {
 // ---- Checkpoint
 
 Checkpoint::Checkpoint(const std::string& dir) {
-  dir_ = std::make_unique<ModelDir>(dir);
+  // The config first: a directory of another model fails on its model_type, not on its files.
   const std::string cfg = dir + "/config.json";
+  check(fs::is_directory(dir), dir + ": not a directory (expected a checkpoint directory)");
+  check(fs::exists(cfg),
+        cfg + ": missing (expected a Gemma 3 checkpoint directory with config.json)");
   config_json_ = read_ordered_json(cfg);
-  config_ = parse_config(dir_->config(), dir_->optional_json("generation_config.json"), cfg);
+  const std::string gen = dir + "/generation_config.json";
+  config_ = parse_config(nlohmann::json::parse(config_json_.dump()),
+                         fs::exists(gen) ? read_json_file(gen) : nlohmann::json(), cfg);
+  dir_ = std::make_unique<ModelDir>(dir);
   const std::string embed = names::weight(names::text("model.embed_tokens"));
   check(dir_->has(embed), dir + ": no tensor '" + embed +
                               "' (not a Gemma 3 checkpoint in MLX layout, or an incomplete one?)");

@@ -106,10 +106,18 @@ bool top1_in_topk(const float* a, const float* b, int64_t n, int k) {
 
 PerplexityResult perplexity(const std::string& model_dir, const std::string& text,
                             const EvalOptions& options) {
-  TextRunner r(model_dir);
   const Tokenizer tok = Tokenizer::load(model_dir);
+  const ModelDir dir(model_dir);
+  const ModelConfig c = parse_config(dir.config(), dir.optional_json("generation_config.json"),
+                                     model_dir + "/config.json");
+  return perplexity_of_ids(model_dir, windows(tok, c.bos_token, text, options.window), options);
+}
+
+PerplexityResult perplexity_of_ids(const std::string& model_dir,
+                                   const std::vector<std::vector<int32_t>>& ws,
+                                   const EvalOptions& options) {
+  TextRunner r(model_dir);
   const int64_t V = r.config.text.n_vocab;
-  const auto ws = windows(tok, r.config.bos_token, text, options.window);
   size_t total = 0;
   for (const auto& w : ws) total += w.size();
   Progress progress("ppl", total, options.progress);

@@ -25,6 +25,11 @@ struct PerplexityResult {
 PerplexityResult perplexity(const std::string& model_dir, const std::string& text,
                             const EvalOptions& options = {});
 
+// The same over given windows of ids (each scored from an empty cache; its first id is context).
+PerplexityResult perplexity_of_ids(const std::string& model_dir,
+                                   const std::vector<std::vector<int32_t>>& windows,
+                                   const EvalOptions& options = {});
+
 struct CompareResult {
   int64_t n_positions = 0;
   // Mean KL(A || B) in nats. Where B gives an id -inf (a pruned vocabulary) that A does not, the
