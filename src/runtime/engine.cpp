@@ -113,7 +113,7 @@ PrefillResult Session::prefill(const std::vector<int32_t>& ids, const std::vecto
                                        std::to_string(cache_.max_context()) + " (see --ctx-size)");
   // Which image fills each soft-token run.
   std::vector<uint64_t> keys(n, 0);
-  std::vector<int> run_start(n, -1);
+  std::vector<int> run_start(n, -1), image_of(n, -1);  // per soft token: its run's start, its image
   size_t next_image = 0;
   for (int i = 0; i < n; ++i) {
     if (ids[i] != c.image_token) continue;
@@ -123,7 +123,8 @@ PrefillResult Session::prefill(const std::vector<int32_t>& ids, const std::vecto
                 " image(s) given");
       ++next_image;
     }
-    keys[i] = image_hash(*images[next_image - 1]);
+    image_of[i] = static_cast<int>(next_image - 1);
+    keys[i] = (i > 0 && image_of[i - 1] == image_of[i]) ? keys[i - 1] : image_hash(*images[image_of[i]]);
     run_start[i] = (i > 0 && ids[i - 1] == c.image_token) ? run_start[i - 1] : i;
   }
   check(next_image == images.size(), std::to_string(images.size()) + " image(s) given but the prompt has " +
@@ -154,9 +155,12 @@ PrefillResult Session::prefill(const std::vector<int32_t>& ids, const std::vecto
   std::vector<float> rows;
   for (int start = keep; start < n;) {
     int end = std::min(n, start + chunk);
-    if (end < n && run_start[end] >= 0) {  // do not split an image
-      end = run_start[end] > start ? run_start[end] : end;
-      while (end < n && run_start[end] >= 0 && run_start[end] == run_start[start + (end - start) - 1]) ++end;
+    if (end < n && image_of[end] >= 0 && image_of[end] == image_of[end - 1]) {  // never split an image
+      if (run_start[end] > start) {
+        end = run_start[end];  // stop before it
+      } else {
+        while (end < n && image_of[end] == image_of[start]) ++end;  // it started the chunk: take it whole
+      }
     }
     TextBatch b;
     b.ids.assign(ids.begin() + start, ids.begin() + end);
@@ -166,10 +170,7 @@ PrefillResult Session::prefill(const std::vector<int32_t>& ids, const std::vecto
     for (int i = start; i < end; ++i) {
       if (run_start[i] < 0) continue;
       any_image = true;
-      size_t img_index = 0;  // ordinal of this run among the prompt's images
-      for (int j = 0; j <= run_start[i]; ++j)
-        if (run_start[j] == j) ++img_index;
-      const auto& e = image_embeddings(*images[img_index - 1], keys[i], r);
+      const auto& e = image_embeddings(*images[image_of[i]], keys[i], r);
       b.group[i - start] = run_start[i];
       b.embeddings[i - start] = e.data() + static_cast<size_t>(i - run_start[i]) * c.text.d_model;
     }
