@@ -1,0 +1,435 @@
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+
+#include "server/api.h"
+#include "server/chat_page.h"
+
+namespace gp {
+
+using nlohmann::json;
+
+namespace {
+
+// httplib 0.11 tells a handler nothing about its connection, and a gone client is only noticed
+// when a write fails. To notice it while a request waits or generates without writing, find the
+// handler's socket among the process's descriptors by its address pair (unique while the handler
+// runs, since the connection stays open until it returns). -1 when not found.
+int connection_fd(const httplib::Request& req) {
+  auto address = [](const sockaddr_storage& a, int* port) -> std::string {
+    char text[INET6_ADDRSTRLEN] = {};
+    if (a.ss_family == AF_INET) {
+      const auto* in = reinterpret_cast<const sockaddr_in*>(&a);
+      *port = ntohs(in->sin_port);
+      inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+    } else if (a.ss_family == AF_INET6) {
+      const auto* in = reinterpret_cast<const sockaddr_in6*>(&a);
+      *port = ntohs(in->sin6_port);
+      inet_ntop(AF_INET6, &in->sin6_addr, text, sizeof text);
+    }
+    return text;
+  };
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const int fd = std::stoi(name);
+    sockaddr_storage peer{}, local{};
+    socklen_t peer_len = sizeof peer, local_len = sizeof local;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) continue;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0) continue;
+    int peer_port = -1, local_port = -1;
+    const std::string peer_addr = address(peer, &peer_port);
+    const std::string local_addr = address(local, &local_port);
+    if (peer_port == req.remote_port && local_port == req.local_port &&
+        peer_addr == req.remote_addr && local_addr == req.local_addr)
+      return fd;
+  }
+  return -1;
+}
+
+// True when the client closed its side of the connection (or it broke).
+bool peer_closed(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+// Sampling for the fields a request leaves out: the checkpoint's generation_config.json where it
+// has them, else Gemma 3's published settings.
+SamplingParams default_sampling(const Engine& engine) {
+  SamplingParams s;
+  s.temperature = 1.0f;
+  s.top_k = 64;
+  s.top_p = 0.95f;
+  const json g = engine.dir().optional_json("generation_config.json");
+  if (g.is_object()) {
+    if (g.contains("temperature") && g["temperature"].is_number())
+      s.temperature = g["temperature"].get<float>();
+    if (g.contains("top_k") && g["top_k"].is_number_integer()) s.top_k = g["top_k"].get<int>();
+    if (g.contains("top_p") && g["top_p"].is_number()) s.top_p = g["top_p"].get<float>();
+  }
+  return s;
+}
+
+std::string directory_name(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  const std::string name = std::filesystem::path(path).filename().string();
+  return name.empty() ? path : name;
+}
+
+void reply_error(httplib::Response& res, const ApiError& e) {
+  res.status = e.status;
+  res.set_content(dump(error_body(e)), "application/json");
+  if (e.status == 401) res.set_header("WWW-Authenticate", "Bearer");
+  if (e.status == 503) res.set_header("Retry-After", "1");
+}
+
+// Compares without stopping at the first difference, so the time taken tells nothing of the key.
+bool same_secret(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() != b.size();
+  for (size_t i = 0; i < std::max(a.size(), b.size()); ++i)
+    diff |= static_cast<unsigned char>((i < a.size() ? a[i] : 0) ^ (i < b.size() ? b[i] : 0));
+  return diff == 0;
+}
+
+Completion completion_of(const GenerateResult& r) {
+  Completion c;
+  c.text = r.text;
+  c.finish_reason = r.finish_reason;
+  c.prompt_tokens = r.prefill.n_tokens;
+  c.cached_tokens = r.prefill.n_reused;
+  c.completion_tokens = static_cast<int>(r.ids.size());
+  c.prompt_ms = (r.prefill.prefill_s + r.prefill.image_s) * 1000;
+  c.predicted_ms = r.gen_s * 1000;
+  c.prompt_per_second = r.prompt_tps();
+  c.predicted_per_second = r.gen_tps();
+  return c;
+}
+
+// httplib listens with a backlog of 5: a burst of new clients beyond that loses its SYNs, which
+// cost a second each to resend. Listening again on the bound socket raises the backlog.
+class HttpServer : public httplib::Server {
+ public:
+  void raise_backlog() { ::listen(svr_sock_, SOMAXCONN); }
+};
+
+constexpr auto kPoll =
+    std::chrono::milliseconds(50);  // how often a waiting request checks its client
+
+}  // namespace
+
+struct Server::Impl {
+  Impl(Engine& engine, const ServerOptions& options)
+      : engine(engine),
+        options(options),
+        model(options.model_name.empty() ? directory_name(engine.dir().path())
+                                         : options.model_name),
+        created(static_cast<int64_t>(std::time(nullptr))),
+        sampling(default_sampling(engine)),
+        generator(engine, options.ctx_size, options.max_queue, options.log) {
+    routes();
+  }
+
+  void routes();
+  void check_key(const httplib::Request& req) const;
+  std::vector<int32_t> prompt_ids(const CompletionRequest& r) const;
+  void completions(const httplib::Request& req, httplib::Response& res, bool chat);
+  void stream(httplib::Response& res, std::shared_ptr<Job> job, const ResponseHead& head,
+              bool include_usage, int fd);
+  json health() const;
+
+  // Wraps a handler: API errors become OpenAI error objects, other failures 500.
+  httplib::Server::Handler guarded(
+      std::function<void(const httplib::Request&, httplib::Response&)> f) {
+    return [f](const httplib::Request& req, httplib::Response& res) {
+      try {
+        f(req, res);
+      } catch (const ApiError& e) {
+        reply_error(res, e);
+      } catch (const Error& e) {
+        reply_error(res, invalid_request(e.what()));
+      } catch (const std::exception& e) {
+        reply_error(res, ApiError(500, "server_error", "internal_error", e.what()));
+      }
+    };
+  }
+
+  Engine& engine;
+  const ServerOptions options;
+  const std::string model;
+  const int64_t created;
+  const SamplingParams sampling;
+  std::atomic<int64_t> next_id{0};
+  HttpServer http;
+  Generator generator;
+};
+
+void Server::Impl::check_key(const httplib::Request& req) const {
+  if (options.api_key.empty()) return;
+  const std::string auth = req.get_header_value("Authorization");
+  if (auth.empty())
+    throw ApiError(401, "invalid_request_error", "invalid_api_key",
+                   "missing API key: send the header 'Authorization: Bearer KEY' (the server "
+                   "runs with --api-key)");
+  if (!same_secret(auth, "Bearer " + options.api_key))
+    throw ApiError(401, "invalid_request_error", "invalid_api_key",
+                   "wrong API key in the Authorization header (expected 'Bearer KEY' with the "
+                   "server's --api-key)");
+}
+
+std::vector<int32_t> Server::Impl::prompt_ids(const CompletionRequest& r) const {
+  const ModelConfig& c = engine.config();
+  std::vector<int32_t> ids;
+  if (r.chat) {
+    if (!r.images.empty() && !engine.layout().vision)
+      throw invalid_request("the model '" + model +
+                                "' has no vision tower (a text-only "
+                                "checkpoint): send text only",
+                            "messages", "images_not_supported");
+    try {
+      ids = engine.chat_prompt(r.messages);
+    } catch (const Error& e) {
+      throw invalid_request(e.what(), "messages");
+    }
+    // Image tokens written in the text would take an image that is not there.
+    const auto n_soft = std::count(ids.begin(), ids.end(), c.image_token);
+    if (n_soft != static_cast<int64_t>(r.images.size()) * c.mm_tokens_per_image)
+      throw invalid_request("the message text holds image tokens ('" +
+                                engine.chat_pieces().image_soft_token +
+                                "'); send images as image_url parts",
+                            "messages");
+  } else if (r.prompt_is_ids) {
+    ids = r.prompt_ids;
+    for (size_t i = 0; i < ids.size(); ++i)
+      if (ids[i] >= c.text.n_vocab || ids[i] == c.image_token)
+        throw invalid_request("'prompt[" + std::to_string(i) + "]' is " + std::to_string(ids[i]) +
+                                  ", expected a text token id below " +
+                                  std::to_string(c.text.n_vocab),
+                              "prompt");
+  } else {
+    ids = engine.tokenizer().encode(r.prompt);
+    if (std::count(ids.begin(), ids.end(), c.image_token))
+      throw invalid_request(
+          "the prompt holds image tokens; images are sent to "
+          "/v1/chat/completions",
+          "prompt");
+    ids.insert(ids.begin(), c.bos_token);
+  }
+  if (ids.empty()) throw invalid_request("the prompt is empty", r.chat ? "messages" : "prompt");
+  if (static_cast<int>(ids.size()) > options.ctx_size)
+    throw invalid_request("the prompt is " + std::to_string(ids.size()) +
+                              " tokens, over the context size of " +
+                              std::to_string(options.ctx_size) + " (--ctx-size)",
+                          r.chat ? "messages" : "prompt", "context_length_exceeded");
+  return ids;
+}
+
+void Server::Impl::completions(const httplib::Request& req, httplib::Response& res, bool chat) {
+  check_key(req);
+  CompletionRequest r = parse_completion_request(req.body, chat, model, sampling);
+  auto job = std::make_shared<Job>();
+  job->prompt = prompt_ids(r);
+  job->images = std::move(r.images);
+  job->stream = r.stream;
+  // Never past the context: the last token sampled needs no room in the cache.
+  const int room = options.ctx_size - static_cast<int>(job->prompt.size()) + 1;
+  job->options.max_tokens = std::min(r.max_tokens.value_or(room), room);
+  job->options.sampling = r.sampling;
+  job->options.stop_strings = r.stop;
+  job->options.ignore_stop_tokens = r.ignore_eos;
+  const ResponseHead head{chat, (chat ? "chatcmpl-" : "cmpl-") + std::to_string(++next_id), model,
+                          static_cast<int64_t>(std::time(nullptr))};
+  job->tag = head.id;
+  if (!generator.submit(job))
+    throw ApiError(503, "server_error", "server_busy",
+                   "the server is busy: " + std::to_string(options.max_queue) +
+                       " requests already wait (--max-queue); retry later");
+  const int fd = connection_fd(req);
+  if (r.stream) return stream(res, job, head, r.include_usage, fd);
+
+  std::unique_lock<std::mutex> lock(job->mutex);
+  while (!job->done)
+    if (!job->changed.wait_for(lock, kPoll, [&] { return job->done; }) && peer_closed(fd))
+      job->cancel = true;
+  if (!job->error.empty())
+    throw ApiError(500, "server_error", "internal_error", "generation failed: " + job->error);
+  res.set_content(dump(completion_response(head, completion_of(job->result))), "application/json");
+}
+
+void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Job> job,
+                          const ResponseHead& head, bool include_usage, int fd) {
+  res.set_header("Cache-Control", "no-cache");
+  auto first = std::make_shared<bool>(true);
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [job, head, include_usage, fd, first](size_t, httplib::DataSink& sink) {
+        std::string text, error;
+        bool done;
+        {
+          std::unique_lock<std::mutex> lock(job->mutex);
+          job->changed.wait_for(lock, kPoll, [&] { return job->done || !job->text.empty(); });
+          text.swap(job->text);
+          done = job->done;
+          error = job->error;
+        }
+        std::string out;
+        if (*first && head.chat) out += sse_event(stream_chunk(head, "assistant", "", ""));
+        *first = false;
+        if (!text.empty()) out += sse_event(stream_chunk(head, "", text, ""));
+        if (done && !error.empty()) {
+          out += sse_event(error_body(
+              ApiError(500, "server_error", "internal_error", "generation failed: " + error)));
+        } else if (done) {
+          const Completion c = completion_of(job->result);
+          out += sse_event(stream_chunk(head, "", "", c.finish_reason, &c));
+          if (include_usage) out += sse_event(usage_chunk(head, c));
+          out += "data: [DONE]\n\n";
+        }
+        if (peer_closed(fd) || (!out.empty() && !sink.write(out.data(), out.size()))) {
+          job->cancel = true;
+          return false;
+        }
+        if (done) sink.done();
+        return true;
+      },
+      [job](bool success) {
+        if (!success) job->cancel = true;
+      });
+}
+
+json Server::Impl::health() const {
+  const GeneratorStats s = generator.stats();
+  return {{"status", "ok"},
+          {"model", model},
+          {"ctx_size", options.ctx_size},
+          {"busy", s.busy},
+          {"waiting", s.waiting},
+          {"max_queue", options.max_queue},
+          {"completed", s.completed},
+          {"cancelled", s.cancelled},
+          {"rejected", s.rejected},
+          {"failed", s.failed},
+          {"generated_tokens", s.generated_tokens}};
+}
+
+void Server::Impl::routes() {
+  // Waiting requests hold a thread each: room for a full queue, the running one and the rest.
+  const size_t threads = static_cast<size_t>(std::max(32, options.max_queue + 16));
+  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http.set_payload_max_length(options.max_body);
+  http.set_tcp_nodelay(true);  // a streamed token goes out at once, not after the last one's ACK
+
+  http.Get("/", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(chat_page(), "text/html; charset=utf-8");
+  });
+  http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(dump(health()), "application/json");
+  });
+  http.Get("/v1/models", guarded([this](const httplib::Request& req, httplib::Response& res) {
+             check_key(req);
+             res.set_content(dump(models_response(model, created)), "application/json");
+           }));
+  http.Get("/v1/models/(.+)", guarded([this](const httplib::Request& req, httplib::Response& res) {
+             check_key(req);
+             if (req.matches[1] != model)
+               throw ApiError(404, "invalid_request_error", "model_not_found",
+                              "the model '" + std::string(req.matches[1]) +
+                                  "' does not exist; this server serves '" + model + "'",
+                              "model");
+             res.set_content(dump(model_object(model, created)), "application/json");
+           }));
+  http.Post("/v1/chat/completions",
+            guarded([this](const httplib::Request& req, httplib::Response& res) {
+              completions(req, res, true);
+            }));
+  http.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
+              completions(req, res, false);
+            }));
+  http.Get("/v1/(chat/)?completions", [](const httplib::Request& req, httplib::Response& res) {
+    reply_error(res, ApiError(405, "invalid_request_error", "method_not_allowed",
+                              req.path + " takes POST requests"));
+  });
+
+  // httplib's own refusals (no route, body too large, bad HTTP) get an error object too.
+  http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    if (res.status == 404)
+      reply_error(res, ApiError(404, "invalid_request_error", "not_found",
+                                "no route " + req.method + " " + req.path +
+                                    " (the server has POST /v1/chat/completions, POST "
+                                    "/v1/completions, GET /v1/models, GET /health, GET /)"));
+    else if (res.status == 413)
+      reply_error(res, ApiError(413, "invalid_request_error", "request_too_large",
+                                "the request body is " + req.get_header_value("Content-Length") +
+                                    " bytes, over the limit of " +
+                                    std::to_string(options.max_body) + " (--max-body)"));
+    else
+      reply_error(res, ApiError(res.status, "invalid_request_error", "bad_request",
+                                "the server could not read the request (HTTP status " +
+                                    std::to_string(res.status) + ")"));
+  });
+  http.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown exception";
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        reply_error(res, ApiError(500, "server_error", "internal_error", what));
+      });
+  if (options.log)
+    http.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+      std::fprintf(stderr, "%s %s %d (%s:%d)\n", req.method.c_str(), req.path.c_str(), res.status,
+                   req.remote_addr.c_str(), req.remote_port);
+    });
+}
+
+namespace {
+const ServerOptions& checked(const ServerOptions& o) {
+  check(o.ctx_size > 0, "--ctx-size must be at least 1, got " + std::to_string(o.ctx_size));
+  check(o.max_queue >= 0, "--max-queue must be at least 0, got " + std::to_string(o.max_queue));
+  return o;
+}
+}  // namespace
+
+Server::Server(Engine& engine, const ServerOptions& options)
+    : impl_(std::make_unique<Impl>(engine, checked(options))) {}
+
+Server::~Server() { stop(); }
+
+int Server::bind() {
+  const auto& o = impl_->options;
+  int port = o.port;
+  if (port == 0)
+    port = impl_->http.bind_to_any_port(o.host);
+  else if (!impl_->http.bind_to_port(o.host, port))
+    port = -1;
+  check(port > 0, "cannot listen on " + o.host + ":" + std::to_string(o.port) +
+                      " (address in use, or not an address of this machine?)");
+  impl_->http.raise_backlog();
+  return port;
+}
+
+void Server::listen() { impl_->http.listen_after_bind(); }
+
+void Server::stop() { impl_->http.stop(); }
+
+const std::string& Server::model_name() const { return impl_->model; }
+
+GeneratorStats Server::stats() const { return impl_->generator.stats(); }
+
+}  // namespace gp

@@ -1,0 +1,50 @@
+// gemma-server: an OpenAI-compatible HTTP server over one loaded engine. POST /v1/chat/completions,
+// POST /v1/completions, GET /v1/models, GET /health and a chat page at /. Requests wait in one
+// queue and are generated one at a time (see generator.h); docs/SERVER.md describes the API.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "runtime/engine.h"
+#include "server/generator.h"
+
+namespace gp {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";  // loopback unless told otherwise
+  int port = 8080;                 // 0: any free port (see Server::bind)
+  int ctx_size = 4096;             // context of the one session, in tokens
+  int max_queue = 16;              // requests that may wait beside the running one; more get 503
+  std::string api_key;             // when set, /v1/ needs "Authorization: Bearer KEY"
+  size_t max_body = 32u << 20;     // request bodies beyond this get 413
+  std::string model_name;          // the id clients see; default: the checkpoint's directory name
+  bool log = true;                 // one line per request and per generation on stderr
+};
+
+class Server {
+ public:
+  // Serves `engine`, which the server's generation thread uses from now on, alone.
+  Server(Engine& engine, const ServerOptions& options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds host:port and returns the port (the one chosen when port is 0). Throws Error when the
+  // address cannot be bound.
+  int bind();
+  // Serves on the bound socket until stop(); call bind() first.
+  void listen();
+  // Makes listen() return; safe from any thread.
+  void stop();
+
+  const std::string& model_name() const;
+  GeneratorStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace gp
