@@ -1,0 +1,680 @@
+// gemma-server over real sockets on 127.0.0.1, on the fixture checkpoints: answers against the
+// engine and llama.cpp's greedy reference, streaming against non-streaming, images, the error
+// objects, API keys, concurrent clients, a client leaving mid-stream, a full queue, prefix reuse
+// across turns, the binary, and the chat page in headless Chromium.
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "io/image.h"
+#include "test_util.h"
+
+namespace gp {
+namespace {
+using nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+// A server on a free loopback port, listening on its own thread.
+class TestServer {
+ public:
+  explicit TestServer(ServerOptions o = {}, const std::string& model = "tiny-original")
+      : engine_(test::data_path(model), {1, false}) {
+    signal(SIGPIPE, SIG_IGN);  // as gemma-server does: a client may leave mid-answer
+    o.host = "127.0.0.1";
+    o.port = 0;
+    o.log = std::getenv("GP_SERVER_TEST_LOG") != nullptr;  // =1 shows the server's log
+    server_ = std::make_unique<Server>(engine_, o);
+    port_ = server_->bind();
+    thread_ = std::thread([this] { server_->listen(); });
+  }
+  ~TestServer() {
+    server_->stop();
+    thread_.join();
+  }
+  int port() const { return port_; }
+  Engine& engine() { return engine_; }
+  const Server& server() const { return *server_; }
+
+  httplib::Result post(const std::string& path, const json& body,
+                       const httplib::Headers& headers = {}) const {
+    return post_raw(path, body.dump(), headers);
+  }
+  httplib::Result post_raw(const std::string& path, const std::string& body,
+                           const httplib::Headers& headers = {}) const {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(60);
+    return c.Post(path.c_str(), headers, body, "application/json");
+  }
+  httplib::Result get(const std::string& path, const httplib::Headers& headers = {}) const {
+    httplib::Client c("127.0.0.1", port_);
+    return c.Get(path.c_str(), headers);
+  }
+  json health() const { return json::parse(get("/health")->body); }
+
+  // Waits until `pred(health)` holds; false after `seconds`.
+  template <class Pred>
+  bool wait_health(Pred pred, double seconds = 20) const {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < end) {
+      if (pred(health())) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+
+ private:
+  Engine engine_;
+  std::unique_ptr<Server> server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
+json chat_body(const std::string& text, int max_tokens, uint64_t seed, bool stream = false) {
+  return {{"messages", {{{"role", "user"}, {"content", text}}}},
+          {"max_tokens", max_tokens},
+          {"temperature", 0.9},
+          {"top_k", 40},
+          {"top_p", 0.9},
+          {"min_p", 0.01},
+          {"repetition_penalty", 1.1},
+          {"seed", seed},
+          {"stream", stream}};
+}
+
+// The events of a server-sent event stream; the text they carry and the finish reason.
+struct Sse {
+  std::vector<std::string> events;  // the data of each event
+  std::string text, finish_reason;
+  json usage, last;
+};
+
+Sse parse_sse(const std::string& body, bool chat) {
+  Sse s;
+  size_t pos = 0, end;
+  while ((end = body.find("\n\n", pos)) != std::string::npos) {
+    const std::string event = body.substr(pos, end - pos);
+    pos = end + 2;
+    EXPECT_THAT(event, StartsWith("data: "));
+    s.events.push_back(event.substr(6));
+    if (s.events.back() == "[DONE]") continue;
+    const json j = json::parse(s.events.back());
+    EXPECT_EQ(j["object"], chat ? "chat.completion.chunk" : "text_completion");
+    if (j.contains("usage")) s.usage = j["usage"];
+    if (j["choices"].empty()) continue;
+    const json& c = j["choices"][0];
+    if (chat && c["delta"].contains("content")) s.text += c["delta"]["content"].get<std::string>();
+    if (!chat) s.text += c["text"].get<std::string>();
+    if (!c["finish_reason"].is_null()) s.finish_reason = c["finish_reason"];
+    s.last = j;
+  }
+  EXPECT_EQ(pos, body.size()) << "a partial event at the end";
+  return s;
+}
+
+std::string base64(const std::string& bytes) {
+  static const char* abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    const uint32_t v =
+        (uint8_t(bytes[i]) << 16) | (uint8_t(bytes[i + 1]) << 8) | uint8_t(bytes[i + 2]);
+    for (int k = 18; k >= 0; k -= 6) out += abc[(v >> k) & 63];
+  }
+  if (i < bytes.size()) {
+    const bool two = i + 1 < bytes.size();
+    const uint32_t v = (uint8_t(bytes[i]) << 16) | (two ? uint8_t(bytes[i + 1]) << 8 : 0);
+    out += abc[(v >> 18) & 63];
+    out += abc[(v >> 12) & 63];
+    out += two ? abc[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+// The answer the engine gives itself for a chat of one user message.
+GenerateResult direct_answer(Engine& engine, const json& body, const std::vector<Image>& images) {
+  const json& m = body["messages"][0];
+  std::string text = m["content"].is_string() ? m["content"].get<std::string>() : "";
+  if (m["content"].is_array())
+    for (const auto& part : m["content"])
+      if (part["type"] == "text") text = part["text"];
+  Session session(engine, 4096);
+  GenerateOptions o;
+  o.max_tokens = body["max_tokens"];
+  o.sampling.temperature = body["temperature"].get<float>();
+  o.sampling.top_k = body["top_k"].get<int>();
+  o.sampling.top_p = body["top_p"].get<float>();
+  o.sampling.min_p = body["min_p"].get<float>();
+  o.sampling.repetition_penalty = body["repetition_penalty"].get<float>();
+  o.sampling.seed = body["seed"].get<uint64_t>();
+  std::vector<const Image*> ptrs;
+  for (const auto& i : images) ptrs.push_back(&i);
+  return generate(session, engine.chat_prompt({{"user", text, static_cast<int>(images.size())}}),
+                  ptrs, o);
+}
+
+TEST(Server, AnswersMatchTheEngineAndStreamingMatchesNonStreaming) {
+  TestServer s;
+  for (uint64_t seed : {3, 17}) {
+    const json body = chat_body("Tell me about the license", 24, seed);
+    const auto plain = s.post("/v1/chat/completions", body);
+    ASSERT_EQ(plain->status, 200) << plain->body;
+    const json j = json::parse(plain->body);
+    EXPECT_EQ(j["object"], "chat.completion");
+    EXPECT_EQ(j["model"], "tiny-original");
+    const json& choice = j["choices"][0];
+    EXPECT_EQ(choice["message"]["role"], "assistant");
+
+    const GenerateResult ref = direct_answer(s.engine(), body, {});
+    EXPECT_EQ(choice["message"]["content"], ref.text);
+    EXPECT_EQ(choice["finish_reason"], ref.finish_reason);
+    EXPECT_EQ(j["usage"]["prompt_tokens"], ref.prefill.n_tokens);
+    EXPECT_EQ(j["usage"]["completion_tokens"], ref.ids.size());
+    EXPECT_EQ(j["usage"]["total_tokens"], ref.prefill.n_tokens + ref.ids.size());
+
+    json sbody = body;
+    sbody["stream"] = true;
+    sbody["stream_options"] = {{"include_usage", true}};
+    const auto streamed = s.post("/v1/chat/completions", sbody);
+    ASSERT_EQ(streamed->status, 200) << streamed->body;
+    EXPECT_THAT(streamed->get_header_value("Content-Type"), StartsWith("text/event-stream"));
+    const Sse sse = parse_sse(streamed->body, true);
+    ASSERT_GE(sse.events.size(), 3u);
+    EXPECT_EQ(json::parse(sse.events[0])["choices"][0]["delta"]["role"], "assistant");
+    EXPECT_EQ(sse.events.back(), "[DONE]");
+    EXPECT_EQ(sse.text, choice["message"]["content"]);
+    EXPECT_EQ(sse.finish_reason, choice["finish_reason"]);
+    EXPECT_EQ(sse.usage["completion_tokens"], j["usage"]["completion_tokens"]);
+    EXPECT_EQ(sse.usage["prompt_tokens"], j["usage"]["prompt_tokens"]);
+  }
+}
+
+TEST(Server, StopStringsCutTheAnswer) {
+  TestServer s;
+  json body = chat_body("Tell me more", 24, 1);
+  body["temperature"] = 0;
+  const std::string full =
+      json::parse(s.post("/v1/chat/completions", body)->body)["choices"][0]["message"]["content"];
+  // Two printable characters from the middle of the greedy answer end it there.
+  size_t at = full.size() / 2;
+  while (at + 1 < full.size() && !(std::isalnum(full[at]) && std::isalnum(full[at + 1]))) ++at;
+  ASSERT_LT(at + 1, full.size()) << full;
+  const std::string stop = full.substr(at, 2);
+  body["stop"] = {"never appears \x01", stop};
+  for (bool stream : {false, true}) {
+    body["stream"] = stream;
+    const auto r = s.post("/v1/chat/completions", body);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const Sse sse = stream ? parse_sse(r->body, true) : Sse{};
+    const json j = stream ? json() : json::parse(r->body);
+    EXPECT_EQ(stream ? sse.text : j["choices"][0]["message"]["content"].get<std::string>(),
+              full.substr(0, full.find(stop)));
+    EXPECT_EQ(stream ? sse.finish_reason : j["choices"][0]["finish_reason"].get<std::string>(),
+              "stop");
+  }
+}
+
+TEST(Server, RawCompletionMatchesTheGreedyReference) {
+  TestServer s;
+  // llama.cpp's greedy continuation of a prompt given as token ids (tests/data/README.md).
+  const std::string ref = test::read_text(test::data_path("tiny-original/ref/greedy.txt"));
+  const std::string p = test::temp_dir("srv") + "/ids.txt";
+  test::write_text(p, ref.substr(0, ref.find(';')));
+  const auto prompt = test::read_ids(p);
+  test::write_text(p, ref.substr(ref.find(';') + 1));
+  const auto expected = test::read_ids(p);
+  TokenStreamer streamer(s.engine().tokenizer());
+  std::string text;
+  for (int32_t id : expected) text += streamer.push(id);
+  text += streamer.flush();
+
+  for (bool stream : {false, true}) {
+    const json body = {{"prompt", prompt},
+                       {"max_tokens", expected.size()},
+                       {"temperature", 0},
+                       {"stream", stream}};
+    const auto res = s.post("/v1/completions", body);
+    ASSERT_EQ(res->status, 200) << res->body;
+    if (stream) {
+      const Sse sse = parse_sse(res->body, false);
+      EXPECT_EQ(sse.text, text);
+      EXPECT_EQ(sse.finish_reason, "length");
+    } else {
+      const json j = json::parse(res->body);
+      EXPECT_EQ(j["object"], "text_completion");
+      EXPECT_EQ(j["choices"][0]["text"], text);
+      EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+      EXPECT_EQ(j["usage"]["prompt_tokens"], prompt.size());
+      EXPECT_EQ(j["usage"]["completion_tokens"], expected.size());
+    }
+  }
+  // A text prompt is BOS + its tokens, no template.
+  const auto res = s.post("/v1/completions", {{"prompt", "Hello"}, {"max_tokens", 2}});
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["usage"]["prompt_tokens"],
+            1 + s.engine().tokenizer().encode("Hello").size());
+}
+
+TEST(Server, ImageRequest) {
+  TestServer s;
+  const std::string png = test::read_text(test::data_path("tiny-original/ref/image.png"));
+  const json body = {{"messages",
+                      {{{"role", "user"},
+                        {"content",
+                         {{{"type", "text"}, {"text", "What is in the picture?"}},
+                          {{"type", "image_url"},
+                           {"image_url", {{"url", "data:image/png;base64," + base64(png)}}}}}}}}},
+                     {"max_tokens", 12},
+                     {"temperature", 0.8},
+                     {"top_k", 0},
+                     {"top_p", 1.0},
+                     {"min_p", 0.0},
+                     {"repetition_penalty", 1.0},
+                     {"seed", 9}};
+  const auto res = s.post("/v1/chat/completions", body);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json j = json::parse(res->body);
+  const GenerateResult ref =
+      direct_answer(s.engine(), body, {load_image(test::data_path("tiny-original/ref/image.png"))});
+  EXPECT_EQ(j["choices"][0]["message"]["content"], ref.text);
+  EXPECT_EQ(j["usage"]["prompt_tokens"], ref.prefill.n_tokens);
+  EXPECT_GT(ref.prefill.n_tokens, s.engine().config().mm_tokens_per_image);
+
+  // The same image again: the cache holds it (image tokens included).
+  const auto again = s.post("/v1/chat/completions", body);
+  ASSERT_EQ(again->status, 200) << again->body;
+  EXPECT_EQ(json::parse(again->body)["usage"]["prompt_tokens_details"]["cached_tokens"],
+            ref.prefill.n_tokens - 1);
+
+  // Broken images are the client's error.
+  json bad = body;
+  auto& url = bad["messages"][0]["content"][1]["image_url"]["url"];
+  for (const std::string& u :
+       {std::string("data:image/png;base64,") + base64("not a png at all"),
+        std::string("data:image/png;base64,@@@@"), std::string("https://example.com/cat.png"),
+        "data:image/png;base64," + base64(png.substr(0, png.size() / 2))}) {
+    url = u;
+    const auto r = s.post("/v1/chat/completions", bad);
+    EXPECT_EQ(r->status, 400) << u.substr(0, 40) << ": " << r->body;
+    EXPECT_EQ(json::parse(r->body)["error"]["param"], "messages[0].content[1]") << r->body;
+  }
+}
+
+// Status, type and code of an error answer; its message must be there.
+void expect_error(const httplib::Result& r, int status, const std::string& code,
+                  const std::string& param = "") {
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, status) << r->body;
+  const json j = json::parse(r->body, nullptr, false);
+  ASSERT_TRUE(j.is_object() && j.contains("error")) << r->body;
+  EXPECT_EQ(j["error"]["code"], code) << r->body;
+  EXPECT_EQ(j["error"]["type"], status >= 500 ? "server_error" : "invalid_request_error");
+  EXPECT_FALSE(j["error"]["message"].get<std::string>().empty());
+  if (!param.empty()) {
+    EXPECT_EQ(j["error"]["param"], param) << r->body;
+  }
+}
+
+TEST(Server, BadRequestsGetOpenAiErrors) {
+  ServerOptions o;
+  o.ctx_size = 64;
+  o.max_body = 4096;
+  TestServer s(o);
+  const std::string chat = "/v1/chat/completions";
+  const json ok = chat_body("Hi", 2, 1);
+  ASSERT_EQ(s.post(chat, ok)->status, 200);
+
+  expect_error(s.post_raw(chat, "{\"messages\": ["), 400, "invalid_json");
+  expect_error(s.post_raw(chat, "[1, 2]"), 400, "invalid_type", "body");
+  auto with = [&](const char* key, const json& v) {
+    json b = ok;
+    b[key] = v;
+    return s.post(chat, b);
+  };
+  expect_error(with("temperature", "hot"), 400, "invalid_type", "temperature");
+  expect_error(with("max_tokens", 1.5), 400, "invalid_type", "max_tokens");
+  expect_error(with("stream", "yes"), 400, "invalid_type", "stream");
+  expect_error(with("stop", 5), 400, "invalid_type", "stop");
+  expect_error(with("messages", "Hi"), 400, "invalid_type", "messages");
+  expect_error(with("messages", {{{"role", "user"}, {"content", 5}}}), 400, "invalid_type",
+               "messages[0].content");
+  expect_error(with("messages", {{{"role", "robot"}, {"content", "Hi"}}}), 400, "invalid_value",
+               "messages[0].role");
+  expect_error(with("messages", {{{"role", "assistant"}, {"content", "Hi"}}}), 400, "invalid_value",
+               "messages");
+  expect_error(with("top_p", 1.5), 400, "invalid_value", "top_p");
+  expect_error(with("max_tokens", 0), 400, "invalid_value", "max_tokens");
+  expect_error(with("n", 2), 400, "invalid_value", "n");
+  expect_error(with("logit_bias", json::object()), 400, "unknown_parameter", "logit_bias");
+  expect_error(with("model", "gpt-4o"), 404, "model_not_found", "model");
+  EXPECT_EQ(with("model", "tiny-original")->status, 200);
+  EXPECT_EQ(with("stop", nullptr)->status, 200);  // null stands for absent
+  expect_error(with("messages", {{{"role", "user"}, {"content", std::string(400, 'x')}}}), 400,
+               "context_length_exceeded", "messages");
+  expect_error(s.post("/v1/completions", {{"prompt", {1, 2, 100000}}}), 400, "invalid_value",
+               "prompt");
+  expect_error(s.post("/v1/completions", ok), 400, "unknown_parameter", "messages");
+
+  // Body limit, routes, methods.
+  expect_error(with("messages", {{{"role", "user"}, {"content", std::string(5000, 'x')}}}), 413,
+               "request_too_large");
+  expect_error(s.get("/v1/nothing"), 404, "not_found");
+  expect_error(s.get("/v1/chat/completions"), 405, "method_not_allowed");
+  expect_error(s.get("/v1/models/gpt-4o"), 404, "model_not_found");
+  EXPECT_EQ(s.get("/v1/models/tiny-original")->status, 200);
+  const json models = json::parse(s.get("/v1/models")->body);
+  EXPECT_EQ(models["data"][0]["id"], "tiny-original");
+
+  // None of it disturbed the server.
+  EXPECT_EQ(s.post(chat, ok)->status, 200);
+  EXPECT_EQ(s.health()["failed"], 0);
+}
+
+TEST(Server, ApiKey) {
+  ServerOptions o;
+  o.api_key = "sesame";
+  TestServer s(o);
+  const json body = chat_body("Hi", 2, 1);
+  expect_error(s.post("/v1/chat/completions", body), 401, "invalid_api_key");
+  expect_error(s.post("/v1/chat/completions", body, {{"Authorization", "Bearer sesam"}}), 401,
+               "invalid_api_key");
+  expect_error(s.post("/v1/completions", {{"prompt", "x"}}, {{"Authorization", "sesame"}}), 401,
+               "invalid_api_key");
+  expect_error(s.get("/v1/models"), 401, "invalid_api_key");
+  EXPECT_EQ(s.post("/v1/chat/completions", body, {{"Authorization", "Bearer sesame"}})->status,
+            200);
+  EXPECT_EQ(s.get("/v1/models", {{"Authorization", "Bearer sesame"}})->status, 200);
+  EXPECT_EQ(s.get("/health")->status, 200);  // open, as is the page
+  EXPECT_EQ(s.get("/")->status, 200);
+}
+
+TEST(Server, EightConcurrentClientsAllAnswered) {
+  TestServer s;
+  const int n = 8;
+  std::vector<std::string> texts(n);
+  std::vector<int> status(n, 0);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < n; ++i)
+    clients.emplace_back([&, i] {
+      const bool stream = i % 2;
+      const auto r = s.post("/v1/chat/completions",
+                            chat_body("Client " + std::to_string(i), 16, 100 + i, stream));
+      if (!r) return;
+      status[i] = r->status;
+      texts[i] = stream
+                     ? parse_sse(r->body, true).text
+                     : json::parse(r->body)["choices"][0]["message"]["content"].get<std::string>();
+    });
+  for (auto& c : clients) c.join();
+  for (int i = 0; i < n; ++i) {
+    ASSERT_EQ(status[i], 200) << "client " << i;
+    // Each got its own answer, as if it had been alone.
+    const GenerateResult ref =
+        direct_answer(s.engine(), chat_body("Client " + std::to_string(i), 16, 100 + i), {});
+    EXPECT_EQ(texts[i], ref.text) << "client " << i;
+  }
+  const json h = s.health();
+  EXPECT_EQ(h["completed"], n);
+  EXPECT_EQ(h["rejected"], 0);
+}
+
+// A client on a raw socket, to leave in the middle of an answer.
+class RawClient {
+ public:
+  explicit RawClient(int port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  }
+  ~RawClient() { close(); }
+  void post(const std::string& path, const json& body) {
+    const std::string b = body.dump();
+    const std::string req = "POST " + path +
+                            " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                            "Content-Length: " +
+                            std::to_string(b.size()) + "\r\n\r\n" + b;
+    ASSERT_EQ(send(fd_, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  }
+  // Reads until `needle` has come `count` times; false when the connection ends first.
+  bool read_until(const std::string& needle, int count) {
+    char buf[4096];
+    while (true) {
+      int seen = 0;
+      for (size_t p = received_.find(needle); p != std::string::npos;
+           p = received_.find(needle, p + 1))
+        ++seen;
+      if (seen >= count) return true;
+      const ssize_t n = recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) return false;
+      received_.append(buf, static_cast<size_t>(n));
+    }
+  }
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+  const std::string& received() const { return received_; }
+
+ private:
+  int fd_ = -1;
+  std::string received_;
+};
+
+// A stream that would run for a long time: stop tokens do not end it.
+json endless(bool stream) {
+  return {{"prompt", "Once upon a time"},
+          {"max_tokens", 20000},
+          {"ignore_eos", true},
+          {"stream", stream}};
+}
+
+TEST(Server, ClientLeavingMidStreamStopsItsGenerationOnly) {
+  ServerOptions o;
+  o.ctx_size = 20016;
+  TestServer s(o);
+  RawClient leaver(s.port());
+  leaver.post("/v1/completions", endless(true));
+  ASSERT_TRUE(leaver.read_until("data: ", 5)) << leaver.received();
+  EXPECT_THAT(leaver.received(), StartsWith("HTTP/1.1 200"));
+
+  // Two others queue behind it.
+  std::vector<int> status(2, 0);
+  std::vector<std::thread> others;
+  for (int i = 0; i < 2; ++i)
+    others.emplace_back([&, i] {
+      const auto r = s.post("/v1/chat/completions", chat_body("Next", 8, i, i == 1));
+      if (r) status[i] = r->status;
+    });
+  ASSERT_TRUE(s.wait_health([](const json& h) { return h["waiting"] == 2; }));
+  leaver.close();
+  for (auto& t : others) t.join();
+  EXPECT_EQ(status[0], 200);
+  EXPECT_EQ(status[1], 200);
+  const json h = s.health();
+  EXPECT_EQ(h["cancelled"], 1);
+  EXPECT_EQ(h["completed"], 2);
+  EXPECT_LT(h["generated_tokens"], 20000) << "the left stream was not stopped early";
+
+  // A non-streaming client that leaves stops its generation too.
+  {
+    RawClient quitter(s.port());
+    quitter.post("/v1/completions", endless(false));
+    ASSERT_TRUE(s.wait_health([](const json& h) { return h["busy"] == true; }));
+  }
+  EXPECT_TRUE(s.wait_health([](const json& h) { return h["cancelled"] == 2 && !h["busy"]; }));
+  EXPECT_LT(s.health()["generated_tokens"], 40000);
+}
+
+TEST(Server, FullQueueGets503) {
+  ServerOptions o;
+  o.ctx_size = 20016;
+  o.max_queue = 1;
+  TestServer s(o);
+  RawClient running(s.port());
+  running.post("/v1/completions", endless(true));
+  ASSERT_TRUE(running.read_until("data: ", 2));
+  int waiting_status = 0;
+  std::thread waiting([&] {
+    const auto r = s.post("/v1/chat/completions", chat_body("Wait", 4, 1));
+    if (r) waiting_status = r->status;
+  });
+  ASSERT_TRUE(s.wait_health([](const json& h) { return h["waiting"] == 1; }));
+  const auto start = std::chrono::steady_clock::now();
+  const auto refused = s.post("/v1/chat/completions", chat_body("Too many", 4, 2));
+  expect_error(refused, 503, "server_busy");
+  EXPECT_EQ(refused->get_header_value("Retry-After"), "1");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
+  running.close();
+  waiting.join();
+  EXPECT_EQ(waiting_status, 200);
+  const json h = s.health();
+  EXPECT_EQ(h["rejected"], 1);
+  EXPECT_EQ(h["cancelled"], 1);
+}
+
+TEST(Server, SecondTurnReusesTheCache) {
+  TestServer s;
+  json body = chat_body("Hello there", 8, 5);
+  const json first = json::parse(s.post("/v1/chat/completions", body)->body);
+  EXPECT_EQ(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+  const int first_prompt = first["usage"]["prompt_tokens"];
+  body["messages"].push_back(
+      {{"role", "assistant"}, {"content", first["choices"][0]["message"]["content"]}});
+  body["messages"].push_back({{"role", "user"}, {"content", "And then?"}});
+  const json second = json::parse(s.post("/v1/chat/completions", body)->body);
+  EXPECT_GT(second["usage"]["prompt_tokens"], first_prompt);
+  // The first turn's prompt is not read again (the answer's ids may differ from its text
+  // re-tokenized, which then ends the shared prefix).
+  EXPECT_GE(second["usage"]["prompt_tokens_details"]["cached_tokens"], first_prompt);
+}
+
+TEST(Server, BinaryServesAndFailsClearly) {
+  std::string out;
+  EXPECT_EQ(test::run_command(test::bin_path("gemma-server") + " /no/such/dir", &out), 1);
+  EXPECT_THAT(out, HasSubstr("error: "));
+  EXPECT_THAT(out, HasSubstr("/no/such/dir"));
+
+  // Started on port 0, it says where it listens.
+  int pipe_fd[2];
+  ASSERT_EQ(pipe(pipe_fd), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(pipe_fd[1], 2);
+    ::close(pipe_fd[0]);
+    const std::string bin = test::bin_path("gemma-server");
+    const std::string model = test::data_path("tiny-mobile");
+    execl(bin.c_str(), bin.c_str(), model.c_str(), "--port", "0", "--threads", "1", "--alias",
+          "mobile", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ::close(pipe_fd[1]);
+  std::string log;
+  char buf[512];
+  int port = 0;
+  while (!port) {
+    const ssize_t n = read(pipe_fd[0], buf, sizeof buf);
+    if (n <= 0) break;
+    log.append(buf, static_cast<size_t>(n));
+    const size_t p = log.find("listening on http://127.0.0.1:");
+    if (p != std::string::npos && log.find('/', p + 30) != std::string::npos)
+      port = std::stoi(log.substr(p + 30));
+  }
+  ASSERT_GT(port, 0) << log;
+  httplib::Client c("127.0.0.1", port);
+  const auto r = c.Post("/v1/chat/completions", chat_body("Hi", 4, 1).dump(), "application/json");
+  kill(pid, SIGTERM);
+  waitpid(pid, nullptr, 0);
+  ::close(pipe_fd[0]);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["model"], "mobile");
+}
+
+// Text as Chromium serializes it inside an element.
+std::string html_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '&')
+      out += "&amp;";
+    else if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else
+      out += c;
+  }
+  return out;
+}
+
+TEST(Server, ChatPageShowsAStreamedAnswerInHeadlessChromium) {
+  const std::string chromium = "/usr/bin/chromium";
+  if (!std::filesystem::exists(chromium))
+    GTEST_SKIP() << chromium << " is not installed (apt-get install chromium); the chat page "
+                 << "is not tested in a browser";
+  TestServer s;
+  const auto page = s.get("/");
+  ASSERT_EQ(page->status, 200);
+  EXPECT_THAT(page->get_header_value("Content-Type"), StartsWith("text/html"));
+
+  // What the page must show: the answer to the same request, asked directly.
+  const json body = {
+      {"messages", {{{"role", "user"}, {"content", {{{"type", "text"}, {"text", "Hello"}}}}}}},
+      {"max_tokens", 12},
+      {"temperature", 0.7},
+      {"seed", 5}};
+  const auto direct = s.post("/v1/chat/completions", body);
+  ASSERT_EQ(direct->status, 200);
+  const std::string answer = json::parse(direct->body)["choices"][0]["message"]["content"];
+  ASSERT_FALSE(answer.empty());
+
+  const std::string dir = test::temp_dir("chromium");
+  const std::string url = "'http://127.0.0.1:" + std::to_string(s.port()) +
+                          "/?prompt=Hello&autosend=1&seed=5&temperature=0.7&max_tokens=12'";
+  const std::string cmd = "timeout 60 " + chromium +
+                          " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+                          " --disable-background-networking --disable-component-update"
+                          " --disable-sync --virtual-time-budget=20000 --window-size=900,600"
+                          " --user-data-dir=" +
+                          dir + "/profile";
+  std::string dom;
+  ASSERT_EQ(test::run_command("{ " + cmd + " --dump-dom " + url + " 2>/dev/null; }", &dom), 0)
+      << dom;
+  EXPECT_THAT(dom, HasSubstr("data-state=\"done\""));
+  EXPECT_THAT(dom, HasSubstr("<div class=\"text\">" + html_escape(answer) + "</div>"));
+  EXPECT_THAT(dom, HasSubstr("tokens/s"));
+
+  const std::string png = dir + "/page.png";
+  std::string out;
+  ASSERT_EQ(test::run_command(cmd + " --screenshot=" + png + " " + url, &out), 0) << out;
+  const Image shot = load_image(png);
+  EXPECT_EQ(shot.width, 900);
+  EXPECT_EQ(shot.height, 600);
+  size_t differing = 0;
+  for (size_t i = 3; i < shot.rgb.size(); ++i) differing += shot.rgb[i] != shot.rgb[i % 3];
+  EXPECT_GT(differing, shot.rgb.size() / 20) << "a blank screenshot";
+  // Both page loads asked the server; their answers went out in full.
+  EXPECT_EQ(s.health()["completed"], 3);
+}
+
+}  // namespace
+}  // namespace gp
