@@ -21,6 +21,7 @@
 #include "io/sp_model_proto.h"
 #include "io/tokenizer.h"
 #include "model/config.h"
+#include "model/synth.h"
 #include "model/tensor_table.h"
 #include "model/text_model.h"
 #include "model/vision_model.h"
@@ -767,6 +768,44 @@ TEST(Pipeline, MobilePresetOnTinyKeepsEveryStepLoadable) {
   EXPECT_EQ(m.image_embeddings().size(), 9u * 256u);
 }
 
+TEST(Pipeline, AgreesWithGemmaSynthsDerivationOfTinyMobile) {
+  // gemma-synth derives its tiny-mobile preset from tiny the way SPEC §5 does (kept embedding rows,
+  // zero-padded fc1, fc2 padded and quantized with MLX's algorithm), independently of this code.
+  // Our steps on its tiny checkpoint must give the same tensors bit for bit, except those it makes
+  // differently on purpose: MLP widths (synth keeps the first neurons; we do not run the neurons
+  // step here) and the position embedding (synth draws new values; we resize).
+  const std::string root = test::temp_dir("synth-cross");
+  SynthOptions so;
+  so.seed = 11;
+  write_synth_checkpoint(synth_plan(SynthPreset::Tiny), root + "/tiny", so);
+  write_synth_checkpoint(synth_plan(SynthPreset::TinyMobile), root + "/tiny-mobile", so);
+  prune::PipelineOptions o;
+  o.steps = {Step::Vocab, Step::Fc2, Step::Resolution, Step::Split};
+  o.prune.image_size = 168;
+  prune::run_pipeline(root + "/tiny", root + "/ours", o);
+  Checkpoint ours(root + "/ours"), theirs(root + "/tiny-mobile");
+  EXPECT_EQ(ours.config().compact_vocab, theirs.config().compact_vocab);
+  EXPECT_EQ(ours.config().vision.d_ff, theirs.config().vision.d_ff);
+  EXPECT_EQ(ours.config().mm_tokens_per_image, theirs.config().mm_tokens_per_image);
+  const auto names_a = ours.dir().tensor_names(), names_b = theirs.dir().tensor_names();
+  ASSERT_EQ(names_a, names_b);
+  int compared = 0;
+  for (const auto& name : names_a) {
+    int layer;
+    std::string rest;
+    const bool mlp = names::parse_text_layer(name, &layer, &rest) && rest.rfind("mlp.", 0) == 0 &&
+                     theirs.config().text.layer_d_ff[layer] != ours.config().text.layer_d_ff[layer];
+    if (mlp || name.find("position_embedding") != std::string::npos) continue;
+    const TensorInfo &a = ours.dir().tensor(name), &b = theirs.dir().tensor(name);
+    ASSERT_EQ(a.dtype, b.dtype) << name;
+    ASSERT_EQ(a.shape, b.shape) << name;
+    EXPECT_EQ(ours.dir().file_of(name), theirs.dir().file_of(name)) << name;
+    EXPECT_EQ(std::memcmp(a.data, b.data, a.nbytes), 0) << name;
+    ++compared;
+  }
+  EXPECT_GT(compared, 50);
+}
+
 // The 4B checkpoint's config.json as the MLX conversion writes it (the keys SPEC §2 lists; the
 // rest are defaults).
 nlohmann::ordered_json config_4b() {
@@ -935,6 +974,27 @@ TEST_F(BadInput, FullDiskLeavesNothingBehind) {
   const std::string parent = test::temp_dir("full-disk"), out = parent + "/out";
   // A file-size limit makes writes fail with EFBIG partway through, as a full disk would.
   EXPECT_EXIT(prune_with_file_limit(out), ::testing::ExitedWithCode(3), "write failed");
+  EXPECT_TRUE(listing(parent).empty()) << "left behind: " << *listing(parent).begin();
+}
+
+// In a death-test child: a cancel request (what Ctrl-C sends) stops the pipeline; exits 3 on Error.
+void prune_cancelled(const std::string& out) {
+  prune::request_cancel();
+  prune::PipelineOptions o;
+  o.steps = {Step::Split};
+  try {
+    prune::run_pipeline(original(), out, o);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    std::_Exit(3);
+  }
+  std::_Exit(0);
+}
+
+TEST_F(BadInput, InterruptLeavesNothingBehind) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::string parent = test::temp_dir("interrupt"), out = parent + "/out";
+  EXPECT_EXIT(prune_cancelled(out), ::testing::ExitedWithCode(3), "interrupted");
   EXPECT_TRUE(listing(parent).empty()) << "left behind: " << *listing(parent).begin();
 }
 

@@ -358,18 +358,25 @@ OutGroup gather_rows(const Checkpoint& in, const TensorSpec& spec, std::vector<i
       const size_t row_bytes = t.nbytes / static_cast<size_t>(in_rows);
       std::vector<uint8_t> block;
       block.reserve(std::max(row_bytes, kChunkBytes));
+      int64_t lo = in_rows, hi = -1;  // source rows read since the last flush
+      auto flush = [&] {
+        s.write(block.data(), block.size());
+        block.clear();
+        if (hi >= lo) release_pages(t.data + lo * row_bytes, (hi - lo + 1) * row_bytes);
+        lo = in_rows;
+        hi = -1;
+      };
       for (int64_t r : rows) {
-        if (r < 0)
+        if (r < 0) {
           block.insert(block.end(), row_bytes, 0);
-        else
+        } else {
           block.insert(block.end(), t.data + r * row_bytes, t.data + (r + 1) * row_bytes);
-        if (block.size() >= kChunkBytes) {
-          s.write(block.data(), block.size());
-          block.clear();
+          lo = std::min(lo, r);
+          hi = std::max(hi, r);
         }
+        if (block.size() >= kChunkBytes) flush();
       }
-      s.write(block.data(), block.size());
-      release_pages(t);
+      flush();
     }
   };
   return g;
