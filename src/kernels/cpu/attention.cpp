@@ -18,6 +18,7 @@
 #define HWY_TARGET_INCLUDE "kernels/cpu/attention.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 // The per-target headers below must follow foreach_target.h.
+#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "kernels/cpu/gemm-inl.h"
@@ -226,6 +227,15 @@ void AttendKeys(const AttnArgs& a, int64_t t, int kh, int64_t k0, int64_t k1, Pa
         // Hidden keys still get a (valid) pointer so that blocks of four stay simple.
         kp[j] = seg.k + off;
         vp[j] = seg.v + off;
+      }
+      // Each key row is a short stream the hardware prefetcher picks up late: fetch the next
+      // block's rows while this one is computed. Prefetches never fault.
+      for (int64_t j = jb + kKeyBlock; j < std::min(j1, jb + 2 * kKeyBlock); ++j) {
+        const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
+        for (int64_t i = 0; i < hd; i += 64 / sizeof(float)) {
+          hwy::Prefetch(seg.k + off + i);
+          hwy::Prefetch(seg.v + off + i);
+        }
       }
       if (!any) continue;
       for (int hh = 0; hh < G; ++hh) {
