@@ -147,20 +147,26 @@ BENCHMARK(BM_LinearBatch)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
-// Attention: n_q queries over n_k keys, token-major K/V [n_k][n_kv_heads][head_dim].
+// Attention: n_q queries over n_k keys; K/V token-major [n_k][n_kv_heads][head_dim] or
+// head-major [n_kv_heads][n_k][head_dim] (as the KV cache stores them).
 void BM_Attention(benchmark::State& state) {
   const int64_t n_q = state.range(0), n_k = state.range(1);
   const int n_heads = static_cast<int>(state.range(2)), n_kv = static_cast<int>(state.range(3));
   const int hd = static_cast<int>(state.range(4));
-  const bool causal = state.range(5) != 0;
+  const bool causal = state.range(5) != 0, head_major = state.range(6) != 0;
   const std::vector<float> q = activations(n_q * n_heads * hd);
   const std::vector<float> k = activations(n_k * n_kv * hd), v = activations(n_k * n_kv * hd);
   std::vector<float> out(q.size());
   std::vector<int32_t> q_pos(n_q), k_pos(n_k);
   for (int64_t i = 0; i < n_k; ++i) k_pos[i] = static_cast<int32_t>(i);
   for (int64_t i = 0; i < n_q; ++i) q_pos[i] = static_cast<int32_t>(n_k - n_q + i);
-  ops::KvSegment seg{
-      k.data(), v.data(), n_k, int64_t{n_kv} * hd, hd, causal ? k_pos.data() : nullptr, nullptr};
+  ops::KvSegment seg{k.data(),
+                     v.data(),
+                     n_k,
+                     head_major ? hd : int64_t{n_kv} * hd,
+                     head_major ? n_k * hd : hd,
+                     causal ? k_pos.data() : nullptr,
+                     nullptr};
   for (auto _ : state) {
     ops::attention(q.data(), n_q, n_heads, n_kv, hd, causal ? q_pos.data() : nullptr, nullptr,
                    {&seg, 1}, ops::AttentionMask{causal, 0}, 0.0625f, out.data());
@@ -170,13 +176,16 @@ void BM_Attention(benchmark::State& state) {
   double pairs = static_cast<double>(n_q) * n_k;
   if (causal) pairs -= static_cast<double>(n_q) * (n_q - 1) / 2;
   set_flops(state, 4.0 * pairs * n_heads * hd);
+  // K and V read once: the roofline of decode.
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * k.size() * sizeof(float)));
 }
 BENCHMARK(BM_Attention)
-    ->ArgNames({"n_q", "n_k", "heads", "kv_heads", "head_dim", "causal"})
-    ->Args({4096, 4096, 16, 16, 72, 0})  // vision, original resolution
-    ->Args({2304, 2304, 16, 16, 72, 0})  // vision, mobile resolution
-    ->Args({512, 512, 8, 4, 256, 1})     // text prefill
-    ->Args({1, 4096, 8, 4, 256, 1})      // text decode, 4K context
+    ->ArgNames({"n_q", "n_k", "heads", "kv_heads", "head_dim", "causal", "head_major"})
+    ->Args({4096, 4096, 16, 16, 72, 0, 0})  // vision, original resolution
+    ->Args({2304, 2304, 16, 16, 72, 0, 0})  // vision, mobile resolution
+    ->Args({512, 512, 8, 4, 256, 1, 0})     // text prefill
+    ->Args({1, 4096, 8, 4, 256, 1, 1})      // text decode, 4K context, cache [kv_heads][n][hd]
+    ->Args({1, 4096, 8, 4, 256, 1, 0})      // the same, token-major [n][kv_heads][hd]
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
