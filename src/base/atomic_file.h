@@ -23,3 +23,26 @@ class AtomicFile {
 };
 
 }  // namespace gp
+
+namespace gp {
+
+// An output directory built as OUT.tmp-XXXXXX beside OUT and renamed into place when complete: an
+// error or an interruption never leaves a partial OUT, and an existing OUT survives until then.
+class AtomicDir {
+ public:
+  // Refuses an existing `out` unless `replace`; creates the parent and the temporary directory.
+  AtomicDir(const std::string& out, bool replace);
+  ~AtomicDir();  // removes the temporary directory unless committed
+  AtomicDir(const AtomicDir&) = delete;
+  AtomicDir& operator=(const AtomicDir&) = delete;
+
+  const std::string& out() const { return out_; }
+  const std::string& tmp() const { return tmp_; }
+  void commit();  // replaces `out` with the temporary directory
+
+ private:
+  std::string out_, tmp_;
+  bool committed_ = false;
+};
+
+}  // namespace gp

@@ -11,6 +11,7 @@
 #include <map>
 #include <unordered_set>
 
+#include "base/atomic_file.h"
 #include "base/error.h"
 #include "base/sys.h"
 #include "base/thread_pool.h"
@@ -838,35 +839,13 @@ void write_all(const SynthPlan& plan, const std::string& dir, const SynthOptions
 
 void write_synth_checkpoint(const SynthPlan& plan, const std::string& out_dir,
                             const SynthOptions& options) {
-  check(!out_dir.empty(), "output directory: empty path");
-  fs::path out(out_dir);
-  if (!out.has_filename()) out = out.parent_path();  // "dir/" names "dir"
-  std::error_code ec;
-  check(!fs::exists(out, ec) || options.force,
-        out.string() + ": already exists (refusing to replace it; pass --force to overwrite)");
-  if (out.has_parent_path()) {
-    fs::create_directories(out.parent_path(), ec);
-    check(!ec, out.parent_path().string() + ": cannot create the parent directory (" +
-                   ec.message() + ")");
-  }
-  std::string tmpl = out.string() + ".tmp-XXXXXX";
-  check(::mkdtemp(tmpl.data()) != nullptr,
-        out.string() + ": cannot create a temporary directory next to it (" + std::strerror(errno) +
-            ")");
-  const std::string tmp = tmpl;
+  AtomicDir out(out_dir, options.force);
   try {
-    fs::permissions(tmp, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                             fs::perms::others_read | fs::perms::others_exec);
-    write_all(plan, tmp, options);
-    if (fs::exists(out)) fs::remove_all(out);
-    fs::rename(tmp, out);
+    write_all(plan, out.tmp(), options);
   } catch (const fs::filesystem_error& e) {
-    fs::remove_all(tmp, ec);
-    throw Error(out.string() + ": " + e.what());
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
+    throw Error(out.out() + ": " + e.what());
   }
+  out.commit();
 }
 
 }  // namespace gp

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <set>
 
+#include "base/atomic_file.h"
 #include "base/error.h"
 #include "base/thread_pool.h"
 #include "tensor/dtype.h"
@@ -228,25 +229,12 @@ void write_checkpoint(const Checkpoint& in, const OutputPlan& plan, const std::s
                       const WriteOptions& options) {
   check(!out_dir.empty(), "output directory: empty path");
   const fs::path out = normalized(out_dir);
-  std::error_code ec;
   check(!inside(in.path(), out),
         out.string() + ": is (or contains) the input checkpoint " + in.path() +
             "; the input is never modified (choose another output directory)");
-  check(!fs::exists(out, ec) || options.replace,
-        out.string() + ": already exists (refusing to replace it; pass --force to overwrite)");
-  if (out.has_parent_path()) {
-    fs::create_directories(out.parent_path(), ec);
-    check(!ec, out.parent_path().string() + ": cannot create the parent directory (" +
-                   ec.message() + ")");
-  }
-  std::string tmpl = out.string() + ".tmp-XXXXXX";
-  check(::mkdtemp(tmpl.data()) != nullptr,
-        out.string() + ": cannot create a temporary directory next to it (" + std::strerror(errno) +
-            ")");
-  const fs::path tmp = tmpl;
+  AtomicDir dir(out.string(), options.replace);
+  const fs::path tmp = dir.tmp();
   try {
-    fs::permissions(tmp, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                             fs::perms::others_read | fs::perms::others_exec);
     std::vector<std::string> files;
     uint64_t total = 0;
     for (const auto& g : plan.groups) {
@@ -294,15 +282,10 @@ void write_checkpoint(const Checkpoint& in, const OutputPlan& plan, const std::s
     }
     for (const auto& [name, j] : plan.side_json) write_json((tmp / name).string(), j);
     Checkpoint written(tmp.string());  // the output must load: every tensor of its table present
-    if (fs::exists(out)) fs::remove_all(out);
-    fs::rename(tmp, out);
   } catch (const fs::filesystem_error& e) {
-    fs::remove_all(tmp, ec);
     throw Error(out.string() + ": " + e.what() + " (disk full?)");
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
   }
+  dir.commit();
 }
 
 // ---- Output groups

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "base/atomic_file.h"
 #include "base/error.h"
 
 namespace gp::prune {
@@ -71,22 +72,12 @@ std::vector<StepReport> run_pipeline(const std::string& in_dir, const std::strin
   }
   check(!fs::exists(out, ec) || options.force,
         out.string() + ": already exists (refusing to replace it; pass --force to overwrite)");
-  validate_pipeline(in, options);
+  validate_pipeline(in, options);  // before anything is created
 
-  if (out.has_parent_path()) {
-    fs::create_directories(out.parent_path(), ec);
-    check(!ec, out.parent_path().string() + ": cannot create the parent directory (" +
-                   ec.message() + ")");
-  }
-  std::string tmpl = out.string() + ".tmp-XXXXXX";
-  check(::mkdtemp(tmpl.data()) != nullptr,
-        out.string() + ": cannot create a temporary directory next to it (" + std::strerror(errno) +
-            ")");
-  const fs::path work = tmpl, steps_dir = work / "steps";
+  AtomicDir dir(out.string(), options.force);
+  const fs::path work = dir.tmp(), steps_dir = work / "steps";
   std::vector<StepReport> reports;
   try {
-    fs::permissions(work, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                              fs::perms::others_read | fs::perms::others_exec);
     fs::create_directories(steps_dir);
     std::string current = in_dir, previous_output;
     const int count = static_cast<int>(options.steps.size());
@@ -112,15 +103,10 @@ std::vector<StepReport> run_pipeline(const std::string& in_dir, const std::strin
       }
     }
     if (!options.keep_intermediate) fs::remove_all(steps_dir);
-    if (fs::exists(out)) fs::remove_all(out);
-    fs::rename(work, out);
   } catch (const fs::filesystem_error& e) {
-    fs::remove_all(work, ec);
     throw Error(out.string() + ": " + e.what() + " (disk full?)");
-  } catch (...) {
-    fs::remove_all(work, ec);
-    throw;
   }
+  dir.commit();
   return reports;
 }
 
