@@ -60,7 +60,7 @@ const std::string& chat_page() {
 "use strict";
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-let history = [];        // the conversation, as the API takes it
+let conversation = [];  // as the API takes it
 let attached = [];       // data: URLs of the images for the next message
 let controller = null;   // aborts the running request (the server then stops generating)
 let seed = params.has("seed") ? parseInt(params.get("seed")) : null;
@@ -121,7 +121,7 @@ $("file").onchange = () => {
 $("input").onkeydown = (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("form").requestSubmit(); }
 };
-$("new").onclick = () => { if (controller) controller.abort(); history = []; $("log").innerHTML = ""; };
+$("new").onclick = () => { if (controller) controller.abort(); conversation = []; $("log").innerHTML = ""; };
 $("stop").onclick = () => { if (controller) controller.abort(); };
 $("form").onsubmit = (e) => { e.preventDefault(); send(); };
 
@@ -131,12 +131,13 @@ async function send() {
   const content = attached.map((url) => ({type: "image_url", image_url: {url}}));
   content.push({type: "text", text});
   addMessage("user", text, attached);
-  history.push({role: "user", content});
+  const conv = conversation;  // "New chat" may replace it while this answer comes
+  conv.push({role: "user", content});
   attached = [];
   $("thumbs").innerHTML = "";
   $("input").value = "";
 
-  const body = {messages: history, stream: true, stream_options: {include_usage: true},
+  const body = {messages: conv, stream: true, stream_options: {include_usage: true},
                 temperature: parseFloat($("temperature").value),
                 max_tokens: parseInt($("max_tokens").value)};
   if (seed !== null) body.seed = seed;
@@ -186,7 +187,7 @@ async function send() {
         }
       }
     }
-    history.push({role: "assistant", content: out.textContent});
+    conv.push({role: "assistant", content: out.textContent});
     const n = usage ? usage.completion_tokens : pieces;
     const tps = timings ? timings.predicted_per_second
                         : (first && n > 1 ? (n - 1) * 1000 / (performance.now() - first) : 0);
@@ -199,13 +200,13 @@ async function send() {
     setStatus("done");
   } catch (err) {
     if (err.name === "AbortError") {
-      history.push({role: "assistant", content: out.textContent});
+      conv.push({role: "assistant", content: out.textContent});
       div.querySelector(".stats").textContent = "stopped";
       setStatus("done", "stopped");
     } else {
       div.classList.add("error");
       div.querySelector(".stats").textContent = String(err.message || err);
-      history.pop();
+      conv.pop();
       setStatus("error");
     }
   } finally {
