@@ -114,6 +114,34 @@ TEST(Compare, PrunedVariantsAreMeasured) {
   EXPECT_LE(h.top1, h.top5);
 }
 
+TEST(Compare, WithAnImageMeasuresTheVisionSteps) {
+  const std::string image = test::data_path("tiny-original/ref/image.png");
+  const std::string text = "Describe this image.";
+  const auto same = prune::compare_models_with_image(test::data_path("tiny-original"),
+                                                     test::data_path("tiny-original"), image, text);
+  EXPECT_GT(same.n_positions, 3);
+  EXPECT_EQ(same.mean_kl, 0.0);
+  EXPECT_EQ(same.top1, 1.0);
+  // The fc2 step changes the vision tower only by fc2's 4-bit error, which reaches the text
+  // through the image embeddings.
+  const std::string root = test::temp_dir("eval-image");
+  prune::run_step(prune::Step::Fc2, test::data_path("tiny-original"), root + "/fc2", {});
+  const auto fc2 = prune::compare_models_with_image(test::data_path("tiny-original"), root + "/fc2",
+                                                    image, text);
+  EXPECT_EQ(fc2.n_positions, same.n_positions);
+  EXPECT_GT(fc2.mean_kl, 0.0);  // fc2's 4-bit error reaches the text through the image
+  EXPECT_LT(fc2.mean_kl, 0.05);
+  // Another resolution: 9 image tokens instead of 16, the text after the image still lines up.
+  prune::PruneOptions o;
+  o.image_size = 168;
+  prune::run_step(prune::Step::Resolution, test::data_path("tiny-original"), root + "/res", o);
+  const auto res = prune::compare_models_with_image(test::data_path("tiny-original"), root + "/res",
+                                                    image, text);
+  EXPECT_EQ(res.n_positions, same.n_positions);
+  EXPECT_GT(res.mean_kl, 0.0);
+  EXPECT_TRUE(std::isfinite(res.mean_kl));
+}
+
 TEST(Compare, AMissingCheckpointIsAnError) {
   const std::string dir = test::temp_dir("eval-missing");
   EXPECT_THROW(prune::compare_models(test::data_path("tiny-original"), dir + "/none", kText),

@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   gp::prune::EvalOptions eo;
   int threads = 0;
   bool quiet = false, json = false;
-  std::string model, a_dir, b_dir, text_file;
+  std::string model, a_dir, b_dir, text_file, image;
 
   auto* ppl = app.add_subcommand("ppl", "perplexity of MODEL on a text");
   ppl->add_option("MODEL", model, "checkpoint directory")->required();
@@ -42,6 +42,9 @@ int main(int argc, char** argv) {
       app.add_subcommand("compare", "mean KL(A || B), top-1 and top-5 agreement of B against A");
   cmp->add_option("A", a_dir, "reference checkpoint (e.g. the original)")->required();
   cmp->add_option("B", b_dir, "compared checkpoint (e.g. a compressed one)")->required();
+  cmp->add_option("--image", image,
+                  "compare over a chat prompt holding this image then the text, at the positions "
+                  "after the image (measures the vision steps)");
   for (CLI::App* sub : {ppl, cmp}) {
     sub->add_option("--text", text_file, "evaluation text file (UTF-8)")->required();
     sub->add_option("--window", eo.window, "tokens per independent window, BOS included")
@@ -68,7 +71,9 @@ int main(int argc, char** argv) {
             model.c_str(), static_cast<long long>(r.n_predicted), r.mean_nll, r.perplexity,
             timer.seconds(), gp::peak_rss_mb());
     } else {
-      const auto r = gp::prune::compare_models(a_dir, b_dir, text, eo);
+      const auto r = image.empty()
+                         ? gp::prune::compare_models(a_dir, b_dir, text, eo)
+                         : gp::prune::compare_models_with_image(a_dir, b_dir, image, text);
       if (json)
         std::printf(
             "{\"positions\": %lld, \"mean_kl\": %.6g, \"max_kl\": %.6g, \"top1\": %.6f, "

@@ -107,7 +107,7 @@ int analyze_main(int argc, char** argv) {
       "gemma-prune analyze: per-layer MLP neuron activity and Block Influence of a "
       "checkpoint over calibration text"};
   std::string model, calibration;
-  double threshold = 0.5;
+  double threshold = 0.5, max_reduction = 0.25;
   int threads = 0, max_tokens = 512;
   bool quiet = false;
   app.add_option("MODEL_DIR", model, "checkpoint directory")->required();
@@ -115,6 +115,9 @@ int analyze_main(int argc, char** argv) {
       "--calibration", calibration,
       "calibration text (paragraphs separated by blank lines; default: built-in prompts)");
   app.add_option("--neuron-threshold", threshold, "activation below which a neuron counts as dead")
+      ->capture_default_str();
+  app.add_option("--neuron-max-reduction", max_reduction,
+                 "largest fraction of a layer's neurons the rule removes (for the keep column)")
       ->capture_default_str();
   app.add_option("--max-tokens", max_tokens, "tokens per calibration paragraph")
       ->capture_default_str();
@@ -159,7 +162,8 @@ int analyze_main(int argc, char** argv) {
       }
       const int64_t d = static_cast<int64_t>(L.neuron_score.size());
       const int64_t keep =
-          select_neurons(L.neuron_score, threshold, 0.25, in.config().quant.group_size).size();
+          select_neurons(L.neuron_score, threshold, max_reduction, in.config().quant.group_size)
+              .size();
       std::printf("%5d %6s %6lld %11.4f %8.1f%% %9lld %11.5f %9d\n", l,
                   t.is_global[l] ? "global" : "local", static_cast<long long>(d),
                   mean / std::max<int64_t>(d, 1),
@@ -167,7 +171,7 @@ int analyze_main(int argc, char** argv) {
                   static_cast<long long>(keep), L.block_influence, rank[l]);
     }
     std::printf(
-        "\nkeep(rule): neurons SPEC §5's rule keeps at this threshold with max reduction 0.25.\n"
+        "\nkeep(rule): neurons SPEC §5's rule keeps at this threshold and max reduction.\n"
         "block infl.: 1 - cos(layer input, layer output), mean over tokens; rank 1 = least "
         "influential.\npeak RSS %.0f MB\n",
         peak_rss_mb());

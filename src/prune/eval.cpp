@@ -7,10 +7,12 @@
 
 #include "base/error.h"
 #include "base/sys.h"
+#include "io/image.h"
 #include "io/model_dir.h"
 #include "io/tokenizer.h"
 #include "model/text_model.h"
 #include "prune/checkpoint.h"
+#include "runtime/engine.h"
 
 namespace gp::prune {
 
@@ -62,6 +64,35 @@ void run_window(TextRunner& r, const std::vector<int32_t>& w, int chunk, Fn fn) 
     fn(p, logits.data(), n);
   }
 }
+
+// Sums the per-position measures of CompareResult.
+class CompareSums {
+ public:
+  void add(const float* a, const float* b, int64_t n_vocab) {
+    double excluded = 0;
+    const double kl = kl_divergence(a, b, n_vocab, &excluded);
+    kl_ += kl;
+    r_.max_kl = std::max(r_.max_kl, kl);
+    excluded_ += excluded;
+    top1_ += argmax(a, n_vocab) == argmax(b, n_vocab);
+    top5_ += top1_in_topk(a, b, n_vocab, 5);
+    ++r_.n_positions;
+  }
+  CompareResult result() const {
+    CompareResult r = r_;
+    const double n = static_cast<double>(std::max<int64_t>(r.n_positions, 1));
+    r.mean_kl = kl_ / n;
+    r.excluded_mass = excluded_ / n;
+    r.top1 = static_cast<double>(top1_) / n;
+    r.top5 = static_cast<double>(top5_) / n;
+    return r;
+  }
+
+ private:
+  CompareResult r_;
+  double kl_ = 0, excluded_ = 0;
+  int64_t top1_ = 0, top5_ = 0;
+};
 
 }  // namespace
 
@@ -157,9 +188,7 @@ CompareResult compare_models(const std::string& a_dir, const std::string& b_dir,
   for (const auto& w : ws) total += w.size();
   Progress progress("compare", total, options.progress);
   size_t done = 0;
-  CompareResult res;
-  double kl_sum = 0, excluded_sum = 0;
-  int64_t top1 = 0, top5 = 0;
+  CompareSums sums;
   for (const auto& w : ws) {
     // B's logits of the current chunk, computed just before A's chunk of the same positions.
     KvCache cache_b(b.config.text, static_cast<int>(w.size()));
@@ -168,29 +197,50 @@ CompareResult compare_models(const std::string& a_dir, const std::string& b_dir,
       TextBatch batch;
       batch.ids.assign(w.begin() + p, w.begin() + p + n);
       b.model->forward(batch, cache_b, lb.data(), n);
-      for (int j = 0; j < n; ++j) {
-        const float* ra = la + static_cast<int64_t>(j) * V;
-        const float* rb = lb.data() + static_cast<int64_t>(j) * V;
-        double excluded = 0;
-        const double kl = kl_divergence(ra, rb, V, &excluded);
-        kl_sum += kl;
-        res.max_kl = std::max(res.max_kl, kl);
-        excluded_sum += excluded;
-        top1 += argmax(ra, V) == argmax(rb, V);
-        top5 += top1_in_topk(ra, rb, V, 5);
-        ++res.n_positions;
-      }
+      for (int j = 0; j < n; ++j)
+        sums.add(la + static_cast<int64_t>(j) * V, lb.data() + static_cast<int64_t>(j) * V, V);
       done += n;
       progress.update(done);
     });
   }
   progress.finish();
-  const double n = static_cast<double>(std::max<int64_t>(res.n_positions, 1));
-  res.mean_kl = kl_sum / n;
-  res.excluded_mass = excluded_sum / n;
-  res.top1 = static_cast<double>(top1) / n;
-  res.top5 = static_cast<double>(top5) / n;
-  return res;
+  return sums.result();
+}
+
+CompareResult compare_models_with_image(const std::string& a_dir, const std::string& b_dir,
+                                        const std::string& image_path, const std::string& text) {
+  EngineOptions eo;
+  eo.progress = false;
+  Engine a(a_dir, eo), b(b_dir, eo);
+  const int64_t V = a.config().text.n_vocab;
+  check(b.config().text.n_vocab == V,
+        b_dir + ": vocabulary of " + std::to_string(b.config().text.n_vocab) + " ids, but " +
+            a_dir + " has " + std::to_string(V) + " (not variants of the same model?)");
+  const Image image = load_image(image_path);
+  // Logits rows [n, V] of every position from the prompt's <end_of_image> on.
+  auto tail = [&](Engine& e, int64_t* n_rows) {
+    const std::vector<int32_t> ids = e.chat_prompt({{"user", text, 1}});
+    const auto eoi = std::find(ids.rbegin(), ids.rend(), e.config().eoi_token);
+    check(eoi != ids.rend(), e.dir().path() + ": the image prompt has no <end_of_image> token");
+    const int64_t first = static_cast<int64_t>(ids.rend() - eoi) - 1;
+    *n_rows = static_cast<int64_t>(ids.size()) - first;
+    std::vector<float> rows;
+    rows.reserve(static_cast<size_t>(*n_rows) * V);
+    int64_t pos = 0;
+    Session s(e, static_cast<int>(ids.size()));
+    s.prefill(ids, {&image}, [&](const float* r, int64_t n) {
+      for (int64_t i = 0; i < n; ++i, ++pos)
+        if (pos >= first) rows.insert(rows.end(), r + i * V, r + (i + 1) * V);
+    });
+    return rows;
+  };
+  int64_t na = 0, nb = 0;
+  const std::vector<float> ra = tail(a, &na), rb = tail(b, &nb);
+  check(na == nb, "the prompts of " + a_dir + " and " + b_dir +
+                      " differ after the image (different tokenizers or chat templates?)");
+  CompareSums sums;
+  for (int64_t i = 0; i < na; ++i) sums.add(ra.data() + i * V, rb.data() + i * V, V);
+  return sums.result();
 }
 
 }  // namespace gp::prune

@@ -47,6 +47,12 @@ struct CompareResult {
 CompareResult compare_models(const std::string& a_dir, const std::string& b_dir,
                              const std::string& text, const EvalOptions& options = {});
 
+// The same over a chat prompt holding one image followed by `text`: only the positions from
+// <end_of_image> on are compared (they depend on the image), so checkpoints with different image
+// token counts (the resolution step) line up. Measures the vision steps' cost.
+CompareResult compare_models_with_image(const std::string& a_dir, const std::string& b_dir,
+                                        const std::string& image_path, const std::string& text);
+
 // ---- The per-position measures (double precision).
 
 // log-softmax of logits[n] (entries may be -inf).
