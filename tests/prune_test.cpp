@@ -295,6 +295,37 @@ TEST(Vocab, PrunedHeadGivesEqualLogitsOnKeptIdsAndMinusInfOnPruned) {
             a.dir->tensor(names::weight(names::text("lm_head"))).nbytes);
 }
 
+TEST(Vocab, TiedHeadFollowsTheCompactEmbedding) {
+  // A checkpoint without lm_head (tied to the embedding): the step has no head to cut, and the
+  // engine reads the compact embedding through token_map, -inf on pruned ids.
+  const PrunableVocab& v = prunable_vocab();
+  const std::string tied = test::temp_dir("vocab-tied") + "/in";
+  {
+    Checkpoint in(v.dir);
+    TableLayout layout = in.layout();
+    layout.lm_head = false;
+    prune::OutputPlan plan;
+    plan.config = in.config_json();
+    plan.groups = prune::build_groups(in, tensor_table(in.config(), layout), nullptr);
+    prune::write_checkpoint(in, plan, tied, {});
+  }
+  Model a(tied), b(run_one(Step::Vocab, tied));
+  ASSERT_FALSE(b.layout.lm_head);
+  const int64_t V = a.c.text.n_vocab;
+  const auto ids = kept_sequence(v.expected, 24, 9);
+  const auto la = a.logits(ids), lb = b.logits(ids);
+  double max_diff = 0;
+  for (size_t t = 0; t < ids.size(); ++t)
+    for (int64_t id = 0; id < V; ++id) {
+      const float y = lb[t * V + id];
+      if (v.expected.count(static_cast<int32_t>(id)))
+        max_diff = std::max(max_diff, std::fabs(static_cast<double>(la[t * V + id]) - y));
+      else
+        ASSERT_TRUE(std::isinf(y) && y < 0) << "pruned id " << id;
+    }
+  EXPECT_EQ(max_diff, 0.0);
+}
+
 TEST(Vocab, WordListAddsTheTokensOfEachWordAndItsSuffixedForms) {
   const PrunableVocab& v = prunable_vocab();
   const Tokenizer tok = Tokenizer::load(v.dir);
