@@ -147,6 +147,32 @@ BENCHMARK(BM_LinearBatch)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// Prefill through a quantized linear: the f32 path (q8 = 0, ops::linear, as BM_LinearBatch) next
+// to the int8-activation path (q8 = 1, ops::linear_q8), same weights and rows.
+void BM_LinearPrefillQ8(benchmark::State& state) {
+  const int64_t n = state.range(0), in = state.range(1), out = state.range(2);
+  const bool q8 = state.range(3) != 0;
+  QuantWeight qw(out, in, 1);
+  const std::vector<float> x = activations(n * in);
+  std::vector<float> y(n * out);
+  for (auto _ : state) {
+    if (q8) {
+      ops::linear_q8(qw.w, x.data(), n, y.data());
+    } else {
+      ops::linear(qw.w, x.data(), n, y.data());
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_flops(state, 2.0 * n * in * out);
+}
+BENCHMARK(BM_LinearPrefillQ8)
+    ->ArgNames({"n", "in", "out", "q8"})
+    ->ArgsProduct({{512}, {2560}, {10240}, {0, 1}})  // prefill gate/up
+    ->ArgsProduct({{512}, {10240}, {2560}, {0, 1}})  // prefill down
+    ->ArgsProduct({{8}, {2560}, {10240}, {0, 1}})    // a few rows
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
 // Attention: n_q queries over n_k keys; K/V token-major [n_k][n_kv_heads][head_dim] or
 // head-major [n_kv_heads][n_k][head_dim] (as the KV cache stores them).
 void BM_Attention(benchmark::State& state) {

@@ -306,6 +306,99 @@ TEST(LinearQ8, ExactWhenActivationsAreInt8) {
   });
 }
 
+// ops::linear_q8 over n rows against ref::linear, row by row with the bound of check_linear_q8.
+void check_linear_q8_batch(const Weight& w, int64_t n, const std::vector<float>& xv,
+                           const float* bias, int offset, double extra_tol) {
+  SCOPED_TRACE("n=" + std::to_string(n) + " out=" + std::to_string(w.out) +
+               " in=" + std::to_string(w.in) + " offset=" + std::to_string(offset));
+  Buf<float> x(n * w.in, offset), y(n * w.out, offset);
+  std::copy(xv.begin(), xv.end(), x.p);
+  std::vector<float> expect(n * w.out);
+  ref::linear(w, x.p, n, expect.data(), bias);
+  std::fill(y.p, y.p + n * w.out, std::nanf(""));
+  ops::linear_q8(w, x.p, n, y.p, bias);
+  const int64_t gpr = w.groups_per_row();
+  std::vector<float> row(w.in);
+  int failures = 0;
+  for (int64_t o = 0; o < w.out && failures < 5; ++o) {
+    weight_row(w, o, row.data());
+    for (int64_t t = 0; t < n && failures < 5; ++t) {
+      const float* xt = x.p + t * w.in;
+      double mag = 0, bound = 0;
+      for (int64_t g = 0; g < gpr; ++g) {
+        const double b = load_float(w.scale_dtype, w.biases, o * gpr + g);
+        double amax = 0, qs = 0;
+        for (int64_t i = g * 64; i < (g + 1) * 64; ++i) {
+          amax = std::max(amax, std::fabs(double{xt[i]}));
+          qs += std::fabs(row[i] - b);
+          mag += std::fabs(double{xt[i]} * row[i]);
+        }
+        bound += qs * amax / 127 / 2;
+      }
+      const double got = y.p[t * w.out + o], want = expect[t * w.out + o];
+      if (!(std::fabs(got - want) <= extra_tol * bound + 1e-5 * (1 + mag))) {
+        ADD_FAILURE() << "y[" << t << ", " << o << "] = " << got << ", expected " << want
+                      << " (int8 bound " << bound << ", magnitude " << mag << ")";
+        ++failures;
+      }
+    }
+  }
+}
+
+TEST(LinearQ8, BatchWithinInt8ErrorOfReference) {
+  std::mt19937 rng(12);
+  const DType dtypes[3] = {DType::BF16, DType::F16, DType::F32};
+  struct Shape {
+    int64_t out, in, n;
+  };
+  const Shape shapes[] = {{1, 64, 2},      {7, 128, 7},   {65, 640, 64},
+                          {333, 192, 2},   {37, 2560, 7}, {19, 10240, 3},
+                          {131, 576, 513}, {9, 1152, 64}, {70, 4096, 13}};
+  for_each_target([&] {
+    int c = 0;
+    for (const Shape& s : shapes) {
+      for (DType dt : dtypes) {
+        SCOPED_TRACE(dtype_name(dt));
+        TestWeight t = make_quantized(s.out, s.in, dt, c % 2, rng);
+        const std::vector<float> x = randn(s.n * s.in, rng), b = randn(s.out, rng);
+        check_linear_q8_batch(t.w, s.n, x, c % 2 ? b.data() : nullptr, (c / 2) % 2, 1.0);
+        ++c;
+      }
+    }
+  });
+}
+
+TEST(LinearQ8, BatchModelShapesAndThreadCounts) {
+  std::mt19937 rng(13);
+  TestWeight gate = make_quantized(1030, 2560, DType::BF16, 1, rng);
+  TestWeight down = make_quantized(257, 10240, DType::F16, 0, rng);
+  const std::vector<float> xg = randn(37 * 2560, rng), xd = randn(9 * 10240, rng);
+  const std::vector<float> b = randn(1030, rng);
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    check_linear_q8_batch(gate.w, 37, xg, b.data(), 1, 1.0);
+    check_linear_q8_batch(down.w, 9, xd, nullptr, 0, 1.0);
+  }
+}
+
+TEST(LinearQ8, BatchExactWhenActivationsAreInt8) {
+  std::mt19937 rng(14);
+  std::uniform_int_distribution<int> dist(-127, 127);
+  for_each_target([&] {
+    for (int64_t n : {2, 7, 64}) {
+      for (int64_t in : {64, 576, 2560}) {
+        TestWeight t = make_quantized(77, in, DType::BF16, 1, rng);
+        std::vector<float> x(n * in);
+        for (int64_t i = 0; i < n * in; ++i) {
+          x[i] = i % 64 == 5 ? 127.0f : static_cast<float>(dist(rng));
+        }
+        check_linear_q8_batch(t.w, n, x, nullptr, 0, 0.0);
+      }
+    }
+  });
+}
+
 // |got - want| <= rel * |want| + abs for every element.
 void expect_close(const float* got, const float* want, int64_t n, double rel, double abs,
                   const std::string& what) {

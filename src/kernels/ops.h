@@ -14,9 +14,10 @@ namespace gp::ops {
 // y[t, o] = sum_i x[t, i] * W[o, i] (+ bias[o]).  x [n, w.in], y [n, w.out], bias [w.out] or null.
 void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias = nullptr);
 
-// As linear, but for one activation row (n == 1) of a 4-bit weight, x is first quantized to
-// int8 per group of 64 (x ≈ dx_g * xq_g, |error| <= dx_g / 2 = max|x_g| / 254) and the products
-// are exact integer sums. Faster decode, slightly less precise; other cases run linear.
+// As linear, but for a 4-bit group-64 weight each row of x is first quantized to int8 per group
+// of 64 (x ≈ dx_g * xq_g, |error| <= dx_g / 2 = max|x_g| / 254) and the products are exact
+// integer sums (the bias term uses the exact sum of x_g). Faster decode (n == 1) and prefill
+// (n > 1), slightly less precise; other weights run linear.
 void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias = nullptr);
 
 // Gemma RMSNorm over rows of d: y = x / sqrt(mean(x^2) + eps) * (1 + w).  x, y [n, d]; may alias.
@@ -40,13 +41,14 @@ void gelu_tanh(float* x, int64_t n);
 // x += y, elementwise.
 void add(float* x, const float* y, int64_t n);
 
-// A run of cached or fresh keys and values. Element (j, h, i) of K is k[j*pos_stride + h*head_stride + i].
+// A run of cached or fresh keys and values. Element (j, h, i) of K is k[j*pos_stride +
+// h*head_stride + i].
 struct KvSegment {
   const float* k = nullptr;
   const float* v = nullptr;
   int64_t n = 0;
   int64_t pos_stride = 0, head_stride = 0;
-  const int32_t* pos = nullptr;    // [n] position of each key; < 0 marks an empty slot; null: no mask
+  const int32_t* pos = nullptr;  // [n] position of each key; < 0 marks an empty slot; null: no mask
   const int32_t* group = nullptr;  // [n] image id of each key (-1: none); null: all -1
 };
 

@@ -11,7 +11,7 @@
 namespace gp::cpu {
 
 void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias);
-// ops::linear_q8: one activation row quantized to int8 per group; otherwise as linear.
+// ops::linear_q8: activation rows quantized to int8 per group; otherwise as linear.
 void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias);
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);
 void layer_norm(const float* x, const float* w, const float* b, int64_t n, int64_t d, float eps,
