@@ -96,16 +96,23 @@ class TextModel {
   void embed(int32_t id, float* out) const;
   // Logits over the full vocabulary from final hidden states x [n, d_model].
   void logits(const float* x, int64_t n, float* out) const;
+  // Prefill (batches of more than one token) with activations quantized to int8 per group of 64:
+  // about 1.5x faster, logits within ~1e-2 of the f32 path. Off by default.
+  void set_int8_prefill(bool on) { int8_prefill_ = on; }
+  bool int8_prefill() const { return int8_prefill_; }
+
   // Weight bytes one decode step reads: every layer, the output head and one embedding row.
   size_t weight_bytes_per_token() const;
 
  private:
+  void linear(const Weight& w, const float* x, int64_t n, float* y) const;
   void attention_block(const TextLayer& L, int layer, const float* xn, int64_t n, int n_past,
                        const int32_t* pos, const int32_t* group, KvCache& cache, float* out);
 
   ModelConfig c_;
   TextWeights w_;
   float embed_scale_;
+  bool int8_prefill_ = false;
   Observer observer_;
   MlpObserver mlp_observer_;
 };

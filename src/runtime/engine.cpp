@@ -20,6 +20,7 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
     config_.compact_vocab = dir_.tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(path));
   text_ = std::make_unique<TextModel>(config_, load_text_weights(dir_, config_, layout_));
+  text_->set_int8_prefill(options.int8_prefill);
 
   // Chat pieces: the template's markers as the tokenizer spells the config's ids.
   pieces_.mm_tokens_per_image = config_.mm_tokens_per_image;

@@ -25,6 +25,7 @@ class VisionModel;
 struct EngineOptions {
   int threads = 0;       // 0: all cores
   bool progress = true;  // progress display while loading
+  bool int8_prefill = false;  // prompts with int8 activations (TextModel::set_int8_prefill)
 };
 
 class Engine {
