@@ -22,7 +22,6 @@ double status_field_mb(const char* key) {
 }  // namespace
 
 double peak_rss_mb() { return status_field_mb("VmHWM"); }
-double current_rss_mb() { return status_field_mb("VmRSS"); }
 
 Progress::Progress(std::string label, uint64_t total, bool enabled)
     : label_(std::move(label)), total_(total), enabled_(enabled) {}

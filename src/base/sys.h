@@ -21,8 +21,6 @@ class Timer {
 
 // Resident-set high-water mark of this process, in MB (VmHWM).
 double peak_rss_mb();
-// Current resident set, in MB (VmRSS).
-double current_rss_mb();
 
 // A one-line progress display on stderr, redrawn at most a few times a second; silent when disabled.
 class Progress {

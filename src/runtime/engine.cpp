@@ -57,14 +57,6 @@ std::vector<int32_t> Engine::chat_prompt(const std::vector<ChatMessage>& message
   return ids;
 }
 
-void Engine::preprocess_settings(int* size, float mean[3], float std_[3]) const {
-  *size = config_.vision.image_size;
-  for (int c = 0; c < 3; ++c) {
-    mean[c] = image_mean_[c];
-    std_[c] = image_std_[c];
-  }
-}
-
 std::vector<float> Engine::encode_image(const Image& image) {
   if (!vision_) {
     check(layout_.vision, dir_.path() + ": this checkpoint has no vision tower (text-only)");

@@ -51,7 +51,6 @@ class Engine {
   // first use. Throws Error when the checkpoint has no vision tower.
   std::vector<float> encode_image(const Image& image);
   bool vision_loaded() const { return vision_ != nullptr; }
-  void preprocess_settings(int* size, float mean[3], float std_[3]) const;
 
  private:
   ModelDir dir_;
