@@ -43,7 +43,8 @@ using prune::Step;
 
 // ---- Helpers
 
-// A checkpoint loaded for inference.
+// A checkpoint loaded for inference, with exact f32 activations: the identities and bounds below
+// are about the weights, not the int8 rounding of the fast path.
 struct Model {
   std::unique_ptr<ModelDir> dir;
   ModelConfig c;
@@ -58,6 +59,7 @@ struct Model {
   std::vector<float> logits(const std::vector<int32_t>& ids) { return run(*text, c, ids); }
   static std::vector<float> run(TextModel& m, const ModelConfig& c,
                                 const std::vector<int32_t>& ids) {
+    m.set_activations(ops::Activations::kF32);
     KvCache cache(c.text, static_cast<int>(ids.size()));
     TextBatch b;
     b.ids = ids;
@@ -68,6 +70,7 @@ struct Model {
   // Projected embeddings of the fixture image, resized to this checkpoint's resolution.
   std::vector<float> image_embeddings(VisionWeights* replace = nullptr) {
     VisionModel vm(c, replace ? std::move(*replace) : load_vision_weights(*dir, c, layout));
+    vm.set_activations(ops::Activations::kF32);
     const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
     const Image img = load_image(test::data_path("tiny-original/ref/image.png"));
     const auto pixels = preprocess_image(img, c.vision.image_size, mean, std_);

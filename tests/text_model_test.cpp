@@ -13,14 +13,17 @@
 namespace gp {
 namespace {
 
+// A fixture model with exact f32 activations (the float reference's arithmetic) unless asked.
 struct Loaded {
   ModelDir dir;
   ModelConfig config;
   TextModel model;
-  explicit Loaded(const std::string& path)
+  explicit Loaded(const std::string& path, ops::Activations act = ops::Activations::kF32)
       : dir(path),
         config(parse_config(dir.config(), dir.optional_json("generation_config.json"), path)),
-        model(config, load_text_weights(dir, config, detect_layout(dir, config))) {}
+        model(config, load_text_weights(dir, config, detect_layout(dir, config))) {
+    model.set_activations(act);
+  }
 };
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
@@ -80,41 +83,52 @@ INSTANTIATE_TEST_SUITE_P(
       return n;
     });
 
-// Prefill with int8 activations is lossy (each linear's input rounded to 8 bits per group of 64):
-// on these random tiny models it moves logits by ~0.4 at most (std 2.1) and flips a few close
-// argmaxes, which is why it is opt-in. Guard against gross errors (a wrong scale or layout gives
-// unrelated logits): the mean error stays a small fraction of the logits' spread and most argmaxes hold.
-TEST_P(FixtureLogits, Int8PrefillStaysCloseToExact) {
+// int8 activations (the default) are lossy: each linear's input is rounded to 8 bits per group of
+// 64. On these random tiny models that moves logits by ~0.4 at most (std 2.1) and flips a few
+// close argmaxes, so the exact tests above use f32 activations. Guard against gross errors (a
+// wrong scale or layout gives unrelated logits), for prefill (the batched kernel) and for decode
+// (the one-row kernel): the mean error stays a small fraction of the logits' spread and most
+// argmaxes hold.
+TEST_P(FixtureLogits, Int8ActivationsStayCloseToExact) {
   const auto& [model_name, seq] = GetParam();
-  Loaded m(test::data_path(model_name));
-  m.model.set_int8_prefill(true);
+  Loaded m(test::data_path(model_name), ops::Activations::kInt8);
   const std::string ref = test::data_path(model_name + "/ref/");
   const auto ids = test::read_ids(ref + seq + ".tokens.txt");
   const auto exact = test::read_f32(ref + seq + ".logits_exact.f32");
   const int64_t V = m.config.text.n_vocab;
+  auto check_close = [&](const std::vector<float>& logits, const char* what) {
+    double sum_diff = 0, sum_sq = 0, sum = 0;
+    size_t same_top = 0;
+    for (size_t i = 0; i < logits.size(); ++i) {
+      sum_diff += std::fabs(double(logits[i]) - exact[i]);
+      sum += exact[i];
+      sum_sq += double(exact[i]) * exact[i];
+    }
+    const double n = static_cast<double>(logits.size());
+    const double std_dev = std::sqrt(sum_sq / n - (sum / n) * (sum / n));
+    for (size_t t = 0; t < ids.size(); ++t) {
+      auto top = [&](const float* row) { return std::max_element(row, row + V) - row; };
+      same_top += top(&logits[t * V]) == top(&exact[t * V]);
+    }
+    std::printf("%s %s int8 %s: mean |diff| %.3g (logit std %.3g), max %.3g, argmax %zu/%zu\n",
+                model_name.c_str(), seq.c_str(), what, sum_diff / n, std_dev,
+                max_abs_diff(logits, exact), same_top, ids.size());
+    EXPECT_LT(sum_diff / n, 0.05 * std_dev) << what;
+    EXPECT_GE(same_top, ids.size() * 8 / 10) << what;
+  };
   KvCache cache(m.config.text, 256);
   std::vector<float> logits(ids.size() * V);
   TextBatch batch;
   batch.ids = ids;
   m.model.forward(batch, cache, logits.data(), static_cast<int>(ids.size()));
-  double sum_diff = 0, sum_sq = 0, sum = 0;
-  size_t same_top = 0;
-  for (size_t i = 0; i < logits.size(); ++i) {
-    sum_diff += std::fabs(double(logits[i]) - exact[i]);
-    sum += exact[i];
-    sum_sq += double(exact[i]) * exact[i];
-  }
-  const double n = static_cast<double>(logits.size());
-  const double std_dev = std::sqrt(sum_sq / n - (sum / n) * (sum / n));
+  check_close(logits, "prefill");
+  KvCache cache2(m.config.text, 256);
   for (size_t t = 0; t < ids.size(); ++t) {
-    auto top = [&](const float* row) { return std::max_element(row, row + V) - row; };
-    same_top += top(&logits[t * V]) == top(&exact[t * V]);
+    TextBatch b;
+    b.ids = {ids[t]};
+    m.model.forward(b, cache2, logits.data() + t * V);
   }
-  std::printf("%s %s int8 prefill: mean |diff| %.3g (logit std %.3g), max %.3g, argmax %zu/%zu\n",
-              model_name.c_str(), seq.c_str(), sum_diff / n, std_dev, max_abs_diff(logits, exact),
-              same_top, ids.size());
-  EXPECT_LT(sum_diff / n, 0.05 * std_dev);
-  EXPECT_GE(same_top, ids.size() * 8 / 10);
+  check_close(logits, "decode");
 }
 
 TEST(TextModel, HiddenStatesMatchReferenceLayerByLayer) {

@@ -44,6 +44,7 @@ TEST_P(FixtureImage, MatchesReferenceEmbeddingsAndIntermediates) {
   ModelDir dir(test::data_path(model_name));
   const ModelConfig c = config_of(dir);
   VisionModel model(c, load_vision_weights(dir, c, detect_layout(dir, c)));
+  model.set_activations(ops::Activations::kF32);  // the reference's arithmetic
   const std::string ref = test::data_path(model_name + "/ref/");
 
   const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
@@ -86,6 +87,34 @@ TEST_P(FixtureImage, MatchesReferenceEmbeddingsAndIntermediates) {
               model_name.c_str(), d_exact, d_llama, max_abs(exact.data(), n_out));
   EXPECT_LT(d_exact, 1e-4);
   EXPECT_LT(d_llama, 2e-3);
+}
+
+// With int8 activations (the default) the 4-bit linears round their inputs to 8 bits per group
+// of 64: the embeddings move by a small fraction of their spread (a wrong scale or layout would
+// give unrelated ones).
+TEST_P(FixtureImage, Int8ActivationsStayCloseToExact) {
+  const std::string model_name = GetParam();
+  ModelDir dir(test::data_path(model_name));
+  const ModelConfig c = config_of(dir);
+  VisionModel model(c, load_vision_weights(dir, c, detect_layout(dir, c)));
+  const std::string ref = test::data_path(model_name + "/ref/");
+  const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
+  const std::vector<float> pixels =
+      preprocess_image(load_image(ref + "image.png"), c.vision.image_size, mean, std_);
+  const auto exact = test::read_f32(ref + "image.embd_exact.f32");
+  std::vector<float> out(exact.size());
+  model.encode(pixels.data(), out.data());
+  double sum_diff = 0, sum_sq = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    sum_diff += std::fabs(static_cast<double>(out[i]) - exact[i]);
+    sum_sq += static_cast<double>(exact[i]) * exact[i];
+  }
+  const double n = static_cast<double>(out.size()), rms = std::sqrt(sum_sq / n);
+  const double d_max = max_abs_diff(out.data(), exact.data(), out.size());
+  std::printf("%s int8 image embeddings: mean |diff| %.3g, max %.3g (rms of ref %.3g)\n",
+              model_name.c_str(), sum_diff / n, d_max, rms);
+  EXPECT_LT(sum_diff / n, 0.02 * rms);
+  EXPECT_LT(d_max, 0.2 * rms);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, FixtureImage, ::testing::Values("tiny-original", "tiny-mobile"),

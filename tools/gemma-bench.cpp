@@ -98,7 +98,6 @@ json generation_test(const Args& a, const std::string& prompt, int n_tokens, boo
 json pp_tg_test(const Args& a) {
   Engine engine(a.model, {a.threads, false, false});
   const ModelConfig& c = engine.config();
-  Session session(engine, a.pp + a.tg + 8);
   // Deterministic ids from the upper half of the tokenizer's pieces (ordinary text, no specials).
   const int32_t hi = std::min<int32_t>(engine.tokenizer().vocab_size(), static_cast<int32_t>(c.text.n_vocab));
   uint64_t x = 12345;
@@ -108,19 +107,29 @@ json pp_tg_test(const Args& a) {
   };
   std::vector<int32_t> ids = {c.bos_token};
   while (static_cast<int>(ids.size()) < a.pp) ids.push_back(next_id());
-  const PrefillResult pp = session.prefill(ids, {});
-  engine.text().set_int8_prefill(true);  // the same prompt with int8 activations, side by side
-  Session session_q8(engine, a.pp + 8);
-  const PrefillResult pp_q8 = session_q8.prefill(ids, {});
-  engine.text().set_int8_prefill(false);
-  Session tg_session(engine, a.tg + 8);
-  tg_session.prefill({c.bos_token}, {});
-  Timer t;
-  for (int i = 0; i < a.tg; ++i) tg_session.decode(next_id());
-  const double tg_s = t.seconds();
-  return {{"pp_tps", a.pp / pp.prefill_s},
-          {"pp_int8_tps", a.pp / pp_q8.prefill_s},
-          {"tg_tps", a.tg / tg_s},
+  const std::vector<int32_t> tg_ids = [&] {
+    std::vector<int32_t> v;
+    while (static_cast<int>(v.size()) < a.tg) v.push_back(next_id());
+    return v;
+  }();
+  // pp and tg with the default int8 activations, then the same with --exact, side by side.
+  auto run = [&](ops::Activations act) {
+    engine.set_activations(act);
+    Session pp_session(engine, a.pp + 8);
+    const double pp_s = pp_session.prefill(ids, {}).prefill_s;
+    Session tg_session(engine, a.tg + 8);
+    tg_session.prefill({c.bos_token}, {});
+    Timer t;
+    for (int32_t id : tg_ids) tg_session.decode(id);
+    return std::pair{a.pp / pp_s, a.tg / t.seconds()};
+  };
+  const auto [pp_tps, tg_tps] = run(ops::Activations::kInt8);
+  const auto [pp_exact_tps, tg_exact_tps] = run(ops::Activations::kF32);
+  engine.set_activations(ops::Activations::kInt8);
+  return {{"pp_tps", pp_tps},
+          {"pp_exact_tps", pp_exact_tps},
+          {"tg_tps", tg_tps},
+          {"tg_exact_tps", tg_exact_tps},
           {"bytes_per_token", engine.text().weight_bytes_per_token()},
           {"peak_rss_mb", peak_rss_mb()}};
 }
@@ -170,7 +179,7 @@ int run(const Args& a) {
   const double bw_after = memory_read_bandwidth_gbs(pool);
   const double bw = std::max(bw_before, bw_after);
   for (const char* k : {"load_s", "prompt_tps", "gen_tps", "peak_rss_mb"}) out["text"][k] = collect(text, k);
-  for (const char* k : {"pp_tps", "pp_int8_tps", "tg_tps"}) out["bench"][k] = collect(bench, k);
+  for (const char* k : {"pp_tps", "pp_exact_tps", "tg_tps", "tg_exact_tps"}) out["bench"][k] = collect(bench, k);
   const double bytes = bench[0]["bytes_per_token"].get<double>();
   out["roofline"] = {{"bandwidth_gbs", bw},
                      {"bytes_per_token_mb", bytes / 1e6},
@@ -202,9 +211,11 @@ int run(const Args& a) {
     std::printf("%-28s %10.2f t/s %s\n", "generation, image", m(out["image"]["gen_tps"]), spread(out["image"]["gen_tps"]).c_str());
   }
   std::printf("%-28s %10.2f t/s %s\n", ("pp" + std::to_string(a.pp)).c_str(), m(out["bench"]["pp_tps"]), spread(out["bench"]["pp_tps"]).c_str());
-  std::printf("%-28s %10.2f t/s %s\n", ("pp" + std::to_string(a.pp) + " --int8-prefill").c_str(),
-              m(out["bench"]["pp_int8_tps"]), spread(out["bench"]["pp_int8_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", ("pp" + std::to_string(a.pp) + " --exact").c_str(),
+              m(out["bench"]["pp_exact_tps"]), spread(out["bench"]["pp_exact_tps"]).c_str());
   std::printf("%-28s %10.2f t/s %s\n", ("tg" + std::to_string(a.tg)).c_str(), m(out["bench"]["tg_tps"]), spread(out["bench"]["tg_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", ("tg" + std::to_string(a.tg) + " --exact").c_str(),
+              m(out["bench"]["tg_exact_tps"]), spread(out["bench"]["tg_exact_tps"]).c_str());
   std::printf("%-28s %10.2f t/s (%.1f GB/s / %.0f MB per token); tg is %.0f%% of it\n", "decode roofline",
               out["roofline"]["max_tg_tps"].get<double>(), bw, bytes / 1e6,
               100 * out["roofline"]["tg_fraction"].get<double>());

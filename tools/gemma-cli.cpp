@@ -37,7 +37,7 @@ struct Args {
   std::vector<std::string> images;
   GenerateOptions gen;
   int threads = 0, ctx_size = 4096;
-  bool chat = false, json = false, int8_prefill = false;
+  bool chat = false, json = false, exact = false;
 };
 
 void print_stats(const Engine& engine, const GenerateResult& r) {
@@ -121,7 +121,7 @@ int run_chat(Engine& engine, const Args& a) {
 
 int run(const Args& a) {
   if (!a.json) std::fprintf(stderr, "loading %s ...\n", a.model.c_str());
-  Engine engine(a.model, EngineOptions{a.threads, !a.json, a.int8_prefill});
+  Engine engine(a.model, EngineOptions{a.threads, !a.json, a.exact});
   const std::vector<Image> images = load_images(a.images);
   if (!a.embeddings_out.empty()) {
     check(!images.empty(), "--embeddings-out needs at least one --image");
@@ -204,8 +204,9 @@ int main(int argc, char** argv) {
   app.add_option("--seed", a.gen.sampling.seed, "random seed for sampling");
   app.add_option("--threads", a.threads, "worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--ctx-size", a.ctx_size, "context size in tokens")->check(CLI::PositiveNumber);
-  app.add_flag("--int8-prefill", a.int8_prefill,
-               "prompts with int8 activations: ~1.5x faster prefill, logits within ~1e-2");
+  app.add_flag("--exact", a.exact,
+               "f32 activations in every linear (default: int8 per group of 64, as llama.cpp): "
+               "slower, matches the float reference to 1e-3");
   app.add_flag("--chat", a.chat, "interactive multi-turn chat (/image PATH attaches an image)");
   app.add_flag("--json", a.json, "print one JSON object instead of streaming text");
   app.add_option("--tokens", a.tokens, "prompt as comma-separated token ids, no template");

@@ -16,9 +16,9 @@ bool loopback(const std::string& host) {
   return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
 }
 
-int run(const std::string& model, int threads, const ServerOptions& options) {
+int run(const std::string& model, int threads, bool exact, const ServerOptions& options) {
   std::fprintf(stderr, "loading %s ...\n", model.c_str());
-  Engine engine(model, EngineOptions{threads, true});
+  Engine engine(model, EngineOptions{threads, true, exact});
   Server server(engine, options);
   const int port = server.bind();
   if (!loopback(options.host) && options.api_key.empty())
@@ -56,14 +56,17 @@ int main(int argc, char** argv) {
   app.add_option("--max-body", o.max_body, "largest request body in bytes (413 beyond)")
       ->check(CLI::PositiveNumber);
   app.add_option("--alias", o.model_name, "model id clients see (default: the directory name)");
-  bool quiet = false;
+  bool quiet = false, exact = false;
   app.add_flag("-q,--quiet", quiet, "no log line per request");
+  app.add_flag("--exact", exact,
+               "f32 activations (default: int8, faster): answers then do not depend on how much "
+               "of a prompt came from the cache");
   CLI11_PARSE(app, argc, argv);
   o.log = !quiet;
   // A client that goes away mid-answer must not end the server.
   std::signal(SIGPIPE, SIG_IGN);
   try {
-    return run(model, threads, o);
+    return run(model, threads, exact, o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -10,6 +10,9 @@ void linear(const Weight& w, const float* x, int64_t n, float* y, const float* b
 void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
   cpu::linear_q8(w, x, n, y, bias);
 }
+void linear_many(std::span<const LinearOut> outs, const float* x, int64_t n, Activations act) {
+  cpu::linear_many(outs, x, n, act);
+}
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y) {
   cpu::rms_norm(x, w, n, d, eps, y);
 }

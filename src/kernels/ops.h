@@ -20,6 +20,21 @@ void linear(const Weight& w, const float* x, int64_t n, float* y, const float* b
 // (n > 1), slightly less precise; other weights run linear.
 void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias = nullptr);
 
+// How linear_many treats activations: kF32 runs linear (exact f32 products), kInt8 linear_q8.
+enum class Activations { kF32, kInt8 };
+
+// One output of linear_many: y = x · wᵀ (+ bias).
+struct LinearOut {
+  const Weight* w;
+  float* y;
+  const float* bias = nullptr;
+};
+
+// Several linears of the same input x [n, in] (every w has that `in`), e.g. q, k and v. With
+// int8 activations and one row, x is quantized once and the rows of all the weights share one
+// pass over the thread pool: decode reads the weights as one stream instead of several short ones.
+void linear_many(std::span<const LinearOut> outs, const float* x, int64_t n, Activations act);
+
 // Gemma RMSNorm over rows of d: y = x / sqrt(mean(x^2) + eps) * (1 + w).  x, y [n, d]; may alias.
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);
 

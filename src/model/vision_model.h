@@ -4,9 +4,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <vector>
 
 #include "io/model_dir.h"
+#include "kernels/ops.h"
 #include "model/config.h"
 #include "model/tensor_table.h"
 #include "tensor/weight.h"
@@ -69,12 +71,18 @@ class VisionModel {
   using Observer = std::function<void(int stage, const float* x, int64_t n)>;
   void set_observer(Observer obs) { observer_ = std::move(obs); }
 
+  // Activations of the 4-bit linears, as TextModel::set_activations (default kInt8).
+  void set_activations(ops::Activations a) { act_ = a; }
+
  private:
   void attention_block(const VisionLayer& L, const float* xn, float* out) const;
+  // Linears of the same input x [n, in], with this model's activations.
+  void linear(std::initializer_list<ops::LinearOut> outs, const float* x, int64_t n) const;
 
   ModelConfig c_;
   VisionWeights w_;
   Observer observer_;
+  ops::Activations act_ = ops::Activations::kInt8;
 };
 
 }  // namespace gp

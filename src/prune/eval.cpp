@@ -32,6 +32,9 @@ struct TextRunner {
       config.compact_vocab =
           dir->tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
     model = std::make_unique<TextModel>(config, load_text_weights(*dir, config, layout));
+    // Quality is measured with exact f32 activations: the weights' effect, without the int8
+    // rounding of the fast path (which depends on how the text is split into batches).
+    model->set_activations(ops::Activations::kF32);
   }
 };
 
@@ -211,6 +214,7 @@ CompareResult compare_models_with_image(const std::string& a_dir, const std::str
                                         const std::string& image_path, const std::string& text) {
   EngineOptions eo;
   eo.progress = false;
+  eo.exact = true;  // as TextRunner: the weights' effect, without the int8 rounding
   Engine a(a_dir, eo), b(b_dir, eo);
   const int64_t V = a.config().text.n_vocab;
   check(b.config().text.n_vocab == V,

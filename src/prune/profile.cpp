@@ -93,6 +93,7 @@ ModelProfile profile_model(const Checkpoint& in, const std::vector<std::string>&
   const ModelConfig& c = in.config();
   const Tokenizer tokenizer = Tokenizer::load(in.path());
   TextModel model(c, load_text_weights(in.dir(), c, in.layout()));
+  model.set_activations(ops::Activations::kF32);  // statistics of the weights, as prune::eval
   const int n_layers = c.text.n_layers;
   const int64_t d = c.text.d_model;
 

@@ -20,7 +20,7 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
     config_.compact_vocab = dir_.tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(path));
   text_ = std::make_unique<TextModel>(config_, load_text_weights(dir_, config_, layout_));
-  text_->set_int8_prefill(options.int8_prefill);
+  set_activations(options.exact ? ops::Activations::kF32 : ops::Activations::kInt8);
 
   // Chat pieces: the template's markers as the tokenizer spells the config's ids.
   pieces_.mm_tokens_per_image = config_.mm_tokens_per_image;
@@ -50,6 +50,12 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
 
 Engine::~Engine() = default;
 
+void Engine::set_activations(ops::Activations a) {
+  act_ = a;
+  text_->set_activations(a);
+  if (vision_) vision_->set_activations(a);
+}
+
 std::vector<int32_t> Engine::chat_prompt(const std::vector<ChatMessage>& messages) const {
   std::vector<int32_t> ids = {config_.bos_token};
   const auto body = tokenizer_->encode(format_chat(messages, pieces_));
@@ -61,6 +67,7 @@ std::vector<float> Engine::encode_image(const Image& image) {
   if (!vision_) {
     check(layout_.vision, dir_.path() + ": this checkpoint has no vision tower (text-only)");
     vision_ = std::make_unique<VisionModel>(config_, load_vision_weights(dir_, config_, layout_));
+    vision_->set_activations(act_);
   }
   const auto pixels = preprocess_image(image, config_.vision.image_size, image_mean_, image_std_);
   std::vector<float> out(static_cast<size_t>(config_.mm_tokens_per_image) * config_.text.d_model);

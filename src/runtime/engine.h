@@ -25,7 +25,9 @@ class VisionModel;
 struct EngineOptions {
   int threads = 0;       // 0: all cores
   bool progress = true;  // progress display while loading
-  bool int8_prefill = false;  // prompts with int8 activations (TextModel::set_int8_prefill)
+  // f32 activations in every linear (slower; the float reference to 1e-3) instead of int8
+  // (TextModel::set_activations).
+  bool exact = false;
 };
 
 class Engine {
@@ -38,6 +40,8 @@ class Engine {
   const TableLayout& layout() const { return layout_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   TextModel& text() { return *text_; }
+  // The activations of the text and vision linears (EngineOptions::exact picks the first one).
+  void set_activations(ops::Activations a);
   double load_seconds() const { return load_s_; }
 
   // The chat pieces and stop ids of this checkpoint, read from its tokenizer and config.
@@ -58,6 +62,7 @@ class Engine {
   TableLayout layout_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<TextModel> text_;
+  ops::Activations act_ = ops::Activations::kInt8;
   std::unique_ptr<VisionModel> vision_;
   ChatPieces pieces_;
   std::vector<int32_t> stop_tokens_;

@@ -13,6 +13,8 @@ namespace gp::cpu {
 void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias);
 // ops::linear_q8: activation rows quantized to int8 per group; otherwise as linear.
 void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias);
+void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n,
+                 ops::Activations act);
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);
 void layer_norm(const float* x, const float* w, const float* b, int64_t n, int64_t d, float eps,
                 float* y);

@@ -1,12 +1,15 @@
 // linear_q8: the linear with each activation row quantized to int8 per group of 64, so that the
 // inner products are exact integer multiply-adds of nibbles and int8 values:
 //   y = sum_g scale_g * dx_g * (q_g · xq_g) + bias_g * sum(x_g),   x ≈ dx_g * xq_g.
-// One row (decode) streams the weight with 16-bit products; many rows (prefill) unpack blocks
-// of weight rows into u8 panels and use u8 x i8 pair multiply-adds (pmaddubsw on x86), about
-// twice the f32 GEMM's rate. Less precise than linear by the int8 rounding of x.
+// One row (decode) streams the weight once with u8 x i8 pair multiply-adds of the nibbles
+// (pmaddubsw on x86; 16-bit products elsewhere), several weights of the same input in one pass
+// over the pool; many rows (prefill) unpack blocks of weight rows into u8 panels for the same
+// multiply-adds, about twice the f32 GEMM's rate. Less precise than linear by the int8
+// rounding of x.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "base/thread_pool.h"
 #include "kernels/cpu/cpu.h"
@@ -28,153 +31,12 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 constexpr int64_t kGroup = 64;
 
-// At most 16 lanes of 16 bits: one load covers (part of) the 32 bytes of one group's nibbles.
-using D16 = hn::CappedTag<int16_t, 16>;
-using D32 = hn::Repartition<int32_t, D16>;
-using DF = hn::Rebind<float, D32>;
-
-// Lane j of u16 word v holds elements 4(v+j) .. 4(v+j)+3 of the group (low nibble first), so
-// (u16 >> 4s) & 15 is element 4(v+j)+s. xq is stored in that order, as int16:
-// xq[g*64 + v*4 + s*L + j] = round(x[g*64 + 4*(v+j) + s] / dx_g), for v = 0, L, .. < 16.
-void QuantizeX(const float* x, int64_t in, int16_t* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
-               float* HWY_RESTRICT xsum) {
-  const size_t L = hn::Lanes(D16());
-  for (int64_t g = 0; g < in / kGroup; ++g) {
-    const float* xg = x + g * kGroup;
-    float amax = 0, sum = 0;
-    for (int64_t i = 0; i < kGroup; ++i) {
-      amax = std::max(amax, std::fabs(xg[i]));
-      sum += xg[i];
-    }
-    const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-    dx[g] = amax / 127.0f;
-    xsum[g] = sum;
-    int16_t* qg = xq + g * kGroup;
-    // Adding and removing 1.5 * 2^23 rounds |v| <= 127 to the nearest integer, inline.
-    constexpr float kRound = 12582912.0f;
-    for (size_t v = 0; v < 16; v += L) {
-      for (size_t s = 0; s < 4; ++s) {
-        for (size_t j = 0; j < L; ++j) {
-          const float r = (xg[4 * (v + j) + s] * inv + kRound) - kRound;
-          qg[v * 4 + s * L + j] = static_cast<int16_t>(r);
-        }
-      }
-    }
-  }
-}
-
-// Per-lane int32 partial sums of q_k * xq_k over one group.
-HWY_INLINE hn::Vec<D32> GroupDotI(const uint16_t* words, const int16_t* HWY_RESTRICT xq) {
-  const D16 d16;
-  const hn::RebindToUnsigned<D16> du16;
-  const D32 d32;
-  const size_t L = hn::Lanes(d16);
-  const auto mask = hn::Set(du16, 0xF);
-  auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
-  for (size_t v = 0; v < 16; v += L) {
-    const auto w = hn::LoadU(du16, words + v);
-    const int16_t* xv = xq + v * 4;
-    const auto q0 = hn::BitCast(d16, hn::And(w, mask));
-    const auto q1 = hn::BitCast(d16, hn::And(hn::ShiftRight<4>(w), mask));
-    const auto q2 = hn::BitCast(d16, hn::And(hn::ShiftRight<8>(w), mask));
-    const auto q3 = hn::BitCast(d16, hn::ShiftRight<12>(w));
-    sum0 = hn::ReorderWidenMulAccumulate(d32, q0, hn::Load(d16, xv), sum0, sum1);
-    sum0 = hn::ReorderWidenMulAccumulate(d32, q1, hn::Load(d16, xv + L), sum0, sum1);
-    sum0 = hn::ReorderWidenMulAccumulate(d32, q2, hn::Load(d16, xv + 2 * L), sum0, sum1);
-    sum0 = hn::ReorderWidenMulAccumulate(d32, q3, hn::Load(d16, xv + 3 * L), sum0, sum1);
-  }
-  // Only the total over all lanes matters, whatever order the products landed in.
-  return hn::Add(sum0, sum1);
-}
-
-void GemvQ8Rows(const Weight& w, const int16_t* xq, const float* dx, const float* xsum, int64_t r0,
-                int64_t r1, float* y, const float* bias) {
-  const DF df;
-  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
-  const size_t ss = dtype_size(w.scale_dtype);
-  float* sc = thread_scratch(kScratchA, 4 * gpr);
-  float* bi = thread_scratch(kScratchB, 4 * gpr);
-  auto words = [&](int64_t row) { return reinterpret_cast<const uint16_t*>(w.q + row * wpr); };
-  auto finish = [&](int64_t o, hn::Vec<DF> acc, const float* b) {
-    y[o] = hn::GetLane(hn::SumOfLanes(df, acc)) + Dot(b, xsum, gpr) + (bias ? bias[o] : 0.0f);
-  };
-  int64_t o = r0;
-  for (; o + 4 <= r1; o += 4) {
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + o * gpr * ss, 4 * gpr, sc);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + o * gpr * ss, 4 * gpr, bi);
-    for (int64_t r = 0; r < 4; ++r) {
-      for (int64_t g = 0; g < gpr; ++g) sc[r * gpr + g] *= dx[g];
-    }
-    const uint16_t *q0 = words(o), *q1 = words(o + 1), *q2 = words(o + 2), *q3 = words(o + 3);
-    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-    // Two blocks of 4 rows ahead, 128 bytes per group: the rows are short streams that the
-    // hardware prefetchers pick up too late. Prefetches never fault.
-    const auto* ahead = reinterpret_cast<const uint8_t*>(w.q + (o + 8) * wpr);
-    for (int64_t g = 0; g < gpr; ++g) {
-      hwy::Prefetch(ahead + g * 128);
-      hwy::Prefetch(ahead + g * 128 + 64);
-      const int16_t* xg = xq + g * kGroup;
-      a0 = hn::MulAdd(hn::ConvertTo(df, GroupDotI(q0 + g * 16, xg)), hn::Set(df, sc[g]), a0);
-      a1 = hn::MulAdd(hn::ConvertTo(df, GroupDotI(q1 + g * 16, xg)), hn::Set(df, sc[gpr + g]), a1);
-      a2 = hn::MulAdd(hn::ConvertTo(df, GroupDotI(q2 + g * 16, xg)), hn::Set(df, sc[2 * gpr + g]),
-                      a2);
-      a3 = hn::MulAdd(hn::ConvertTo(df, GroupDotI(q3 + g * 16, xg)), hn::Set(df, sc[3 * gpr + g]),
-                      a3);
-    }
-    finish(o, a0, bi);
-    finish(o + 1, a1, bi + gpr);
-    finish(o + 2, a2, bi + 2 * gpr);
-    finish(o + 3, a3, bi + 3 * gpr);
-  }
-  for (; o < r1; ++o) {
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + o * gpr * ss, gpr, sc);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + o * gpr * ss, gpr, bi);
-    const uint16_t* q0 = words(o);
-    auto a0 = hn::Zero(df);
-    for (int64_t g = 0; g < gpr; ++g) {
-      a0 = hn::MulAdd(hn::ConvertTo(df, GroupDotI(q0 + g * 16, xq + g * kGroup)),
-                      hn::Set(df, sc[g] * dx[g]), a0);
-    }
-    finish(o, a0, bi);
-  }
-}
-
-void LinearQ8Impl(const Weight& w, const float* x, float* y, const float* bias) {
-  const int64_t gpr = w.groups_per_row();
-  // int16 values in a float scratch buffer: 2 per float, aligned the same way.
-  auto* xq = reinterpret_cast<int16_t*>(thread_scratch(kScratchC, w.in / 2));
-  float* dx = thread_scratch(kScratchD, gpr);
-  float* xsum = thread_scratch(kScratchE, gpr);
-  QuantizeX(x, w.in, xq, dx, xsum);
-  if (w.bytes() < (size_t{256} << 10)) return GemvQ8Rows(w, xq, dx, xsum, 0, w.out, y, bias);
-  // About 16 blocks of rows per thread, taken dynamically.
-  const int64_t rb =
-      std::clamp<int64_t>(w.out / (16 * ThreadPool::global().size()) / 4 * 4, 8, 256);
-  parallel_blocks((w.out + rb - 1) / rb, [&](int64_t b, int) {
-    GemvQ8Rows(w, xq, dx, xsum, b * rb, std::min(w.out, (b + 1) * rb), y, bias);
-  });
-}
-
-// ---------------------------------------------------------------- many activation rows
-//
-// Every row of x is quantized to int8 per group (natural order), and blocks of weight rows are
-// unpacked into u8 panels laid out [k/4][row][4 bytes]: a broadcast of 4 int8 activations times
-// one panel vector, summed over byte pairs and then over the pairs' pairs, gives one int32
-// partial sum per weight row, so the lanes of every accumulator are output columns.
-
 // Vectors of at most 256 bits: the x86 byte multiply-adds below come in 128 and 256 bits.
 using DB32 = hn::CappedTag<int32_t, 8>;
 using DBU8 = hn::Repartition<uint8_t, DB32>;
 using DBI8 = hn::Repartition<int8_t, DB32>;
 using DBI16 = hn::Repartition<int16_t, DB32>;
 using DBF = hn::Repartition<float, DB32>;
-
-constexpr int kQMR = 4;         // activation rows of the register tile
-constexpr int64_t kQKC = 2048;  // inputs per panel: a multiple of the group size
-constexpr int kQPanels = 4;     // panels per task, reused by every x tile while it is in L1
-
-// Output columns of one panel: the int32 lanes of one vector.
-HWY_INLINE int64_t QPanelWidth() { return static_cast<int64_t>(hn::Lanes(DB32())); }
 
 #undef GP_Q8_X86
 #if HWY_ARCH_X86 && (HWY_TARGET <= HWY_SSSE3)
@@ -199,6 +61,217 @@ HWY_INLINE hn::Vec<DB32> PairSumI16(hn::Vec<DBI16> v) {
 #else
 #define GP_Q8_X86 0
 #endif
+
+// ---------------------------------------------------------------- one activation row
+
+// Per-group scale of x: x ≈ dx * xq with xq = round(x / dx) in [-127, 127], dx = max|x| / 127.
+// Adding and removing 1.5 * 2^23 rounds |v| <= 127 to the nearest integer, inline.
+HWY_INLINE float GroupScale(const float* xg, float* inv, float* sum) {
+  float amax = 0, s = 0;
+  for (int64_t i = 0; i < kGroup; ++i) {
+    amax = std::max(amax, std::fabs(xg[i]));
+    s += xg[i];
+  }
+  *inv = amax > 0 ? 127.0f / amax : 0.0f;
+  *sum = s;
+  return amax / 127.0f;
+}
+HWY_INLINE float RoundQ(float v) {
+  constexpr float kRound = 12582912.0f;
+  return (v + kRound) - kRound;
+}
+
+#if GP_Q8_X86
+// Byte i of a group's 32 nibble bytes holds elements 2i (low nibble) and 2i+1 (high). Each
+// group of xq is stored as its 32 even elements, then its 32 odd ones, as int8, so that the low
+// and the high nibbles each meet their activations in one u8 x i8 multiply-add.
+using XQ = int8_t;
+using DQ32 = DB32;  // int32 partial sums of GroupDotQ
+void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
+               float* HWY_RESTRICT xsum) {
+  for (int64_t g = 0; g < in / kGroup; ++g) {
+    const float* xg = x + g * kGroup;
+    float inv;
+    dx[g] = GroupScale(xg, &inv, &xsum[g]);
+    XQ* qg = xq + g * kGroup;
+    for (int64_t i = 0; i < kGroup / 2; ++i) {
+      qg[i] = static_cast<XQ>(RoundQ(xg[2 * i] * inv));
+      qg[kGroup / 2 + i] = static_cast<XQ>(RoundQ(xg[2 * i + 1] * inv));
+    }
+  }
+}
+
+// Per-lane int32 partial sums of q_k * xq_k over one group (8 words against its 64 xq).
+HWY_INLINE hn::Vec<DQ32> GroupDotQ(const uint32_t* words, const XQ* HWY_RESTRICT xg) {
+  const DBU8 du8;
+  const DBI8 di8;
+  const hn::Repartition<uint16_t, DB32> du16;
+  const DB32 d32;
+  constexpr size_t kBytes = kGroup / 2;
+  const size_t L = hn::Lanes(du8);
+  const auto* wb = reinterpret_cast<const uint8_t*>(words);
+  const auto mask = hn::Set(du8, 0x0F);
+  auto acc = hn::Zero(d32);
+  for (size_t c = 0; c < kBytes; c += L) {
+    const auto w = hn::LoadU(du8, wb + c);
+    const auto lo = hn::And(w, mask);
+    const auto hi = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, w))), mask);
+    // Each int16 lane: two pair sums <= 2 * 3810, no saturation.
+    const auto s = hn::Add(PairDotU8I8(lo, hn::Load(di8, xg + c)),
+                           PairDotU8I8(hi, hn::Load(di8, xg + kBytes + c)));
+    acc = hn::Add(acc, PairSumI16(s));
+  }
+  return acc;
+}
+#else
+// Other targets: 16-bit products. Lane j of u16 word v holds elements 4(v+j) .. 4(v+j)+3 of the
+// group (low nibble first), so (u16 >> 4s) & 15 is element 4(v+j)+s. xq is stored in that
+// order, as int16: xq[g*64 + v*4 + s*L + j] = round(x[g*64 + 4*(v+j) + s] / dx_g).
+using D16 = hn::CappedTag<int16_t, 16>;
+using DQ32 = hn::Repartition<int32_t, D16>;
+using XQ = int16_t;
+void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
+               float* HWY_RESTRICT xsum) {
+  const size_t L = hn::Lanes(D16());
+  for (int64_t g = 0; g < in / kGroup; ++g) {
+    const float* xg = x + g * kGroup;
+    float inv;
+    dx[g] = GroupScale(xg, &inv, &xsum[g]);
+    XQ* qg = xq + g * kGroup;
+    for (size_t v = 0; v < 16; v += L) {
+      for (size_t s = 0; s < 4; ++s) {
+        for (size_t j = 0; j < L; ++j) {
+          qg[v * 4 + s * L + j] = static_cast<XQ>(RoundQ(xg[4 * (v + j) + s] * inv));
+        }
+      }
+    }
+  }
+}
+
+HWY_INLINE hn::Vec<DQ32> GroupDotQ(const uint32_t* group_words, const XQ* HWY_RESTRICT xq) {
+  const D16 d16;
+  const hn::RebindToUnsigned<D16> du16;
+  const DQ32 d32;
+  const size_t L = hn::Lanes(d16);
+  const auto* words = reinterpret_cast<const uint16_t*>(group_words);
+  const auto mask = hn::Set(du16, 0xF);
+  auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
+  for (size_t v = 0; v < 16; v += L) {
+    const auto w = hn::LoadU(du16, words + v);
+    const XQ* xv = xq + v * 4;
+    const auto q0 = hn::BitCast(d16, hn::And(w, mask));
+    const auto q1 = hn::BitCast(d16, hn::And(hn::ShiftRight<4>(w), mask));
+    const auto q2 = hn::BitCast(d16, hn::And(hn::ShiftRight<8>(w), mask));
+    const auto q3 = hn::BitCast(d16, hn::ShiftRight<12>(w));
+    sum0 = hn::ReorderWidenMulAccumulate(d32, q0, hn::Load(d16, xv), sum0, sum1);
+    sum0 = hn::ReorderWidenMulAccumulate(d32, q1, hn::Load(d16, xv + L), sum0, sum1);
+    sum0 = hn::ReorderWidenMulAccumulate(d32, q2, hn::Load(d16, xv + 2 * L), sum0, sum1);
+    sum0 = hn::ReorderWidenMulAccumulate(d32, q3, hn::Load(d16, xv + 3 * L), sum0, sum1);
+  }
+  // Only the total over all lanes matters, whatever order the products landed in.
+  return hn::Add(sum0, sum1);
+}
+#endif
+
+void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsum, int64_t r0,
+                int64_t r1, float* y, const float* bias) {
+  const hn::Rebind<float, DQ32> df;
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
+  const size_t ss = dtype_size(w.scale_dtype);
+  float* sc = thread_scratch(kScratchA, 4 * gpr);
+  float* bi = thread_scratch(kScratchB, 4 * gpr);
+  auto finish = [&](int64_t o, hn::Vec<decltype(df)> acc, const float* b) {
+    y[o] = hn::GetLane(hn::SumOfLanes(df, acc)) + Dot(b, xsum, gpr) + (bias ? bias[o] : 0.0f);
+  };
+  int64_t o = r0;
+  for (; o + 4 <= r1; o += 4) {
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + o * gpr * ss, 4 * gpr, sc);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + o * gpr * ss, 4 * gpr, bi);
+    const uint32_t* q0 = w.q + o * wpr;
+    const uint32_t *q1 = q0 + wpr, *q2 = q1 + wpr, *q3 = q2 + wpr;
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+    // Two blocks of 4 rows ahead, 128 bytes per group: the rows are short streams that the
+    // hardware prefetchers pick up too late. Prefetches never fault.
+    const auto* ahead = reinterpret_cast<const uint8_t*>(w.q + (o + 8) * wpr);
+    for (int64_t g = 0; g < gpr; ++g) {
+      hwy::Prefetch(ahead + g * 128);
+      hwy::Prefetch(ahead + g * 128 + 64);
+      const XQ* xg = xq + g * kGroup;
+      const float d = dx[g];
+      a0 = hn::MulAdd(hn::ConvertTo(df, GroupDotQ(q0 + g * 8, xg)), hn::Set(df, sc[g] * d), a0);
+      a1 = hn::MulAdd(hn::ConvertTo(df, GroupDotQ(q1 + g * 8, xg)), hn::Set(df, sc[gpr + g] * d),
+                      a1);
+      a2 = hn::MulAdd(hn::ConvertTo(df, GroupDotQ(q2 + g * 8, xg)),
+                      hn::Set(df, sc[2 * gpr + g] * d), a2);
+      a3 = hn::MulAdd(hn::ConvertTo(df, GroupDotQ(q3 + g * 8, xg)),
+                      hn::Set(df, sc[3 * gpr + g] * d), a3);
+    }
+    finish(o, a0, bi);
+    finish(o + 1, a1, bi + gpr);
+    finish(o + 2, a2, bi + 2 * gpr);
+    finish(o + 3, a3, bi + 3 * gpr);
+  }
+  for (; o < r1; ++o) {
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + o * gpr * ss, gpr, sc);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + o * gpr * ss, gpr, bi);
+    const uint32_t* q0 = w.q + o * wpr;
+    auto a0 = hn::Zero(df);
+    for (int64_t g = 0; g < gpr; ++g) {
+      a0 = hn::MulAdd(hn::ConvertTo(df, GroupDotQ(q0 + g * 8, xq + g * kGroup)),
+                      hn::Set(df, sc[g] * dx[g]), a0);
+    }
+    finish(o, a0, bi);
+  }
+}
+
+// One activation row through several weights with the same input width (ops::linear_many):
+// x is quantized once, and the row blocks of all weights share one pass over the thread pool.
+void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* x) {
+  const int64_t in = outs[0].w->in, gpr = in / kGroup;
+  // The int8 (or int16) values in a float scratch buffer, aligned the same way.
+  auto* xq = reinterpret_cast<XQ*>(thread_scratch(kScratchC, in * sizeof(XQ) / sizeof(float)));
+  float* dx = thread_scratch(kScratchD, gpr);
+  float* xsum = thread_scratch(kScratchE, gpr);
+  QuantizeX(x, in, xq, dx, xsum);
+  struct Block {
+    const ops::LinearOut* out;
+    int64_t r0, r1;
+  };
+  std::vector<Block> blocks;
+  size_t bytes = 0;
+  for (size_t j = 0; j < n_outs; ++j) {
+    const Weight& w = *outs[j].w;
+    bytes += w.bytes();
+    // About 16 blocks of rows per thread and weight, taken dynamically.
+    const int64_t rb =
+        std::clamp<int64_t>(w.out / (16 * ThreadPool::global().size()) / 4 * 4, 8, 256);
+    for (int64_t r = 0; r < w.out; r += rb)
+      blocks.push_back({&outs[j], r, std::min(w.out, r + rb)});
+  }
+  auto run = [&](const Block& b) {
+    GemvQ8Rows(*b.out->w, xq, dx, xsum, b.r0, b.r1, b.out->y, b.out->bias);
+  };
+  // Below ~256 KB of weights the hand-off to the pool costs more than it saves.
+  if (bytes < (size_t{256} << 10)) {
+    for (const Block& b : blocks) run(b);
+    return;
+  }
+  parallel_blocks(static_cast<int64_t>(blocks.size()), [&](int64_t b, int) { run(blocks[b]); });
+}
+
+// ---------------------------------------------------------------- many activation rows
+//
+// Every row of x is quantized to int8 per group (natural order), and blocks of weight rows are
+// unpacked into u8 panels laid out [k/4][row][4 bytes]: a broadcast of 4 int8 activations times
+// one panel vector, summed over byte pairs and then over the pairs' pairs, gives one int32
+// partial sum per weight row, so the lanes of every accumulator are output columns.
+
+constexpr int kQMR = 4;         // activation rows of the register tile
+constexpr int64_t kQKC = 2048;  // inputs per panel: a multiple of the group size
+constexpr int kQPanels = 4;     // panels per task, reused by every x tile while it is in L1
+
+// Output columns of one panel: the int32 lanes of one vector.
+HWY_INLINE int64_t QPanelWidth() { return static_cast<int64_t>(hn::Lanes(DB32())); }
 
 // Unpacks the nibbles of weight rows o .. o+NB (clamped to the last row) and inputs
 // [k0, k0 + kc) into panel [kc/4][NB][4] u8, with their scales and biases as f32 [kc/64][NB].
@@ -303,27 +376,18 @@ void Q8MicroKernel(const int8_t* const* a, const float* const* dx, const float* 
 #endif
 }
 
-// Quantizes rows [t0, t1) of x [n, in] to int8 per group: xq [n, in], dx, xsum [n, in/64].
+// Quantizes rows [t0, t1) of x [n, in] to int8 per group, in natural order (the scale and
+// rounding of QuantizeX): xq [n, in], dx, xsum [n, in/64].
 void QuantizeRows(const float* x, int64_t in, int64_t t0, int64_t t1, int8_t* HWY_RESTRICT xq,
                   float* HWY_RESTRICT dx, float* HWY_RESTRICT xsum) {
   const int64_t gpr = in / kGroup;
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t g = 0; g < gpr; ++g) {
       const float* xg = x + t * in + g * kGroup;
-      float amax = 0, sum = 0;
-      for (int64_t i = 0; i < kGroup; ++i) {
-        amax = std::max(amax, std::fabs(xg[i]));
-        sum += xg[i];
-      }
-      // As QuantizeX: the same scale and rounding as the one-row path.
-      const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-      dx[t * gpr + g] = amax / 127.0f;
-      xsum[t * gpr + g] = sum;
-      constexpr float kRound = 12582912.0f;
+      float inv;
+      dx[t * gpr + g] = GroupScale(xg, &inv, &xsum[t * gpr + g]);
       int8_t* qg = xq + t * in + g * kGroup;
-      for (int64_t i = 0; i < kGroup; ++i) {
-        qg[i] = static_cast<int8_t>((xg[i] * inv + kRound) - kRound);
-      }
+      for (int64_t i = 0; i < kGroup; ++i) qg[i] = static_cast<int8_t>(RoundQ(xg[i] * inv));
     }
   }
 }
@@ -423,16 +487,41 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace gp::cpu {
 
-HWY_EXPORT(LinearQ8Impl);
+HWY_EXPORT(LinearQ8OneRowImpl);
 HWY_EXPORT(LinearQ8BatchImpl);
 
+namespace {
+// Only MLX 4-bit group-64 weights have an int8 path.
+bool has_q8_path(const Weight& w) {
+  return w.quantized && w.fmt.bits == 4 && w.fmt.group_size == 64;
+}
+}  // namespace
+
 void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
-  // Only MLX 4-bit group-64 weights have an int8 path.
-  if (!w.quantized || w.fmt.bits != 4 || w.fmt.group_size != 64) {
-    return linear(w, x, n, y, bias);
+  if (!has_q8_path(w)) return linear(w, x, n, y, bias);
+  if (n <= 0 || w.out <= 0) return;
+  if (n == 1) {
+    const ops::LinearOut out{&w, y, bias};
+    return HWY_DYNAMIC_DISPATCH(LinearQ8OneRowImpl)(&out, 1, x);
   }
-  if (n == 1) return HWY_DYNAMIC_DISPATCH(LinearQ8Impl)(w, x, y, bias);
   HWY_DYNAMIC_DISPATCH(LinearQ8BatchImpl)(w, x, n, y, bias);
+}
+
+void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n,
+                 ops::Activations act) {
+  if (outs.empty() || n <= 0) return;
+  const bool fused = act == ops::Activations::kInt8 && n == 1 &&
+                     std::all_of(outs.begin(), outs.end(), [&](const ops::LinearOut& o) {
+                       return has_q8_path(*o.w) && o.w->in == outs[0].w->in && o.w->out > 0;
+                     });
+  if (fused) return HWY_DYNAMIC_DISPATCH(LinearQ8OneRowImpl)(outs.data(), outs.size(), x);
+  for (const ops::LinearOut& o : outs) {
+    if (act == ops::Activations::kInt8) {
+      linear_q8(*o.w, x, n, o.y, o.bias);
+    } else {
+      linear(*o.w, x, n, o.y, o.bias);
+    }
+  }
 }
 
 }  // namespace gp::cpu
