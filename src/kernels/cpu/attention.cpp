@@ -2,7 +2,8 @@
 // Few queries (decode): per (query, kv head) dot products over the keys, the keys split over
 // threads and the partial softmaxes merged. Many queries (prefill, vision): per kv head, the
 // keys are packed into panels (K transposed, V padded) and blocks of query rows run two small
-// matrix products per key block with an online softmax in between (flash-attention order).
+// matrix products per key block with an online softmax in between (flash-attention order);
+// without a mask (vision), AttendDense does the same with one query per vector lane.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -512,8 +513,343 @@ void AttendMany(const AttnArgs& a) {
   }
 }
 
+// ---------------------------------------------------------------- many queries, no mask
+
+// Every query sees every key (the vision tower): one query per vector lane, so that the softmax
+// needs no horizontal reductions and nothing is padded. Per kv head, the key and value rows are
+// copied next to each other (no transposition); per block of query rows, panels of NR rows are
+// packed transposed (Qᵀ, pre-scaled by scale·log2 e). Per key block, Sᵀ = K Qᵀ broadcasts the
+// keys (6 keys x NR queries per register tile, the column maxima taken on the way out),
+// P = 2^(Sᵀ - m) runs down the columns, and O = O·corr + P V broadcasts P over value rows
+// (4 queries x 3 vectors of dims per tile: head_dim 72 is 3 x 24).
+
+constexpr int64_t kDenseKeyBlock = 96;  // keys per block: a multiple of the 6-key score tile
+constexpr int64_t kDensePanels = 8;     // most panels of NR query rows per task
+
+// 2^x for x <= 0, 0 below -127: a degree-6 fit of 2^f on [-1/2, 1/2] (relative error ~1e-7).
+template <class D>
+HWY_INLINE hn::Vec<D> Exp2NonPositive(D d, hn::Vec<D> x) {
+  const hn::RebindToSigned<D> di;
+  x = hn::Max(x, hn::Set(d, -127.0f));
+  const auto xi = hn::Round(x);
+  const auto f = hn::Sub(x, xi);
+  auto p = hn::Set(d, 1.5461444854736328e-4f);
+  p = hn::MulAdd(p, f, hn::Set(d, 1.3400427997112274e-3f));
+  p = hn::MulAdd(p, f, hn::Set(d, 9.618056938052177e-3f));
+  p = hn::MulAdd(p, f, hn::Set(d, 5.550327152013779e-2f));
+  p = hn::MulAdd(p, f, hn::Set(d, 0.24022650718688965f));
+  p = hn::MulAdd(p, f, hn::Set(d, 0.6931471824645996f));
+  p = hn::MulAdd(p, f, hn::Set(d, 1.0f));
+  // 2^xi from the exponent bits; xi = -127 gives the bits of 0.
+  const auto e = hn::ShiftLeft<23>(hn::Add(hn::ConvertTo(di, xi), hn::Set(di, 127)));
+  return hn::Mul(p, hn::BitCast(d, e));
+}
+
+// st[j][0..NR) = sum_i k_j[i] · qt[i][0..NR) for MR keys j (k_j = k + j·hd; rows of st, NR
+// apart), with the
+// column maxima folded into max0, max1 (lanes 0..N and N..NR). Named accumulators, not arrays:
+// the compiler keeps those in registers.
+template <int MR, class D>
+HWY_INLINE void ScoreTile(D d, const float* HWY_RESTRICT k, size_t hd, const float* HWY_RESTRICT qt,
+                          float* HWY_RESTRICT st, hn::Vec<D>& max0, hn::Vec<D>& max1) {
+  using V = hn::Vec<D>;
+  const size_t N = hn::Lanes(d), NR = 2 * N;
+  const float* k0 = k;
+  const float* k1 = MR > 1 ? k + hd : k0;
+  const float* k2 = MR > 2 ? k + 2 * hd : k0;
+  const float* k3 = MR > 3 ? k + 3 * hd : k0;
+  const float* k4 = MR > 4 ? k + 4 * hd : k0;
+  const float* k5 = MR > 5 ? k + 5 * hd : k0;
+  V c00 = hn::Zero(d), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+    c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (size_t i = 0; i < hd; ++i) {
+    const V b0 = hn::Load(d, qt + i * NR), b1 = hn::Load(d, qt + i * NR + N);
+    V av = hn::Set(d, k0[i]);
+    c00 = hn::MulAdd(av, b0, c00);
+    c01 = hn::MulAdd(av, b1, c01);
+    if constexpr (MR > 1) {
+      av = hn::Set(d, k1[i]);
+      c10 = hn::MulAdd(av, b0, c10);
+      c11 = hn::MulAdd(av, b1, c11);
+    }
+    if constexpr (MR > 2) {
+      av = hn::Set(d, k2[i]);
+      c20 = hn::MulAdd(av, b0, c20);
+      c21 = hn::MulAdd(av, b1, c21);
+    }
+    if constexpr (MR > 3) {
+      av = hn::Set(d, k3[i]);
+      c30 = hn::MulAdd(av, b0, c30);
+      c31 = hn::MulAdd(av, b1, c31);
+    }
+    if constexpr (MR > 4) {
+      av = hn::Set(d, k4[i]);
+      c40 = hn::MulAdd(av, b0, c40);
+      c41 = hn::MulAdd(av, b1, c41);
+    }
+    if constexpr (MR > 5) {
+      av = hn::Set(d, k5[i]);
+      c50 = hn::MulAdd(av, b0, c50);
+      c51 = hn::MulAdd(av, b1, c51);
+    }
+  }
+  auto put = [&](int r, V lo, V hi) {
+    hn::Store(lo, d, st + r * NR);
+    hn::Store(hi, d, st + r * NR + N);
+    max0 = hn::Max(max0, lo);
+    max1 = hn::Max(max1, hi);
+  };
+  put(0, c00, c01);
+  if constexpr (MR > 1) put(1, c10, c11);
+  if constexpr (MR > 2) put(2, c20, c21);
+  if constexpr (MR > 3) put(3, c30, c31);
+  if constexpr (MR > 4) put(4, c40, c41);
+  if constexpr (MR > 5) put(5, c50, c51);
+}
+
+// ScoreTile for mr = 1..6 keys, chosen at run time.
+template <class D>
+HWY_INLINE void ScoreTileRows(D d, size_t mr, const float* HWY_RESTRICT k, size_t hd,
+                              const float* HWY_RESTRICT qt, float* HWY_RESTRICT st,
+                              hn::Vec<D>& max0, hn::Vec<D>& max1) {
+  switch (mr) {
+    case 1:
+      return ScoreTile<1>(d, k, hd, qt, st, max0, max1);
+    case 2:
+      return ScoreTile<2>(d, k, hd, qt, st, max0, max1);
+    case 3:
+      return ScoreTile<3>(d, k, hd, qt, st, max0, max1);
+    case 4:
+      return ScoreTile<4>(d, k, hd, qt, st, max0, max1);
+    case 5:
+      return ScoreTile<5>(d, k, hd, qt, st, max0, max1);
+    default:
+      return ScoreTile<6>(d, k, hd, qt, st, max0, max1);
+  }
+}
+
+// o_r[0..NV·N) = o_r[0..NV·N) · corr[r] + sum_j pt[j][r] · v_j[0..NV·N) for RB <= 4 query rows
+// r and NV <= 3 vectors, where pt is [nb][NR] (Pᵀ, one column per query) and v_j = v + j·hd.
+// Named accumulators, as in ScoreTile.
+template <int RB, int NV, class D>
+HWY_INLINE void ValueTile(D d, const float* HWY_RESTRICT pt, size_t NR, int64_t nb,
+                          const float* HWY_RESTRICT v, size_t hd, size_t d0, float* const* o,
+                          const float* corr) {
+  using V = hn::Vec<D>;
+  const size_t N = hn::Lanes(d);
+  V c00 = hn::Zero(d), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00, c20 = c00, c21 = c00,
+    c22 = c00, c30 = c00, c31 = c00, c32 = c00;
+  auto start = [&](int r, V& x0, V& x1, V& x2) {
+    const V cr = hn::Set(d, corr[r]);
+    x0 = hn::Mul(hn::LoadU(d, o[r] + d0), cr);
+    if constexpr (NV > 1) x1 = hn::Mul(hn::LoadU(d, o[r] + d0 + N), cr);
+    if constexpr (NV > 2) x2 = hn::Mul(hn::LoadU(d, o[r] + d0 + 2 * N), cr);
+  };
+  start(0, c00, c01, c02);
+  if constexpr (RB > 1) start(1, c10, c11, c12);
+  if constexpr (RB > 2) start(2, c20, c21, c22);
+  if constexpr (RB > 3) start(3, c30, c31, c32);
+  for (int64_t j = 0; j < nb; ++j) {
+    const float* vj = v + j * hd + d0;
+    const float* pj = pt + j * NR;
+    const V b0 = hn::LoadU(d, vj);
+    const V b1 = NV > 1 ? hn::LoadU(d, vj + N) : b0;
+    const V b2 = NV > 2 ? hn::LoadU(d, vj + 2 * N) : b0;
+    V av = hn::Set(d, pj[0]);
+    c00 = hn::MulAdd(av, b0, c00);
+    if constexpr (NV > 1) c01 = hn::MulAdd(av, b1, c01);
+    if constexpr (NV > 2) c02 = hn::MulAdd(av, b2, c02);
+    if constexpr (RB > 1) {
+      av = hn::Set(d, pj[1]);
+      c10 = hn::MulAdd(av, b0, c10);
+      if constexpr (NV > 1) c11 = hn::MulAdd(av, b1, c11);
+      if constexpr (NV > 2) c12 = hn::MulAdd(av, b2, c12);
+    }
+    if constexpr (RB > 2) {
+      av = hn::Set(d, pj[2]);
+      c20 = hn::MulAdd(av, b0, c20);
+      if constexpr (NV > 1) c21 = hn::MulAdd(av, b1, c21);
+      if constexpr (NV > 2) c22 = hn::MulAdd(av, b2, c22);
+    }
+    if constexpr (RB > 3) {
+      av = hn::Set(d, pj[3]);
+      c30 = hn::MulAdd(av, b0, c30);
+      if constexpr (NV > 1) c31 = hn::MulAdd(av, b1, c31);
+      if constexpr (NV > 2) c32 = hn::MulAdd(av, b2, c32);
+    }
+  }
+  auto put = [&](int r, V x0, V x1, V x2) {
+    hn::StoreU(x0, d, o[r] + d0);
+    if constexpr (NV > 1) hn::StoreU(x1, d, o[r] + d0 + N);
+    if constexpr (NV > 2) hn::StoreU(x2, d, o[r] + d0 + 2 * N);
+  };
+  put(0, c00, c01, c02);
+  if constexpr (RB > 1) put(1, c10, c11, c12);
+  if constexpr (RB > 2) put(2, c20, c21, c22);
+  if constexpr (RB > 3) put(3, c30, c31, c32);
+}
+
+// O += P V for RB query rows over all head_dim dims: 3-vector tiles, then 1-vector, then scalar.
+template <int RB, class D>
+HWY_INLINE void ValueRows(D d, const float* HWY_RESTRICT pt, size_t NR, int64_t nb,
+                          const float* HWY_RESTRICT v, size_t hd, float* const* o,
+                          const float* corr) {
+  const size_t N = hn::Lanes(d);
+  size_t d0 = 0;
+  for (; d0 + 3 * N <= hd; d0 += 3 * N) ValueTile<RB, 3>(d, pt, NR, nb, v, hd, d0, o, corr);
+  for (; d0 + N <= hd; d0 += N) ValueTile<RB, 1>(d, pt, NR, nb, v, hd, d0, o, corr);
+  for (; d0 < hd; ++d0) {
+    for (int r = 0; r < RB; ++r) {
+      float acc = o[r][d0] * corr[r];
+      for (int64_t j = 0; j < nb; ++j) acc += pt[j * NR + r] * v[j * hd + d0];
+      o[r][d0] = acc;
+    }
+  }
+}
+
+void AttendDense(const AttnArgs& a) {
+  const hn::ScalableTag<float> d;
+  using V = hn::Vec<decltype(d)>;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d)), NR = 2 * N;
+  const int64_t hd = a.head_dim, G = a.group;
+  const int64_t R = a.n_q * G;  // query rows per kv head: (t, hh), t-major
+  // More panels per task reuse each key block over more queries (from L1/L2); fewer keep at
+  // least 4 tasks per thread for the load balance.
+  int64_t panels = kDensePanels;
+  const int64_t min_tasks = 4 * static_cast<int64_t>(ThreadPool::global().size());
+  while (panels > 1 && (R + panels * NR - 1) / (panels * NR) < min_tasks) panels /= 2;
+  const int64_t QB = panels * NR;
+  const int64_t n_qb = (R + QB - 1) / QB;
+  const float q_scale = a.scale * 1.4426950408889634f;  // scores in log2 units
+  // Shared by the threads: the keys and values of one kv head, rows of hd in a row. Cache rows
+  // (n_kv_heads·hd apart, 4.5 KB for the vision tower) would share a few L1 sets.
+  float* kc = thread_scratch(kScratchC, a.n_keys * hd);
+  float* vc = thread_scratch(kScratchD, a.n_keys * hd);
+  for (int kh = 0; kh < a.n_kv_heads; ++kh) {
+    constexpr int64_t kPackBlock = 256;
+    auto pack = [&](int64_t b) {
+      const int64_t k0 = b * kPackBlock;
+      for_key_range(a, k0, std::min(k0 + kPackBlock, a.n_keys),
+                    [&](const ops::KvSegment& seg, int64_t j0, int64_t j1, int64_t key0) {
+                      for (int64_t j = j0; j < j1; ++j) {
+                        const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
+                        const int64_t at = (key0 + j - j0) * hd;
+                        std::copy(seg.k + off, seg.k + off + hd, kc + at);
+                        std::copy(seg.v + off, seg.v + off + hd, vc + at);
+                      }
+                    });
+    };
+    const int64_t n_pack = (a.n_keys + kPackBlock - 1) / kPackBlock;
+    if (a.n_keys * hd < 16384) {
+      for (int64_t b = 0; b < n_pack; ++b) pack(b);
+    } else {
+      parallel_blocks(n_pack, [&](int64_t b, int) { pack(b); });
+    }
+    parallel_blocks(n_qb, [&](int64_t qb, int) {
+      const int64_t r0 = qb * QB, nr = std::min(QB, R - r0);
+      const int64_t n_panels = (nr + NR - 1) / NR;
+      float* qt = thread_scratch(kScratchA, 2 * QB * hd + kDenseKeyBlock * NR + 3 * QB + hd);
+      float* o = qt + QB * hd;              // [QB][hd] unnormalized outputs
+      float* st = o + QB * hd;              // [key block][NR] Sᵀ, then Pᵀ
+      float* m = st + kDenseKeyBlock * NR;  // [QB] running max (log2 units)
+      float* l = m + QB;                    // [QB] running sum
+      float* corr = l + QB;                 // [QB] rescale of o for the current block
+      float* row = corr + QB;               // [hd] one scaled query row
+      // Qᵀ panels [panel][hd][NR], zero beyond the last row. The query rows are far apart in
+      // memory: fetch them all at once, then transpose each through a row buffer.
+      auto q_row = [&](int64_t r) {
+        const int64_t t = (r0 + r) / G, hh = (r0 + r) % G;
+        return a.q + (t * a.n_heads + kh * G + hh) * hd;
+      };
+      for (int64_t r = 0; r < nr; ++r) {
+        for (int64_t i = 0; i < hd; i += 64 / sizeof(float)) hwy::Prefetch(q_row(r) + i);
+      }
+      const V vs = hn::Set(d, q_scale);
+      for (int64_t r = 0; r < n_panels * NR; ++r) {
+        float* dst = qt + (r / NR) * hd * NR + r % NR;
+        if (r < nr) {
+          const float* qr = q_row(r);
+          int64_t i = 0;
+          for (; i + N <= hd; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, qr + i), vs), d, row + i);
+          for (; i < hd; ++i) row[i] = qr[i] * q_scale;
+          for (i = 0; i < hd; ++i) dst[i * NR] = row[i];
+        } else {
+          for (int64_t i = 0; i < hd; ++i) dst[i * NR] = 0.0f;
+        }
+      }
+      std::fill(o, o + n_panels * NR * hd, 0.0f);
+      std::fill(m, m + n_panels * NR, kNegInf);
+      std::fill(l, l + n_panels * NR, 0.0f);
+      for (int64_t k0 = 0; k0 < a.n_keys; k0 += kDenseKeyBlock) {
+        const int64_t nb = std::min(kDenseKeyBlock, a.n_keys - k0);
+        const float* kb = kc + k0 * hd;
+        const float* vb = vc + k0 * hd;
+        for (int64_t p = 0; p < n_panels; ++p) {
+          float* mp = m + p * NR;
+          float* lp = l + p * NR;
+          float* cp = corr + p * NR;
+          // Sᵀ = K Qᵀ and the new column maxima.
+          const V m_old0 = hn::Load(d, mp), m_old1 = hn::Load(d, mp + N);
+          V m0 = m_old0, m1 = m_old1;
+          for (int64_t j = 0; j < nb; j += 6) {
+            ScoreTileRows(d, std::min<int64_t>(6, nb - j), kb + j * hd, hd, qt + p * hd * NR,
+                          st + j * NR, m0, m1);
+          }
+          // P = 2^(S - m) down the columns; the old sum and outputs scale by 2^(m_old - m).
+          const V c0 = Exp2NonPositive(d, hn::Sub(m_old0, m0));
+          const V c1 = Exp2NonPositive(d, hn::Sub(m_old1, m1));
+          V s0 = hn::Zero(d), s1 = hn::Zero(d);
+          for (int64_t j = 0; j < nb; ++j) {
+            const V e0 = Exp2NonPositive(d, hn::Sub(hn::Load(d, st + j * NR), m0));
+            const V e1 = Exp2NonPositive(d, hn::Sub(hn::Load(d, st + j * NR + N), m1));
+            hn::Store(e0, d, st + j * NR);
+            hn::Store(e1, d, st + j * NR + N);
+            s0 = hn::Add(s0, e0);
+            s1 = hn::Add(s1, e1);
+          }
+          hn::Store(m0, d, mp);
+          hn::Store(m1, d, mp + N);
+          hn::Store(hn::MulAdd(hn::Load(d, lp), c0, s0), d, lp);
+          hn::Store(hn::MulAdd(hn::Load(d, lp + N), c1, s1), d, lp + N);
+          hn::Store(c0, d, cp);
+          hn::Store(c1, d, cp + N);
+          // O = O · corr + P V, a few query rows (lanes of Pᵀ) at a time. NR is a multiple of
+          // 4 but on single-lane targets (NR = 2).
+          const int64_t rb = NR % 4 == 0 ? 4 : 2;
+          for (int64_t r = 0; r < NR; r += rb) {
+            float* orow[4];
+            for (int64_t i = 0; i < rb; ++i) orow[i] = o + (p * NR + r + i) * hd;
+            if (rb == 4) {
+              ValueRows<4>(d, st + r, NR, nb, vb, hd, orow, cp + r);
+            } else {
+              ValueRows<2>(d, st + r, NR, nb, vb, hd, orow, cp + r);
+            }
+          }
+        }
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t t = (r0 + r) / G, hh = (r0 + r) % G;
+        float* out = a.out + (t * a.n_heads + kh * G + hh) * hd;
+        const float inv = 1.0f / l[r];  // l >= 1: the maximum contributes 2^0
+        const V vinv = hn::Set(d, inv);
+        int64_t i = 0;
+        for (; i + N <= hd; i += N)
+          hn::StoreU(hn::Mul(hn::LoadU(d, o + r * hd + i), vinv), d, out + i);
+        for (; i < hd; ++i) out[i] = o[r * hd + i] * inv;
+      }
+    });
+  }
+}
+
 void AttentionImpl(const AttnArgs& a) {
-  if (a.n_q * a.group >= 2 * kMR) return AttendMany(a);
+  // Some query may miss some key only with positions on both sides.
+  bool masked = false;
+  for (const ops::KvSegment& seg : a.kv) masked |= a.q_pos && seg.pos;
+  if (a.n_q * a.group >= 2 * kMR) {
+    // AttendDense holds the keys and values of a whole kv head: up to 2 x 16 MB.
+    if (masked || a.n_keys * a.head_dim > (int64_t{1} << 22)) return AttendMany(a);
+    return AttendDense(a);
+  }
   AttendFew(a);
 }
 
