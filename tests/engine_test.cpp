@@ -307,6 +307,35 @@ TEST(Cli, JsonReportsStatistics) {
   EXPECT_GT(j["peak_rss_mb"].get<double>(), 0);
 }
 
+// gemma-bench's JSON: every figure of the table, from child processes that ran the full counts.
+TEST(Bench, JsonHasEveryFigureOfTheTable) {
+  std::string out;
+  const int rc = test::run_command(test::bin_path("gemma-bench") + " " +
+                                       test::data_path("tiny-mobile") +
+                                       " --reps 2 --pp 16 --tg 8 --text-tokens 6 --image-tokens 5 "
+                                       "--json 2>/dev/null",
+                                   &out);
+  ASSERT_EQ(rc, 0) << out;
+  const auto j = nlohmann::json::parse(out);
+  EXPECT_NEAR(j["disk_vision_mb"].get<double>(),
+              fs::file_size(test::data_path("tiny-mobile/vision_model.safetensors")) / 1e6, 0.01);
+  for (const char* part : {"text", "image"})
+    for (const char* k : {"prompt_tps", "gen_tps", "peak_rss_mb"}) {
+      const auto& f = j[part][k];
+      EXPECT_GT(f["min"].get<double>(), 0) << part << " " << k;
+      EXPECT_LE(f["min"].get<double>(), f["median"].get<double>()) << part << " " << k;
+      EXPECT_LE(f["median"].get<double>(), f["max"].get<double>()) << part << " " << k;
+    }
+  EXPECT_GT(j["image"]["image_s"]["median"].get<double>(), 0);
+  for (const char* k : {"pp_tps", "pp_exact_tps", "tg_tps", "tg_exact_tps"})
+    EXPECT_GT(j["bench"][k]["min"].get<double>(), 0) << k;
+  const auto& r = j["roofline"];
+  EXPECT_GT(r["bandwidth_gbs"]["min"].get<double>(), 0.1);
+  // The roofline is bandwidth / bytes read per token: decode cannot beat it by much.
+  EXPECT_GT(r["tg_fraction"]["median"].get<double>(), 0);
+  EXPECT_LT(r["tg_fraction"]["max"].get<double>(), 2.0);
+}
+
 TEST(Cli, BadInputGivesOneClearErrorAndNonZeroExit) {
   const std::string dir = test::temp_dir("bad");
   test::write_text(dir + "/not-an-image.png", "hello");
