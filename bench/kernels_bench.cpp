@@ -159,6 +159,7 @@ BENCHMARK(BM_LinearPrefillQ8)
     ->ArgsProduct({{512}, {2560}, {10240}, {0, 1}})  // prefill gate/up
     ->ArgsProduct({{512}, {10240}, {2560}, {0, 1}})  // prefill down
     ->ArgsProduct({{8}, {2560}, {10240}, {0, 1}})    // a few rows
+    ->ArgsProduct({{4096}, {1152}, {4352}, {0, 1}})  // vision fc1, 896 px
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -410,9 +410,9 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
       QuantizeRows(x, w.in, b * qb, std::min(n, (b + 1) * qb), xq, dx, xs);
     });
   }
-  // Token blocks of at most 256 rows (x of one block and panel stays in L2), at least enough
-  // tasks for about 8 per thread.
-  int64_t n_tb = ceil_div(n, 64 * kQMR);
+  // Token blocks of at most 512 rows (x of one block, up to 1 MB of int8, stays in L2; every
+  // block unpacks the weight panels again), at least enough tasks for about 8 per thread.
+  int64_t n_tb = ceil_div(n, 128 * kQMR);
   const int64_t want = 8 * ThreadPool::global().size();
   if (n_ob * n_tb < want) n_tb = std::max(n_tb, std::min(ceil_div(want, n_ob), ceil_div(n, kQMR)));
   const int64_t tb = ceil_div(ceil_div(n, n_tb), kQMR) * kQMR;
