@@ -399,6 +399,51 @@ TEST(LinearQ8, BatchExactWhenActivationsAreInt8) {
   });
 }
 
+// ops::linear_many is the same arithmetic as one linear (or linear_q8) per output: the fused
+// one-row pass over q/k/v-like weights gives bitwise the same values, on every target and thread
+// count, and a float weight among them (no int8 path) falls back to separate calls.
+TEST(LinearMany, SameValuesAsSeparateLinears) {
+  std::mt19937 rng(15);
+  TestWeight q = make_quantized(2048, 2560, DType::BF16, 1, rng);
+  TestWeight k = make_quantized(1024, 2560, DType::F16, 0, rng);
+  TestWeight v = make_quantized(36, 2560, DType::BF16, 0, rng);
+  TestWeight f = make_float(40, 2560, DType::BF16, 0, rng);
+  const std::vector<float> bias = randn(2048, rng);
+  for (int64_t n : {1, 3}) {
+    const std::vector<float> x = randn(n * 2560, rng);
+    for (ops::Activations act : {ops::Activations::kInt8, ops::Activations::kF32}) {
+      for (bool with_float : {false, true}) {
+        const std::vector<const TestWeight*> ws = {&q, &k, with_float ? &f : &v};
+        std::vector<std::vector<float>> got(3);
+        for (size_t j = 0; j < 3; ++j) got[j].resize(n * ws[j]->w.out);
+        for (int threads : {1, 2, 3}) {
+          ScopedThreads pool(threads);
+          for_each_target([&] {
+            for (size_t j = 0; j < 3; ++j) std::fill(got[j].begin(), got[j].end(), std::nanf(""));
+            const ops::LinearOut outs[3] = {{&ws[0]->w, got[0].data(), bias.data()},
+                                            {&ws[1]->w, got[1].data()},
+                                            {&ws[2]->w, got[2].data()}};
+            ops::linear_many(outs, x.data(), n, act);
+            // Against separate calls on the same target and thread count.
+            for (size_t j = 0; j < 3; ++j) {
+              std::vector<float> sep(got[j].size());
+              const float* b = j == 0 ? bias.data() : nullptr;
+              if (act == ops::Activations::kInt8) {
+                ops::linear_q8(ws[j]->w, x.data(), n, sep.data(), b);
+              } else {
+                ops::linear(ws[j]->w, x.data(), n, sep.data(), b);
+              }
+              EXPECT_EQ(got[j], sep)
+                  << "output " << j << " n=" << n << " threads=" << threads
+                  << " int8=" << (act == ops::Activations::kInt8) << " float=" << with_float;
+            }
+          });
+        }
+      }
+    }
+  }
+}
+
 // |got - want| <= rel * |want| + abs for every element.
 void expect_close(const float* got, const float* want, int64_t n, double rel, double abs,
                   const std::string& what) {
