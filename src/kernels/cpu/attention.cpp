@@ -518,13 +518,13 @@ void AttendMany(const AttnArgs& a) {
 // Every query sees every key (the vision tower): one query per vector lane, so that the softmax
 // needs no horizontal reductions and nothing is padded. Per kv head, the key and value rows are
 // copied next to each other (no transposition); per block of query rows, panels of NR rows are
-// packed transposed (Qᵀ, pre-scaled by scale·log2 e). Per key block, Sᵀ = K Qᵀ broadcasts the
-// keys (6 keys x NR queries per register tile, the column maxima taken on the way out),
-// P = 2^(Sᵀ - m) runs down the columns, and O = O·corr + P V broadcasts P over value rows
-// (4 queries x 3 vectors of dims per tile: head_dim 72 is 3 x 24).
+// packed transposed (Qᵀ, pre-scaled by scale·log2 e). Per key block, Sᵀ = K Qᵀ runs the GEMM
+// micro-kernel with the keys as its rows (kMR keys x NR queries per register tile), P = 2^(Sᵀ - m)
+// runs down the columns, and O = O·corr + P V broadcasts P over value rows (4 queries x 3 vectors
+// of dims per tile: head_dim 72 is 3 x 24).
 
-constexpr int64_t kDenseKeyBlock = 96;  // keys per block: a multiple of the 6-key score tile
-constexpr int64_t kDensePanels = 8;     // most panels of NR query rows per task
+constexpr int64_t kDenseKeyBlock = 16 * kMR;  // keys per block: whole score tiles
+constexpr int64_t kDensePanels = 8;           // most panels of NR query rows per task
 
 // 2^x for x <= 0, 0 below -127: a degree-6 fit of 2^f on [-1/2, 1/2] (relative error ~1e-7).
 template <class D>
@@ -545,92 +545,9 @@ HWY_INLINE hn::Vec<D> Exp2NonPositive(D d, hn::Vec<D> x) {
   return hn::Mul(p, hn::BitCast(d, e));
 }
 
-// st[j][0..NR) = sum_i k_j[i] · qt[i][0..NR) for MR keys j (k_j = k + j·hd; rows of st, NR
-// apart), with the
-// column maxima folded into max0, max1 (lanes 0..N and N..NR). Named accumulators, not arrays:
-// the compiler keeps those in registers.
-template <int MR, class D>
-HWY_INLINE void ScoreTile(D d, const float* HWY_RESTRICT k, size_t hd, const float* HWY_RESTRICT qt,
-                          float* HWY_RESTRICT st, hn::Vec<D>& max0, hn::Vec<D>& max1) {
-  using V = hn::Vec<D>;
-  const size_t N = hn::Lanes(d), NR = 2 * N;
-  const float* k0 = k;
-  const float* k1 = MR > 1 ? k + hd : k0;
-  const float* k2 = MR > 2 ? k + 2 * hd : k0;
-  const float* k3 = MR > 3 ? k + 3 * hd : k0;
-  const float* k4 = MR > 4 ? k + 4 * hd : k0;
-  const float* k5 = MR > 5 ? k + 5 * hd : k0;
-  V c00 = hn::Zero(d), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
-    c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  for (size_t i = 0; i < hd; ++i) {
-    const V b0 = hn::Load(d, qt + i * NR), b1 = hn::Load(d, qt + i * NR + N);
-    V av = hn::Set(d, k0[i]);
-    c00 = hn::MulAdd(av, b0, c00);
-    c01 = hn::MulAdd(av, b1, c01);
-    if constexpr (MR > 1) {
-      av = hn::Set(d, k1[i]);
-      c10 = hn::MulAdd(av, b0, c10);
-      c11 = hn::MulAdd(av, b1, c11);
-    }
-    if constexpr (MR > 2) {
-      av = hn::Set(d, k2[i]);
-      c20 = hn::MulAdd(av, b0, c20);
-      c21 = hn::MulAdd(av, b1, c21);
-    }
-    if constexpr (MR > 3) {
-      av = hn::Set(d, k3[i]);
-      c30 = hn::MulAdd(av, b0, c30);
-      c31 = hn::MulAdd(av, b1, c31);
-    }
-    if constexpr (MR > 4) {
-      av = hn::Set(d, k4[i]);
-      c40 = hn::MulAdd(av, b0, c40);
-      c41 = hn::MulAdd(av, b1, c41);
-    }
-    if constexpr (MR > 5) {
-      av = hn::Set(d, k5[i]);
-      c50 = hn::MulAdd(av, b0, c50);
-      c51 = hn::MulAdd(av, b1, c51);
-    }
-  }
-  auto put = [&](int r, V lo, V hi) {
-    hn::Store(lo, d, st + r * NR);
-    hn::Store(hi, d, st + r * NR + N);
-    max0 = hn::Max(max0, lo);
-    max1 = hn::Max(max1, hi);
-  };
-  put(0, c00, c01);
-  if constexpr (MR > 1) put(1, c10, c11);
-  if constexpr (MR > 2) put(2, c20, c21);
-  if constexpr (MR > 3) put(3, c30, c31);
-  if constexpr (MR > 4) put(4, c40, c41);
-  if constexpr (MR > 5) put(5, c50, c51);
-}
-
-// ScoreTile for mr = 1..6 keys, chosen at run time.
-template <class D>
-HWY_INLINE void ScoreTileRows(D d, size_t mr, const float* HWY_RESTRICT k, size_t hd,
-                              const float* HWY_RESTRICT qt, float* HWY_RESTRICT st,
-                              hn::Vec<D>& max0, hn::Vec<D>& max1) {
-  switch (mr) {
-    case 1:
-      return ScoreTile<1>(d, k, hd, qt, st, max0, max1);
-    case 2:
-      return ScoreTile<2>(d, k, hd, qt, st, max0, max1);
-    case 3:
-      return ScoreTile<3>(d, k, hd, qt, st, max0, max1);
-    case 4:
-      return ScoreTile<4>(d, k, hd, qt, st, max0, max1);
-    case 5:
-      return ScoreTile<5>(d, k, hd, qt, st, max0, max1);
-    default:
-      return ScoreTile<6>(d, k, hd, qt, st, max0, max1);
-  }
-}
-
 // o_r[0..NV·N) = o_r[0..NV·N) · corr[r] + sum_j pt[j][r] · v_j[0..NV·N) for RB <= 4 query rows
 // r and NV <= 3 vectors, where pt is [nb][NR] (Pᵀ, one column per query) and v_j = v + j·hd.
-// Named accumulators, as in ScoreTile.
+// Named accumulators, not arrays, as in MicroKernel: the compiler keeps those in registers.
 template <int RB, int NV, class D>
 HWY_INLINE void ValueTile(D d, const float* HWY_RESTRICT pt, size_t NR, int64_t nb,
                           const float* HWY_RESTRICT v, size_t hd, size_t d0, float* const* o,
@@ -748,13 +665,15 @@ void AttendDense(const AttnArgs& a) {
     parallel_blocks(n_qb, [&](int64_t qb, int) {
       const int64_t r0 = qb * QB, nr = std::min(QB, R - r0);
       const int64_t n_panels = (nr + NR - 1) / NR;
-      float* qt = thread_scratch(kScratchA, 2 * QB * hd + kDenseKeyBlock * NR + 3 * QB + hd);
+      float* qt = thread_scratch(kScratchA, 2 * QB * hd + kDenseKeyBlock * NR + 3 * QB + hd + NR);
       float* o = qt + QB * hd;              // [QB][hd] unnormalized outputs
       float* st = o + QB * hd;              // [key block][NR] Sᵀ, then Pᵀ
       float* m = st + kDenseKeyBlock * NR;  // [QB] running max (log2 units)
       float* l = m + QB;                    // [QB] running sum
       float* corr = l + QB;                 // [QB] rescale of o for the current block
       float* row = corr + QB;               // [hd] one scaled query row
+      float* zeros = row + hd;              // [NR] the score tiles' initial value
+      std::fill(zeros, zeros + NR, 0.0f);
       // Qᵀ panels [panel][hd][NR], zero beyond the last row. The query rows are far apart in
       // memory: fetch them all at once, then transpose each through a row buffer.
       auto q_row = [&](int64_t r) {
@@ -788,12 +707,22 @@ void AttendDense(const AttnArgs& a) {
           float* mp = m + p * NR;
           float* lp = l + p * NR;
           float* cp = corr + p * NR;
-          // Sᵀ = K Qᵀ and the new column maxima.
+          // Sᵀ = K Qᵀ (the GEMM micro-kernel, keys as its rows), then the new column maxima.
+          for (int64_t j = 0; j < nb; j += kMR) {
+            const int64_t mr = std::min<int64_t>(kMR, nb - j);
+            const float* k_rows[kMR];
+            float* s_rows[kMR];
+            for (int64_t i = 0; i < mr; ++i) {
+              k_rows[i] = kb + (j + i) * hd;
+              s_rows[i] = st + (j + i) * NR;
+            }
+            MicroKernelRows(mr, k_rows, hd, qt + p * hd * NR, s_rows, zeros);
+          }
           const V m_old0 = hn::Load(d, mp), m_old1 = hn::Load(d, mp + N);
           V m0 = m_old0, m1 = m_old1;
-          for (int64_t j = 0; j < nb; j += 6) {
-            ScoreTileRows(d, std::min<int64_t>(6, nb - j), kb + j * hd, hd, qt + p * hd * NR,
-                          st + j * NR, m0, m1);
+          for (int64_t j = 0; j < nb; ++j) {
+            m0 = hn::Max(m0, hn::Load(d, st + j * NR));
+            m1 = hn::Max(m1, hn::Load(d, st + j * NR + N));
           }
           // P = 2^(S - m) down the columns; the old sum and outputs scale by 2^(m_old - m).
           const V c0 = Exp2NonPositive(d, hn::Sub(m_old0, m0));
