@@ -141,7 +141,7 @@ json pp_tg_test(const Args& a) {
           {"bandwidth_gbs", bw},
           {"tg_fraction", tg_tps / (bw * 1e9 / bytes)},
           {"tg_exact_fraction", tg_exact_tps / (bw_exact * 1e9 / bytes)},
-          {"bytes_per_token", engine.text().weight_bytes_per_token()},
+          {"bytes_per_token", bytes},
           {"peak_rss_mb", peak_rss_mb()}};
 }
 
@@ -207,7 +207,7 @@ int run(const Args& a) {
     return std::string(b);
   };
   std::printf("\n%s  (%d threads, %d reps: median [min-max])\n", a.model.c_str(),
-              a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency()), a.reps);
+              out["threads"].get<int>(), a.reps);
   std::printf("%-28s %10.0f MB (language %.0f + vision %.0f)\n", "disk", (lang + vision) / 1e6, lang / 1e6, vision / 1e6);
   std::printf("%-28s %10.0f MB %s\n", "peak memory, text", m(out["text"]["peak_rss_mb"]), spread(out["text"]["peak_rss_mb"]).c_str());
   if (!image.empty())

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 
 #include "tensor/weight.h"
@@ -34,6 +35,10 @@ struct LinearOut {
 // int8 activations and one row, x is quantized once and the rows of all the weights share one
 // pass over the thread pool: decode reads the weights as one stream instead of several short ones.
 void linear_many(std::span<const LinearOut> outs, const float* x, int64_t n, Activations act);
+inline void linear_many(std::initializer_list<LinearOut> outs, const float* x, int64_t n,
+                        Activations act) {
+  linear_many(std::span(outs.begin(), outs.size()), x, n, act);
+}
 
 // Gemma RMSNorm over rows of d: y = x / sqrt(mean(x^2) + eps) * (1 + w).  x, y [n, d]; may alias.
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);

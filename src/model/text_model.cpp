@@ -123,11 +123,6 @@ void TextModel::embed(int32_t id, float* out) const {
   for (int i = 0; i < c_.text.d_model; ++i) out[i] *= embed_scale_;
 }
 
-void TextModel::linear(std::initializer_list<ops::LinearOut> outs, const float* x,
-                       int64_t n) const {
-  ops::linear_many(std::span(outs.begin(), outs.size()), x, n, act_);
-}
-
 size_t TextModel::weight_bytes_per_token() const {
   size_t b = w_.embed.bytes() / w_.embed.out + (w_.lm_head.empty() ? w_.embed : w_.lm_head).bytes();
   for (const auto& L : w_.layers) {
@@ -142,12 +137,12 @@ void TextModel::logits(const float* x, int64_t n, float* out) const {
   const int64_t n_vocab = c_.text.n_vocab;
   const Weight& head = w_.lm_head.empty() ? w_.embed : w_.lm_head;
   if (head.out == n_vocab && !(w_.token_map && w_.lm_head.empty())) {
-    linear({{&head, out}}, x, n);
+    ops::linear_many({{&head, out}}, x, n, act_);
     return;
   }
   // A head over the compact vocabulary: logit[t] = compact[token_map[t]], pruned ids -inf.
   std::vector<float> compact(static_cast<size_t>(n) * head.out);  // [n, compact rows]
-  linear({{&head, compact.data()}}, x, n);
+  ops::linear_many({{&head, compact.data()}}, x, n, act_);
   for (int64_t r = 0; r < n; ++r)
     for (int64_t t = 0; t < n_vocab; ++t) {
       const int32_t row = w_.token_map[t];
@@ -161,7 +156,8 @@ void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, 
   const TextConfig& x = c_.text;
   const int hd = x.head_dim, nh = x.n_heads, nkv = x.n_kv_heads;
   std::vector<float> q(n * nh * hd), k(n * nkv * hd), v(n * nkv * hd);  // [n, heads, head_dim]
-  linear({{&L.q_proj, q.data()}, {&L.k_proj, k.data()}, {&L.v_proj, v.data()}}, xn, n);
+  ops::linear_many({{&L.q_proj, q.data()}, {&L.k_proj, k.data()}, {&L.v_proj, v.data()}}, xn, n,
+                   act_);
   ops::rms_norm(q.data(), L.q_norm.data(), n * nh, hd, x.rms_norm_eps, q.data());
   ops::rms_norm(k.data(), L.k_norm.data(), n * nkv, hd, x.rms_norm_eps, k.data());
   const float base = L.is_global ? x.rope_global_base : x.rope_local_base;
@@ -189,7 +185,7 @@ void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, 
     }
     C.pos[slot] = pos[t];
   }
-  linear({{&L.o_proj, out}}, att.data(), n);
+  ops::linear_many({{&L.o_proj, out}}, att.data(), n, act_);
 }
 
 void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_out, int n_logit_rows) {
@@ -229,14 +225,15 @@ void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_ou
     ops::add(h.data(), tmp.data(), n * d);
     // h = h + post_feedforward_norm(down(gelu_tanh(gate(y)) * up(y))), y = pre_feedforward_norm(h)
     ops::rms_norm(h.data(), L.pre_ffw_norm.data(), n, d, x.rms_norm_eps, xn.data());
-    linear({{&L.gate_proj, gate.data()}, {&L.up_proj, up.data()}}, xn.data(), n);
+    ops::linear_many({{&L.gate_proj, gate.data()}, {&L.up_proj, up.data()}}, xn.data(), n,
+                     act_);
     if (mlp_observer_) {
       std::vector<float> act(gate.begin(), gate.begin() + n * L.d_ff);
       ops::gelu_tanh(act.data(), n * L.d_ff);
       mlp_observer_(static_cast<int>(l), act.data(), n, L.d_ff);
     }
     ops::gelu_tanh_mul(gate.data(), up.data(), n * L.d_ff, gate.data());
-    linear({{&L.down_proj, tmp.data()}}, gate.data(), n);
+    ops::linear_many({{&L.down_proj, tmp.data()}}, gate.data(), n, act_);
     ops::rms_norm(tmp.data(), L.post_ffw_norm.data(), n, d, x.rms_norm_eps, tmp.data());
     ops::add(h.data(), tmp.data(), n * d);
     if (observer_) observer_(static_cast<int>(l), h.data(), n);

@@ -4,7 +4,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <initializer_list>
 #include <memory>
 #include <vector>
 
@@ -109,8 +108,6 @@ class TextModel {
   size_t weight_bytes_per_token() const;
 
  private:
-  // Linears of the same input x [n, in], with this model's activations.
-  void linear(std::initializer_list<ops::LinearOut> outs, const float* x, int64_t n) const;
   void attention_block(const TextLayer& L, int layer, const float* xn, int64_t n, int n_past,
                        const int32_t* pos, const int32_t* group, KvCache& cache, float* out);
 

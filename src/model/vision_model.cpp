@@ -119,26 +119,21 @@ VisionModel::VisionModel(const ModelConfig& c, VisionWeights w) : c_(c), w_(std:
   assert(w_.position_embed.out == c_.vision.n_patches());
 }
 
-void VisionModel::linear(std::initializer_list<ops::LinearOut> outs, const float* x,
-                         int64_t n) const {
-  ops::linear_many(std::span(outs.begin(), outs.size()), x, n, act_);
-}
-
 void VisionModel::attention_block(const VisionLayer& L, const float* xn, float* out) const {
   const VisionConfig& v = c_.vision;
   const int64_t n = v.n_patches(), d = v.d_model;
   const int hd = v.d_model / v.n_heads;
   std::vector<float> q(n * d), k(n * d), val(n * d), att(n * d);  // [n_patches, n_heads, head_dim]
-  linear({{&L.q_proj, q.data(), L.q_bias.data()},
-          {&L.k_proj, k.data(), L.k_bias.data()},
-          {&L.v_proj, val.data(), L.v_bias.data()}},
-         xn, n);
+  ops::linear_many({{&L.q_proj, q.data(), L.q_bias.data()},
+                    {&L.k_proj, k.data(), L.k_bias.data()},
+                    {&L.v_proj, val.data(), L.v_bias.data()}},
+                   xn, n, act_);
   // Bidirectional: every patch sees every patch (no positions, no mask).
   const ops::KvSegment seg{k.data(), val.data(), n, d, hd, nullptr, nullptr};
   ops::attention(q.data(), n, v.n_heads, v.n_heads, hd, nullptr, nullptr, std::span(&seg, 1),
                  ops::AttentionMask{false, 0}, 1.0f / std::sqrt(static_cast<float>(hd)),
                  att.data());
-  linear({{&L.out_proj, out, L.out_bias.data()}}, att.data(), n);
+  ops::linear_many({{&L.out_proj, out, L.out_bias.data()}}, att.data(), n, act_);
 }
 
 void VisionModel::encode(const float* pixels, float* out) const {
@@ -172,9 +167,9 @@ void VisionModel::encode(const float* pixels, float* out) const {
     ops::add(x.data(), tmp.data(), n * d);
     // x = h + fc2(gelu_tanh(fc1(LN2(h))))
     ops::layer_norm(x.data(), L.ln2_w.data(), L.ln2_b.data(), n, d, eps, xn.data());
-    linear({{&L.fc1, ff.data(), L.fc1_bias.data()}}, xn.data(), n);
+    ops::linear_many({{&L.fc1, ff.data(), L.fc1_bias.data()}}, xn.data(), n, act_);
     ops::gelu_tanh(ff.data(), n * L.fc1.out);
-    linear({{&L.fc2, tmp.data(), L.fc2_bias.data()}}, ff.data(), n);
+    ops::linear_many({{&L.fc2, tmp.data(), L.fc2_bias.data()}}, ff.data(), n, act_);
     ops::add(x.data(), tmp.data(), n * d);
     if (observer_) observer_(static_cast<int>(l), x.data(), n);
   }

@@ -4,7 +4,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <initializer_list>
 #include <vector>
 
 #include "io/model_dir.h"
@@ -76,8 +75,6 @@ class VisionModel {
 
  private:
   void attention_block(const VisionLayer& L, const float* xn, float* out) const;
-  // Linears of the same input x [n, in], with this model's activations.
-  void linear(std::initializer_list<ops::LinearOut> outs, const float* x, int64_t n) const;
 
   ModelConfig c_;
   VisionWeights w_;

@@ -51,7 +51,6 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
 Engine::~Engine() = default;
 
 void Engine::set_activations(ops::Activations a) {
-  act_ = a;
   text_->set_activations(a);
   if (vision_) vision_->set_activations(a);
 }
@@ -67,7 +66,7 @@ std::vector<float> Engine::encode_image(const Image& image) {
   if (!vision_) {
     check(layout_.vision, dir_.path() + ": this checkpoint has no vision tower (text-only)");
     vision_ = std::make_unique<VisionModel>(config_, load_vision_weights(dir_, config_, layout_));
-    vision_->set_activations(act_);
+    vision_->set_activations(text_->activations());
   }
   const auto pixels = preprocess_image(image, config_.vision.image_size, image_mean_, image_std_);
   std::vector<float> out(static_cast<size_t>(config_.mm_tokens_per_image) * config_.text.d_model);

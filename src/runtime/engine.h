@@ -62,7 +62,6 @@ class Engine {
   TableLayout layout_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<TextModel> text_;
-  ops::Activations act_ = ops::Activations::kInt8;
   std::unique_ptr<VisionModel> vision_;
   ChatPieces pieces_;
   std::vector<int32_t> stop_tokens_;

@@ -202,12 +202,6 @@ void GemvFloatRows(const Weight& w, const float* x, int64_t r0, int64_t r1, floa
   }
 }
 
-// Output rows per block of a decode linear: about 16 blocks per thread, a multiple of 4.
-int64_t RowBlock(int64_t out) {
-  const int64_t rb = out / (16 * ThreadPool::global().size());
-  return std::clamp<int64_t>(rb / 4 * 4, 8, 256);
-}
-
 void Gemv(const Weight& w, const float* x, float* y, const float* bias) {
   const float* xp = nullptr;
   const float* xsum = nullptr;
@@ -229,9 +223,8 @@ void Gemv(const Weight& w, const float* x, float* y, const float* bias) {
         return GemvFloatRows<DType::F32>(w, x, r0, r1, y, bias);
     }
   };
-  // Below ~256 KB of weights the hand-off to the pool costs more than it saves.
-  if (w.bytes() < (size_t{256} << 10)) return rows(0, w.out, 0);
-  const int64_t rb = RowBlock(w.out);
+  if (w.bytes() < kGemvInlineBytes) return rows(0, w.out, 0);
+  const int64_t rb = gemv_row_block(w.out);
   parallel_blocks((w.out + rb - 1) / rb,
                   [&](int64_t b, int t) { rows(b * rb, std::min(w.out, (b + 1) * rb), t); });
 }

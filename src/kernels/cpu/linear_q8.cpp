@@ -242,17 +242,14 @@ void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* 
   for (size_t j = 0; j < n_outs; ++j) {
     const Weight& w = *outs[j].w;
     bytes += w.bytes();
-    // About 16 blocks of rows per thread and weight, taken dynamically.
-    const int64_t rb =
-        std::clamp<int64_t>(w.out / (16 * ThreadPool::global().size()) / 4 * 4, 8, 256);
+    const int64_t rb = gemv_row_block(w.out);  // blocks taken dynamically
     for (int64_t r = 0; r < w.out; r += rb)
       blocks.push_back({&outs[j], r, std::min(w.out, r + rb)});
   }
   auto run = [&](const Block& b) {
     GemvQ8Rows(*b.out->w, xq, dx, xsum, b.r0, b.r1, b.out->y, b.out->bias);
   };
-  // Below ~256 KB of weights the hand-off to the pool costs more than it saves.
-  if (bytes < (size_t{256} << 10)) {
+  if (bytes < kGemvInlineBytes) {
     for (const Block& b : blocks) run(b);
     return;
   }

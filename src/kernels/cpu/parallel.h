@@ -3,7 +3,9 @@
 // blocks instead of holding everyone up.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 #include "base/thread_pool.h"
@@ -25,6 +27,16 @@ void parallel_blocks(int64_t n_blocks, const Fn& fn) {
       fn(b, thread);
     }
   });
+}
+
+// One-row (decode) linears: below this many weight bytes the hand-off to the pool costs more
+// than it saves, and the caller runs them alone.
+constexpr size_t kGemvInlineBytes = size_t{256} << 10;
+
+// Output rows per block of a one-row linear: about 16 blocks per thread, a multiple of 4.
+inline int64_t gemv_row_block(int64_t out) {
+  const int64_t rb = out / (16 * ThreadPool::global().size());
+  return std::clamp<int64_t>(rb / 4 * 4, 8, 256);
 }
 
 }  // namespace gp::cpu
