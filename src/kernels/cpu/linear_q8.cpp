@@ -173,54 +173,43 @@ HWY_INLINE hn::Vec<DQ32> GroupDotQ(const uint32_t* group_words, const XQ* HWY_RE
 }
 #endif
 
+// How far ahead of the bytes being read the decode kernel prefetches: one row (1-5 KB) is one
+// stream, and 2 KB ahead of it measured 5-18 % faster than hardware prefetching alone or than
+// 1, 4 or 8 KB (kernels_bench, AMD EPYC). Prefetches never fault.
+constexpr int64_t kPrefetchAhead = 2048;
+
+// Rows [r0, r1) one after the other, so each thread reads one sequential stream of weight bytes
+// (reading four rows side by side to share the activation loads was 10-15 % slower from DRAM:
+// four short streams that the prefetchers follow badly). Four accumulators over the groups.
 void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsum, int64_t r0,
                 int64_t r1, float* y, const float* bias) {
   const hn::Rebind<float, DQ32> df;
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const size_t ss = dtype_size(w.scale_dtype);
-  float* sc = thread_scratch(kScratchA, 4 * gpr);
-  float* bi = thread_scratch(kScratchB, 4 * gpr);
-  auto finish = [&](int64_t o, hn::Vec<decltype(df)> acc, const float* b) {
-    y[o] = hn::GetLane(hn::SumOfLanes(df, acc)) + Dot(b, xsum, gpr) + (bias ? bias[o] : 0.0f);
+  float* sc = thread_scratch(kScratchA, gpr);
+  float* bi = thread_scratch(kScratchB, gpr);
+  auto group = [&](const uint32_t* row, int64_t g, hn::Vec<decltype(df)> acc) {
+    return hn::MulAdd(hn::ConvertTo(df, GroupDotQ(row + g * 8, xq + g * kGroup)),
+                      hn::Set(df, sc[g] * dx[g]), acc);
   };
-  int64_t o = r0;
-  for (; o + 4 <= r1; o += 4) {
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + o * gpr * ss, 4 * gpr, sc);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + o * gpr * ss, 4 * gpr, bi);
-    const uint32_t* q0 = w.q + o * wpr;
-    const uint32_t *q1 = q0 + wpr, *q2 = q1 + wpr, *q3 = q2 + wpr;
-    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-    // Two blocks of 4 rows ahead, 128 bytes per group: the rows are short streams that the
-    // hardware prefetchers pick up too late. Prefetches never fault.
-    const auto* ahead = reinterpret_cast<const uint8_t*>(w.q + (o + 8) * wpr);
-    for (int64_t g = 0; g < gpr; ++g) {
-      hwy::Prefetch(ahead + g * 128);
-      hwy::Prefetch(ahead + g * 128 + 64);
-      const XQ* xg = xq + g * kGroup;
-      const float d = dx[g];
-      a0 = hn::MulAdd(hn::ConvertTo(df, GroupDotQ(q0 + g * 8, xg)), hn::Set(df, sc[g] * d), a0);
-      a1 = hn::MulAdd(hn::ConvertTo(df, GroupDotQ(q1 + g * 8, xg)), hn::Set(df, sc[gpr + g] * d),
-                      a1);
-      a2 = hn::MulAdd(hn::ConvertTo(df, GroupDotQ(q2 + g * 8, xg)),
-                      hn::Set(df, sc[2 * gpr + g] * d), a2);
-      a3 = hn::MulAdd(hn::ConvertTo(df, GroupDotQ(q3 + g * 8, xg)),
-                      hn::Set(df, sc[3 * gpr + g] * d), a3);
-    }
-    finish(o, a0, bi);
-    finish(o + 1, a1, bi + gpr);
-    finish(o + 2, a2, bi + 2 * gpr);
-    finish(o + 3, a3, bi + 3 * gpr);
-  }
-  for (; o < r1; ++o) {
+  for (int64_t o = r0; o < r1; ++o) {
     ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + o * gpr * ss, gpr, sc);
     ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + o * gpr * ss, gpr, bi);
-    const uint32_t* q0 = w.q + o * wpr;
-    auto a0 = hn::Zero(df);
-    for (int64_t g = 0; g < gpr; ++g) {
-      a0 = hn::MulAdd(hn::ConvertTo(df, GroupDotQ(q0 + g * 8, xq + g * kGroup)),
-                      hn::Set(df, sc[g] * dx[g]), a0);
+    const uint32_t* row = w.q + o * wpr;
+    const auto* ahead = reinterpret_cast<const uint8_t*>(row) + kPrefetchAhead;
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+    int64_t g = 0;
+    for (; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
+      hwy::Prefetch(ahead + g * 32);
+      hwy::Prefetch(ahead + g * 32 + 64);
+      a0 = group(row, g, a0);
+      a1 = group(row, g + 1, a1);
+      a2 = group(row, g + 2, a2);
+      a3 = group(row, g + 3, a3);
     }
-    finish(o, a0, bi);
+    for (; g < gpr; ++g) a0 = group(row, g, a0);
+    const auto acc = hn::Add(hn::Add(a0, a1), hn::Add(a2, a3));
+    y[o] = hn::GetLane(hn::SumOfLanes(df, acc)) + Dot(bi, xsum, gpr) + (bias ? bias[o] : 0.0f);
   }
 }
 
