@@ -259,29 +259,91 @@ constexpr int kQPanels = 4;     // panels per task, reused by every x tile while
 // Output columns of one panel: the int32 lanes of one vector.
 HWY_INLINE int64_t QPanelWidth() { return static_cast<int64_t>(hn::Lanes(DB32())); }
 
+// panel[k][j] = chunk k of rows[j] (4 bytes each), for k < n_chunks and the NB rows: a
+// transpose of 32-bit words, done in registers 4x4 or 8x8 when NB is 4 or 8.
+template <size_t kCols>
+void TransposeChunks(const uint8_t (*rows)[kCols], int64_t n_chunks, uint8_t* HWY_RESTRICT panel) {
+  constexpr size_t NB = hn::MaxLanes(DB32());
+  int64_t k = 0;
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (NB == 4 || NB == 8) {
+    const DB32 d;
+    const hn::Repartition<uint64_t, DB32> d64;
+    auto row = [&](size_t j, int64_t k) {
+      return hn::Load(d, reinterpret_cast<const int32_t*>(rows[j]) + k);
+    };
+    auto out = [&](int64_t k) { return reinterpret_cast<int32_t*>(panel) + k * NB; };
+    for (; k + static_cast<int64_t>(NB) <= n_chunks; k += NB) {
+      // Pairs of 32-bit words, then of 64-bit words, within each 128-bit block: block b of
+      // u[i] holds chunk 4b + i of rows 0-3 (w[i]: rows 4-7).
+      auto quad = [&](size_t j0, hn::Vec<DB32>* u) {
+        const auto r0 = row(j0, k), r1 = row(j0 + 1, k), r2 = row(j0 + 2, k), r3 = row(j0 + 3, k);
+        const auto t0 = hn::BitCast(d64, hn::InterleaveLower(d, r0, r1));
+        const auto t1 = hn::BitCast(d64, hn::InterleaveUpper(d, r0, r1));
+        const auto t2 = hn::BitCast(d64, hn::InterleaveLower(d, r2, r3));
+        const auto t3 = hn::BitCast(d64, hn::InterleaveUpper(d, r2, r3));
+        u[0] = hn::BitCast(d, hn::InterleaveLower(d64, t0, t2));
+        u[1] = hn::BitCast(d, hn::InterleaveUpper(d64, t0, t2));
+        u[2] = hn::BitCast(d, hn::InterleaveLower(d64, t1, t3));
+        u[3] = hn::BitCast(d, hn::InterleaveUpper(d64, t1, t3));
+      };
+      hn::Vec<DB32> u[4];
+      quad(0, u);
+      if constexpr (NB == 4) {
+        for (int i = 0; i < 4; ++i) hn::Store(u[i], d, out(k + i));
+      } else {
+        hn::Vec<DB32> w[4];
+        quad(4, w);
+        for (int i = 0; i < 4; ++i) {
+          hn::Store(hn::ConcatLowerLower(d, w[i], u[i]), d, out(k + i));
+          hn::Store(hn::ConcatUpperUpper(d, w[i], u[i]), d, out(k + 4 + i));
+        }
+      }
+    }
+  }
+#endif
+  for (; k < n_chunks; ++k)
+    for (size_t j = 0; j < NB; ++j) std::memcpy(panel + (k * NB + j) * 4, rows[j] + 4 * k, 4);
+}
+
 // Unpacks the nibbles of weight rows o .. o+NB (clamped to the last row) and inputs
 // [k0, k0 + kc) into panel [kc/4][NB][4] u8, with their scales and biases as f32 [kc/64][NB].
+// Each row is first spread to bytes in natural order with vector ops, then the rows' 4-byte
+// chunks are interleaved: for short prompts, where every panel serves only a few rows of x,
+// unpacking costs as much as the products.
 void PackQ8Panel(const Weight& w, int64_t o, int64_t k0, int64_t kc, uint8_t* HWY_RESTRICT panel,
                  float* HWY_RESTRICT sc, float* HWY_RESTRICT bi) {
   const int64_t NB = QPanelWidth(), gpr = w.groups_per_row(), wpr = w.in / 8;
+  constexpr int64_t kMaxNB = 8;  // DB32 holds at most 8 lanes
+  HWY_ALIGN uint8_t rows[kMaxNB][kQKC];
   for (int64_t j = 0; j < NB; ++j) {
     const int64_t r = std::min(o + j, w.out - 1);
-    const uint32_t* words = w.q + r * wpr + k0 / 8;
-    for (int64_t i = 0; i < kc / 8; ++i) {
-      // Spread 8 nibbles into 8 bytes, low nibble first (bit interleaving by halves).
-      uint64_t v = words[i];
-      v = (v | (v << 16)) & 0x0000FFFF0000FFFFull;
-      v = (v | (v << 8)) & 0x00FF00FF00FF00FFull;
-      v = (v | (v << 4)) & 0x0F0F0F0F0F0F0F0Full;
-      const uint32_t lo = static_cast<uint32_t>(v), hi = static_cast<uint32_t>(v >> 32);
-      std::memcpy(panel + ((2 * i) * NB + j) * 4, &lo, 4);
-      std::memcpy(panel + ((2 * i + 1) * NB + j) * 4, &hi, 4);
+    const auto* src = reinterpret_cast<const uint8_t*>(w.q + r * wpr + k0 / 8);
+#if HWY_TARGET == HWY_SCALAR
+    for (int64_t i = 0; i < kc / 2; ++i) {
+      rows[j][2 * i] = src[i] & 0x0F;
+      rows[j][2 * i + 1] = src[i] >> 4;
     }
+#else
+    // Byte i holds element 2i (low nibble) and 2i+1 (high): interleaving the low and the high
+    // nibbles of 16 bytes gives 32 elements in order.
+    const hn::Full128<uint8_t> d8;
+    const hn::Full128<uint16_t> d16;
+    const auto mask = hn::Set(d8, 0x0F);
+    for (int64_t i = 0; i < kc / 2; i += 16) {
+      const auto v = hn::LoadU(d8, src + i);
+      const auto lo = hn::And(v, mask);
+      const auto hi = hn::And(hn::BitCast(d8, hn::ShiftRight<4>(hn::BitCast(d16, v))), mask);
+      hn::Store(hn::InterleaveLower(d8, lo, hi), d8, rows[j] + 2 * i);
+      hn::Store(hn::InterleaveUpper(d8, lo, hi), d8, rows[j] + 2 * i + 16);
+    }
+#endif
     for (int64_t g = 0; g < kc / kGroup; ++g) {
       sc[g * NB + j] = load_float(w.scale_dtype, w.scales, r * gpr + k0 / kGroup + g);
       bi[g * NB + j] = load_float(w.scale_dtype, w.biases, r * gpr + k0 / kGroup + g);
     }
   }
+  TransposeChunks(rows, kc / 4, panel);
 }
 
 // c[r][0..NB) (=|+=) sum over the kc inputs of x rows a[r] (int8, offset to the panel's first
