@@ -66,7 +66,7 @@ std::vector<float> activations(int64_t n) {
 // streaming kernel can hope for.
 void BM_MemoryBandwidth(benchmark::State& state) {
   double gbs = 0;
-  for (auto _ : state) gbs = memory_read_bandwidth_gbs(ThreadPool::global(), size_t{1} << 30, 1);
+  for (auto _ : state) gbs = ops::read_bandwidth_gbs(size_t{1} << 30, 1);
   state.counters["GB/s"] = gbs;
 }
 BENCHMARK(BM_MemoryBandwidth)->UseRealTime()->Unit(benchmark::kMillisecond);

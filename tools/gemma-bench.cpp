@@ -14,7 +14,7 @@
 
 #include "base/error.h"
 #include "base/sys.h"
-#include "base/thread_pool.h"
+#include "kernels/ops.h"
 #include "runtime/engine.h"
 
 namespace {
@@ -116,7 +116,7 @@ json pp_tg_test(const Args& a) {
   }();
   // The machine's read bandwidth right before and right after each tg run (shared machines drift
   // within seconds); the roofline uses the higher of the two.
-  auto bandwidth = [] { return memory_read_bandwidth_gbs(ThreadPool::global(), size_t{512} << 20); };
+  auto bandwidth = [] { return ops::read_bandwidth_gbs(size_t{512} << 20); };
   // pp and tg with the default int8 activations, then the same with --exact, side by side.
   auto run = [&](ops::Activations act) {
     engine.set_activations(act);

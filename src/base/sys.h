@@ -40,10 +40,3 @@ class Progress {
 };
 
 }  // namespace gp
-
-namespace gp {
-class ThreadPool;
-// Read bandwidth of main memory in GB/s: the best of `reps` sums of a buffer of `bytes` (far larger
-// than any cache) over every thread of `pool`. The decode roofline is this over bytes per token.
-double memory_read_bandwidth_gbs(ThreadPool& pool, size_t bytes = size_t{1} << 30, int reps = 3);
-}  // namespace gp

@@ -35,4 +35,6 @@ void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int hea
   cpu::attention(q, n_q, n_heads, n_kv_heads, head_dim, q_pos, q_group, kv, mask, scale, out);
 }
 
+double read_bandwidth_gbs(size_t bytes, int reps) { return cpu::read_bandwidth_gbs(bytes, reps); }
+
 }  // namespace gp::ops

@@ -4,6 +4,7 @@
 // Activations are f32 and row-major. Kernels never throw.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
@@ -83,5 +84,10 @@ struct AttentionMask {
 void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int head_dim,
                const int32_t* q_pos, const int32_t* q_group, std::span<const KvSegment> kv,
                AttentionMask mask, float scale, float* out);
+
+// Read bandwidth of main memory in GB/s over all threads of the pool: the best of `reps` sums of a
+// buffer of `bytes` (far larger than any cache). The decode roofline is this over the weight
+// bytes read per token.
+double read_bandwidth_gbs(size_t bytes, int reps = 3);
 
 }  // namespace gp::ops

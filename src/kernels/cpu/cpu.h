@@ -3,6 +3,7 @@
 // Each one is tested against its scalar reference in kernels/ref.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 
@@ -26,6 +27,8 @@ void add(float* x, const float* y, int64_t n);
 void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int head_dim,
                const int32_t* q_pos, const int32_t* q_group, std::span<const ops::KvSegment> kv,
                ops::AttentionMask mask, float scale, float* out);
+
+double read_bandwidth_gbs(size_t bytes, int reps);
 
 // Name of the SIMD target the dispatcher picks on this machine (e.g. "AVX2").
 const char* target_name();

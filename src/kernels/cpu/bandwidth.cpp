@@ -1,0 +1,77 @@
+// The memory read bandwidth probe: the decode roofline of gemma-bench and kernels_bench. Blocks of
+// 64 KiB are taken in turn from a shared counter, so the threads read neighbouring blocks, and
+// summed with full-width vector loads. On the 2-core EPYC this reads 15-25 % faster than each
+// thread summing its own half of the buffer with 8-byte loads (two distant streams, fewer cache
+// lines in flight), and at least as fast as the decode kernel streams its weights.
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "base/sys.h"
+#include "base/thread_pool.h"
+#include "kernels/cpu/cpu.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/bandwidth.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+// The per-target header below must follow foreach_target.h.
+#include "hwy/aligned_allocator.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace gp::cpu::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Sum of n words; n is a multiple of 32.
+uint64_t SumWordsImpl(const uint64_t* HWY_RESTRICT p, size_t n) {
+  const hn::CappedTag<uint64_t, 8> d;
+  const size_t L = hn::Lanes(d);
+  auto s0 = hn::Zero(d), s1 = hn::Zero(d), s2 = hn::Zero(d), s3 = hn::Zero(d);
+  for (size_t i = 0; i + 4 * L <= n; i += 4 * L) {
+    s0 = hn::Add(s0, hn::Load(d, p + i));
+    s1 = hn::Add(s1, hn::Load(d, p + i + L));
+    s2 = hn::Add(s2, hn::Load(d, p + i + 2 * L));
+    s3 = hn::Add(s3, hn::Load(d, p + i + 3 * L));
+  }
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(s0, s1), hn::Add(s2, s3))));
+}
+
+}  // namespace gp::cpu::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace gp::cpu {
+
+HWY_EXPORT(SumWordsImpl);
+
+double read_bandwidth_gbs(size_t bytes, int reps) {
+  ThreadPool& pool = ThreadPool::global();
+  constexpr size_t kWords = (size_t{64} << 10) / sizeof(uint64_t);  // one block
+  const size_t n_blocks = std::max<size_t>(1, bytes / (kWords * sizeof(uint64_t)));
+  const auto owner = hwy::AllocateAligned<uint64_t>(n_blocks * kWords);
+  uint64_t* buf = owner.get();
+  pool.parallel_for(n_blocks * kWords, 4096, [&](size_t b, size_t e, int) {
+    for (size_t i = b; i < e; ++i) buf[i] = i;  // each thread touches pages before the timing
+  });
+  std::vector<uint64_t> sums(pool.size());
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    std::atomic<size_t> next{0};
+    Timer t;
+    pool.parallel_for(pool.size(), 1, [&](size_t, size_t, int thread) {
+      uint64_t s = 0;
+      for (size_t b = next.fetch_add(1, std::memory_order_relaxed); b < n_blocks;
+           b = next.fetch_add(1, std::memory_order_relaxed)) {
+        s += HWY_DYNAMIC_DISPATCH(SumWordsImpl)(buf + b * kWords, kWords);
+      }
+      sums[thread] = s;
+    });
+    best = std::max(best, static_cast<double>(n_blocks * kWords * 8) / t.seconds() / 1e9);
+  }
+  volatile uint64_t sink = 0;
+  for (uint64_t s : sums) sink = sink + s;
+  return best;
+}
+
+}  // namespace gp::cpu
+#endif  // HWY_ONCE
