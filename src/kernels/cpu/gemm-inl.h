@@ -127,29 +127,39 @@ HWY_INLINE void MicroKernelPartial(size_t mr, size_t nc, const float* const* a, 
   for (size_t r = 0; r < mr; ++r) std::memcpy(c[r], rows[r], nc * sizeof(float));
 }
 
+// Lanes i .. i+N of src stored as `t` (BF16, F16 or F32), as f32. Unaligned src.
+template <class DF>
+HWY_INLINE hn::Vec<DF> LoadAsF32(DF df, DType t, const void* src, size_t i) {
+  if (t == DType::F32) return hn::LoadU(df, static_cast<const float*>(src) + i);
+  if (t == DType::BF16) {
+    const hn::RebindToUnsigned<DF> du32;
+    const hn::Rebind<uint16_t, DF> du16;
+    const auto* p = static_cast<const uint16_t*>(src) + i;
+    return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du32, hn::LoadU(du16, p))));
+  }
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  return hn::PromoteTo(df, hn::LoadU(dh, static_cast<const hwy::float16_t*>(src) + i));
+}
+
 // dst[0..n) = src[0..n) stored as `t` (BF16, F16 or F32), converted to f32. Unaligned src.
 HWY_INLINE void ToF32(DType t, const void* src, size_t n, float* HWY_RESTRICT dst) {
   const hn::ScalableTag<float> df;
   const size_t N = hn::Lanes(df);
   size_t i = 0;
-  if (t == DType::F32) {
-    std::memcpy(dst, src, n * sizeof(float));
-    return;
-  }
-  if (t == DType::BF16) {
-    const hn::RebindToUnsigned<decltype(df)> du32;
-    const hn::Rebind<uint16_t, decltype(df)> du16;
-    const auto* p = static_cast<const uint16_t*>(src);
-    for (; i + N <= n; i += N) {
-      const auto bits = hn::ShiftLeft<16>(hn::PromoteTo(du32, hn::LoadU(du16, p + i)));
-      hn::StoreU(hn::BitCast(df, bits), df, dst + i);
-    }
-  } else {
-    const hn::Rebind<hwy::float16_t, decltype(df)> dh;
-    const auto* p = static_cast<const hwy::float16_t*>(src);
-    for (; i + N <= n; i += N) hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, p + i)), df, dst + i);
-  }
+  for (; i + N <= n; i += N) hn::StoreU(LoadAsF32(df, t, src, i), df, dst + i);
   for (; i < n; ++i) dst[i] = load_float(t, src, i);
+}
+
+// sum_i a[i] * b[i] over n values (any n), a stored as `t` (BF16, F16 or F32).
+HWY_INLINE float DotAsF32(DType t, const void* a, const float* HWY_RESTRICT b, size_t n) {
+  const hn::ScalableTag<float> df;
+  const size_t N = hn::Lanes(df);
+  auto s = hn::Zero(df);
+  size_t i = 0;
+  for (; i + N <= n; i += N) s = hn::MulAdd(LoadAsF32(df, t, a, i), hn::LoadU(df, b + i), s);
+  float r = hn::GetLane(hn::SumOfLanes(df, s));
+  for (; i < n; ++i) r += load_float(t, a, i) * b[i];
+  return r;
 }
 
 // sum_i a[i] * b[i] over n values (any n), f32 with vector accumulators.

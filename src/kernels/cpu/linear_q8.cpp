@@ -184,22 +184,24 @@ constexpr int64_t kPrefetchAhead = 2048;
 void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsum, int64_t r0,
                 int64_t r1, float* y, const float* bias) {
   const hn::Rebind<float, DQ32> df;
+  const hn::ScalableTag<float> dv;
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const size_t ss = dtype_size(w.scale_dtype);
-  float* sc = thread_scratch(kScratchA, gpr);
-  float* bi = thread_scratch(kScratchB, gpr);
+  float* sd = thread_scratch(kScratchA, gpr);  // scale_g * dx_g of one row
   auto group = [&](const uint32_t* row, int64_t g, hn::Vec<decltype(df)> acc) {
     return hn::MulAdd(hn::ConvertTo(df, GroupDotQ(row + g * 8, xq + g * kGroup)),
-                      hn::Set(df, sc[g] * dx[g]), acc);
+                      hn::Set(df, sd[g]), acc);
   };
   for (int64_t o = r0; o < r1; ++o) {
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + o * gpr * ss, gpr, sc);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + o * gpr * ss, gpr, bi);
+    const void* scales = static_cast<const uint8_t*>(w.scales) + o * gpr * ss;
+    int64_t g = 0;
+    for (; g + static_cast<int64_t>(hn::Lanes(dv)) <= gpr; g += hn::Lanes(dv))
+      hn::StoreU(hn::Mul(LoadAsF32(dv, w.scale_dtype, scales, g), hn::LoadU(dv, dx + g)), dv, sd + g);
+    for (; g < gpr; ++g) sd[g] = load_float(w.scale_dtype, scales, g) * dx[g];
     const uint32_t* row = w.q + o * wpr;
     const auto* ahead = reinterpret_cast<const uint8_t*>(row) + kPrefetchAhead;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-    int64_t g = 0;
-    for (; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
+    for (g = 0; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
       hwy::Prefetch(ahead + g * 32);
       hwy::Prefetch(ahead + g * 32 + 64);
       a0 = group(row, g, a0);
@@ -209,7 +211,9 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
     }
     for (; g < gpr; ++g) a0 = group(row, g, a0);
     const auto acc = hn::Add(hn::Add(a0, a1), hn::Add(a2, a3));
-    y[o] = hn::GetLane(hn::SumOfLanes(df, acc)) + Dot(bi, xsum, gpr) + (bias ? bias[o] : 0.0f);
+    const void* biases = static_cast<const uint8_t*>(w.biases) + o * gpr * ss;
+    y[o] = hn::GetLane(hn::SumOfLanes(df, acc)) + DotAsF32(w.scale_dtype, biases, xsum, gpr) +
+           (bias ? bias[o] : 0.0f);
   }
 }
 
