@@ -150,18 +150,6 @@ HWY_INLINE void ToF32(DType t, const void* src, size_t n, float* HWY_RESTRICT ds
   for (; i < n; ++i) dst[i] = load_float(t, src, i);
 }
 
-// sum_i a[i] * b[i] over n values (any n), a stored as `t` (BF16, F16 or F32).
-HWY_INLINE float DotAsF32(DType t, const void* a, const float* HWY_RESTRICT b, size_t n) {
-  const hn::ScalableTag<float> df;
-  const size_t N = hn::Lanes(df);
-  auto s = hn::Zero(df);
-  size_t i = 0;
-  for (; i + N <= n; i += N) s = hn::MulAdd(LoadAsF32(df, t, a, i), hn::LoadU(df, b + i), s);
-  float r = hn::GetLane(hn::SumOfLanes(df, s));
-  for (; i < n; ++i) r += load_float(t, a, i) * b[i];
-  return r;
-}
-
 // sum_i a[i] * b[i] over n values (any n), f32 with vector accumulators.
 HWY_INLINE float Dot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n) {
   const hn::ScalableTag<float> d;

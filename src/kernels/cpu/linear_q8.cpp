@@ -210,10 +210,13 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
       a3 = group(row, g + 3, a3);
     }
     for (; g < gpr; ++g) a0 = group(row, g, a0);
-    const auto acc = hn::Add(hn::Add(a0, a1), hn::Add(a2, a3));
+    // The bias terms bias_g * xsum_g join the same lanes: only the total of all lanes counts.
     const void* biases = static_cast<const uint8_t*>(w.biases) + o * gpr * ss;
-    y[o] = hn::GetLane(hn::SumOfLanes(df, acc)) + DotAsF32(w.scale_dtype, biases, xsum, gpr) +
-           (bias ? bias[o] : 0.0f);
+    for (g = 0; g + static_cast<int64_t>(hn::Lanes(df)) <= gpr; g += hn::Lanes(df))
+      a1 = hn::MulAdd(LoadAsF32(df, w.scale_dtype, biases, g), hn::LoadU(df, xsum + g), a1);
+    float tail = bias ? bias[o] : 0.0f;
+    for (; g < gpr; ++g) tail += load_float(w.scale_dtype, biases, g) * xsum[g];
+    y[o] = hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)))) + tail;
   }
 }
 
