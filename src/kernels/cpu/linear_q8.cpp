@@ -174,8 +174,9 @@ HWY_INLINE hn::Vec<DQ32> GroupDotQ(const uint32_t* group_words, const XQ* HWY_RE
 #endif
 
 // How far ahead of the bytes being read the decode kernel prefetches: one row (1-5 KB) is one
-// stream, and 2 KB ahead of it measured 5-18 % faster than hardware prefetching alone or than
-// 1, 4 or 8 KB (kernels_bench, AMD EPYC). Prefetches never fault.
+// stream, and 2 KB ahead of it measured 5-18 % faster than hardware prefetching alone or 1 KB
+// ahead; 3-8 KB ahead, or into L2 only, or non-temporal, were no better (AMD EPYC). Prefetches
+// never fault.
 constexpr int64_t kPrefetchAhead = 2048;
 
 // Rows [r0, r1) one after the other, so each thread reads one sequential stream of weight bytes
@@ -184,7 +185,6 @@ constexpr int64_t kPrefetchAhead = 2048;
 void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsum, int64_t r0,
                 int64_t r1, float* y, const float* bias) {
   const hn::Rebind<float, DQ32> df;
-  const hn::ScalableTag<float> dv;
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const size_t ss = dtype_size(w.scale_dtype);
   float* sd = thread_scratch(kScratchA, gpr);  // scale_g * dx_g of one row
@@ -195,8 +195,11 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
   for (int64_t o = r0; o < r1; ++o) {
     const void* scales = static_cast<const uint8_t*>(w.scales) + o * gpr * ss;
     int64_t g = 0;
-    for (; g + static_cast<int64_t>(hn::Lanes(dv)) <= gpr; g += hn::Lanes(dv))
-      hn::StoreU(hn::Mul(LoadAsF32(dv, w.scale_dtype, scales, g), hn::LoadU(dv, dx + g)), dv, sd + g);
+    const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+    for (; g + L <= gpr; g += L) {
+      hn::StoreU(hn::Mul(LoadAsF32(df, w.scale_dtype, scales, g), hn::LoadU(df, dx + g)), df,
+                 sd + g);
+    }
     for (; g < gpr; ++g) sd[g] = load_float(w.scale_dtype, scales, g) * dx[g];
     const uint32_t* row = w.q + o * wpr;
     const auto* ahead = reinterpret_cast<const uint8_t*>(row) + kPrefetchAhead;
@@ -212,7 +215,7 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
     for (; g < gpr; ++g) a0 = group(row, g, a0);
     // The bias terms bias_g * xsum_g join the same lanes: only the total of all lanes counts.
     const void* biases = static_cast<const uint8_t*>(w.biases) + o * gpr * ss;
-    for (g = 0; g + static_cast<int64_t>(hn::Lanes(df)) <= gpr; g += hn::Lanes(df))
+    for (g = 0; g + L <= gpr; g += L)
       a1 = hn::MulAdd(LoadAsF32(df, w.scale_dtype, biases, g), hn::LoadU(df, xsum + g), a1);
     float tail = bias ? bias[o] : 0.0f;
     for (; g < gpr; ++g) tail += load_float(w.scale_dtype, biases, g) * xsum[g];
