@@ -187,6 +187,7 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
   const hn::Rebind<float, DQ32> df;
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const size_t ss = dtype_size(w.scale_dtype);
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
   float* sd = thread_scratch(kScratchA, gpr);  // scale_g * dx_g of one row
   auto group = [&](const uint32_t* row, int64_t g, hn::Vec<decltype(df)> acc) {
     return hn::MulAdd(hn::ConvertTo(df, GroupDotQ(row + g * 8, xq + g * kGroup)),
@@ -195,7 +196,6 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
   for (int64_t o = r0; o < r1; ++o) {
     const void* scales = static_cast<const uint8_t*>(w.scales) + o * gpr * ss;
     int64_t g = 0;
-    const int64_t L = static_cast<int64_t>(hn::Lanes(df));
     for (; g + L <= gpr; g += L) {
       hn::StoreU(hn::Mul(LoadAsF32(df, w.scale_dtype, scales, g), hn::LoadU(df, dx + g)), df,
                  sd + g);
@@ -271,8 +271,7 @@ HWY_INLINE int64_t QPanelWidth() { return static_cast<int64_t>(hn::Lanes(DB32())
 
 // panel[k][j] = chunk k of rows[j] (4 bytes each), for k < n_chunks and the NB rows: a
 // transpose of 32-bit words, done in registers 4x4 or 8x8 when NB is 4 or 8.
-template <size_t kCols>
-void TransposeChunks(const uint8_t (*rows)[kCols], int64_t n_chunks, uint8_t* HWY_RESTRICT panel) {
+void TransposeChunks(const uint8_t (*rows)[kQKC], int64_t n_chunks, uint8_t* HWY_RESTRICT panel) {
   constexpr size_t NB = hn::MaxLanes(DB32());
   int64_t k = 0;
 #if HWY_TARGET != HWY_SCALAR
