@@ -169,7 +169,9 @@ void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, 
   const int64_t head_stride_c = static_cast<int64_t>(C.capacity) * hd;
   ops::KvSegment segs[2];
   int n_segs = 0;
-  const int n_cached = L.is_global ? n_past : C.capacity;
+  // Positions below n_past sit in slot pos (global) or pos % capacity (a ring): while the ring
+  // is not full, its slots from n_past on hold nothing and are not read.
+  const int n_cached = L.is_global ? n_past : std::min(n_past, C.capacity);
   if (n_cached > 0) segs[n_segs++] = {C.k.get(), C.v.get(), n_cached, hd, head_stride_c, C.pos.data(), nullptr};
   segs[n_segs++] = {k.data(), v.data(), n, nkv * hd, hd, pos, group};
   ops::AttentionMask mask{true, L.is_global ? 0 : x.sliding_window};
