@@ -505,7 +505,9 @@ TEST(Rope, MatchesReference) {
           std::copy(xv.begin(), xv.end(), x.p);
           std::vector<float> want = xv;
           ref::rope(want.data(), n, n_heads, head_dim, pos, base, pos_scale);
-          ops::rope(x.p, n, n_heads, head_dim, pos, base, pos_scale);
+          std::vector<float> cs(n * head_dim);
+          ops::rope_angles(pos, n, head_dim, base, pos_scale, cs.data());
+          ops::rope(x.p, n, n_heads, head_dim, cs.data());
           const int half = head_dim / 2;
           for (int64_t r = 0; r < n * n_heads; ++r) {
             for (int i = 0; i < half; ++i) {

@@ -20,9 +20,12 @@ void layer_norm(const float* x, const float* w, const float* b, int64_t n, int64
                 float* y) {
   cpu::layer_norm(x, w, b, n, d, eps, y);
 }
-void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, float base,
-          float pos_scale) {
-  cpu::rope(x, n, n_heads, head_dim, pos, base, pos_scale);
+void rope_angles(const int32_t* pos, int64_t n, int head_dim, float base, float pos_scale,
+                 float* cs) {
+  cpu::rope_angles(pos, n, head_dim, base, pos_scale, cs);
+}
+void rope(float* x, int64_t n, int n_heads, int head_dim, const float* cs) {
+  cpu::rope(x, n, n_heads, head_dim, cs);
 }
 void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out) {
   cpu::gelu_tanh_mul(g, u, n, out);

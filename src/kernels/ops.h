@@ -48,10 +48,14 @@ void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, f
 void layer_norm(const float* x, const float* w, const float* b, int64_t n, int64_t d, float eps,
                 float* y);
 
-// Rotate-half RoPE in place on x [n, n_heads, head_dim]: pairs (i, i + head_dim/2) rotate by
-// angle (pos[t] * pos_scale) * base^(-2i/head_dim).
-void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, float base,
-          float pos_scale);
+// RoPE's angles (pos[t] * pos_scale) * base^(-2i/head_dim), i < head_dim/2, as their cosines then
+// their sines: cs [n, head_dim]. One table serves every layer (and q and k) of a batch.
+void rope_angles(const int32_t* pos, int64_t n, int head_dim, float base, float pos_scale,
+                 float* cs);
+
+// Rotate-half RoPE in place on x [n, n_heads, head_dim]: pairs (i, i + head_dim/2) rotate by the
+// angles of row t of cs (rope_angles).
+void rope(float* x, int64_t n, int n_heads, int head_dim, const float* cs);
 
 // out = gelu_tanh(g) * u, elementwise over n values.  May alias g or u.
 void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out);

@@ -152,7 +152,8 @@ void TextModel::logits(const float* x, int64_t n, float* out) const {
 }
 
 void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, int64_t n, int n_past,
-                                 const int32_t* pos, const int32_t* group, KvCache& cache, float* out) {
+                                 const int32_t* pos, const int32_t* group, const float* rope,
+                                 KvCache& cache, float* out) {
   const TextConfig& x = c_.text;
   const int hd = x.head_dim, nh = x.n_heads, nkv = x.n_kv_heads;
   std::vector<float> q(n * nh * hd), k(n * nkv * hd), v(n * nkv * hd);  // [n, heads, head_dim]
@@ -160,10 +161,8 @@ void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, 
                    act_);
   ops::rms_norm(q.data(), L.q_norm.data(), n * nh, hd, x.rms_norm_eps, q.data());
   ops::rms_norm(k.data(), L.k_norm.data(), n * nkv, hd, x.rms_norm_eps, k.data());
-  const float base = L.is_global ? x.rope_global_base : x.rope_local_base;
-  const float pos_scale = L.is_global ? x.rope_global_scale : 1.0f;
-  ops::rope(q.data(), n, nh, hd, pos, base, pos_scale);
-  ops::rope(k.data(), n, nkv, hd, pos, base, pos_scale);
+  ops::rope(q.data(), n, nh, hd, rope);
+  ops::rope(k.data(), n, nkv, hd, rope);
 
   KvCache::Layer& C = cache.layers_[layer];
   const int64_t head_stride_c = static_cast<int64_t>(C.capacity) * hd;
@@ -200,6 +199,10 @@ void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_ou
   std::vector<int32_t> pos(n);
   for (int64_t t = 0; t < n; ++t) pos[t] = static_cast<int32_t>(n_past + t);
   const int32_t* group = batch.group.empty() ? nullptr : batch.group.data();
+  std::vector<float> rope_local(n * x.head_dim), rope_global(n * x.head_dim);
+  ops::rope_angles(pos.data(), n, x.head_dim, x.rope_local_base, 1.0f, rope_local.data());
+  ops::rope_angles(pos.data(), n, x.head_dim, x.rope_global_base, x.rope_global_scale,
+                   rope_global.data());
 
   std::vector<float> h(n * d), xn(n * d), tmp(n * d);  // [n, d_model]
   for (int64_t t = 0; t < n; ++t) {
@@ -222,7 +225,8 @@ void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_ou
     const TextLayer& L = w_.layers[l];
     // h = h + post_attention_norm(attn(input_norm(h)))
     ops::rms_norm(h.data(), L.input_norm.data(), n, d, x.rms_norm_eps, xn.data());
-    attention_block(L, static_cast<int>(l), xn.data(), n, n_past, pos.data(), group, cache, tmp.data());
+    attention_block(L, static_cast<int>(l), xn.data(), n, n_past, pos.data(), group,
+                    (L.is_global ? rope_global : rope_local).data(), cache, tmp.data());
     ops::rms_norm(tmp.data(), L.post_attn_norm.data(), n, d, x.rms_norm_eps, tmp.data());
     ops::add(h.data(), tmp.data(), n * d);
     // h = h + post_feedforward_norm(down(gelu_tanh(gate(y)) * up(y))), y = pre_feedforward_norm(h)

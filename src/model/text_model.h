@@ -108,8 +108,10 @@ class TextModel {
   size_t weight_bytes_per_token() const;
 
  private:
+  // rope: the RoPE table (ops::rope_angles) of this layer's kind, local or global.
   void attention_block(const TextLayer& L, int layer, const float* xn, int64_t n, int n_past,
-                       const int32_t* pos, const int32_t* group, KvCache& cache, float* out);
+                       const int32_t* pos, const int32_t* group, const float* rope,
+                       KvCache& cache, float* out);
 
   ModelConfig c_;
   TextWeights w_;

@@ -19,8 +19,9 @@ void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);
 void layer_norm(const float* x, const float* w, const float* b, int64_t n, int64_t d, float eps,
                 float* y);
-void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, float base,
-          float pos_scale);
+void rope_angles(const int32_t* pos, int64_t n, int head_dim, float base, float pos_scale,
+                 float* cs);
+void rope(float* x, int64_t n, int n_heads, int head_dim, const float* cs);
 void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out);
 void gelu_tanh(float* x, int64_t n);
 void add(float* x, const float* y, int64_t n);

@@ -112,26 +112,14 @@ void LayerNormImpl(const float* x, const float* w, const float* b, int64_t n, in
   });
 }
 
-void RopeImpl(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, float base,
-              float pos_scale) {
+void RopeImpl(float* x, int64_t n, int n_heads, int head_dim, const float* cs) {
   const int half = head_dim / 2;
-  // Per call, in double: angles reach 131072 rad, where f32 would lose the fraction.
-  std::vector<double> inv_freq(half);
-  for (int i = 0; i < half; ++i) {
-    inv_freq[i] = std::pow(static_cast<double>(base), -2.0 * i / head_dim);
-  }
   for_rows(n, int64_t{n_heads} * head_dim, [&](int64_t t0, int64_t t1) {
     const hn::ScalableTag<float> df;
     const int N = static_cast<int>(hn::Lanes(df));
-    std::vector<float> cs(2 * half);
-    float* c = cs.data();
-    float* s = c + half;
     for (int64_t t = t0; t < t1; ++t) {
-      const double p = static_cast<double>(pos[t]) * pos_scale;
-      for (int i = 0; i < half; ++i) {
-        c[i] = static_cast<float>(std::cos(p * inv_freq[i]));
-        s[i] = static_cast<float>(std::sin(p * inv_freq[i]));
-      }
+      const float* c = cs + t * head_dim;
+      const float* s = c + half;
       for (int h = 0; h < n_heads; ++h) {
         float* lo = x + (t * n_heads + h) * head_dim;
         float* hi = lo + half;
@@ -236,9 +224,22 @@ void layer_norm(const float* x, const float* w, const float* b, int64_t n, int64
                 float* y) {
   HWY_DYNAMIC_DISPATCH(LayerNormImpl)(x, w, b, n, d, eps, y);
 }
-void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, float base,
-          float pos_scale) {
-  HWY_DYNAMIC_DISPATCH(RopeImpl)(x, n, n_heads, head_dim, pos, base, pos_scale);
+void rope_angles(const int32_t* pos, int64_t n, int head_dim, float base, float pos_scale,
+                 float* cs) {
+  // In double: angles reach 131072 rad, where f32 would lose the fraction.
+  const int half = head_dim / 2;
+  std::vector<double> inv_freq(half);
+  for (int i = 0; i < half; ++i) inv_freq[i] = std::pow(static_cast<double>(base), -2.0 * i / head_dim);
+  for (int64_t t = 0; t < n; ++t) {
+    const double p = static_cast<double>(pos[t]) * pos_scale;
+    for (int i = 0; i < half; ++i) {
+      cs[t * head_dim + i] = static_cast<float>(std::cos(p * inv_freq[i]));
+      cs[t * head_dim + half + i] = static_cast<float>(std::sin(p * inv_freq[i]));
+    }
+  }
+}
+void rope(float* x, int64_t n, int n_heads, int head_dim, const float* cs) {
+  HWY_DYNAMIC_DISPATCH(RopeImpl)(x, n, n_heads, head_dim, cs);
 }
 void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(GeluTanhMulImpl)(g, u, n, out);
