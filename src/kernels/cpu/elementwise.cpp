@@ -186,7 +186,10 @@ void GeluRange(const float* g, const float* u, float* out, int64_t i0, int64_t i
 }
 
 void GeluTanhMulImpl(const float* g, const float* u, int64_t n, float* out) {
-  for_rows((n + 1023) / 1024, 1024,
+  // A value costs about as much as 8 of an add's (an f64 exp and divide): a decode step's
+  // 10240 values take two threads.
+  constexpr int64_t kCost = 8;
+  for_rows((n + 1023) / 1024, 1024 * kCost,
            [&](int64_t b, int64_t e) { GeluRange(g, u, out, b * 1024, std::min(n, e * 1024)); });
 }
 
