@@ -100,5 +100,34 @@ TEST(Sampler, MinPDropsTokensBelowFractionOfTop) {
   EXPECT_EQ(f.count(2), 0u);
 }
 
+// Without top-k, top-p and min-p sort only a prefix of a large vocabulary (1024 candidates, then
+// 8x more): sets that need more than the first prefix still come out exact.
+TEST(Sampler, TopPAndMinPBeyondTheFirstSortedPrefix) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_p = 0.4903f;
+  // 5000 equal logits: top-p keeps the first 2452 ids (ties go to the lower id).
+  auto f = frequencies(p, std::vector<float>(5000, 1.0f), 1000);
+  EXPECT_LE(f.rbegin()->first, 2451);
+  EXPECT_GT(f.rbegin()->first, 2300);
+  p.top_p = 1.0f;
+  p.min_p = 0.01f;
+  // 3000 ids at logit 0 then 3000 at -10 (p / p_max = 4.5e-5): min-p keeps the first 3000.
+  std::vector<float> l(6000, 0.0f);
+  std::fill(l.begin() + 3000, l.end(), -10.0f);
+  f = frequencies(p, l, 1000);
+  EXPECT_LT(f.rbegin()->first, 3000);
+  EXPECT_GT(f.rbegin()->first, 2900);
+}
+
+// Plain temperature sampling draws from every finite logit without sorting them.
+TEST(Sampler, TemperatureAloneReachesEveryId) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  auto f = frequencies(p, std::vector<float>(3000, 0.0f), 10000);
+  EXPECT_GT(f.size(), 2800u);  // 3000 equally likely ids: 2892 drawn on average
+  EXPECT_GT(f.rbegin()->first, 2990);
+}
+
 }  // namespace
 }  // namespace gp
