@@ -60,17 +60,26 @@ int32_t Sampler::sample(float* logits, int64_t n_vocab, const std::vector<int32_
       l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
     }
   }
-  const int32_t top = argmax(logits, n_vocab);
-  if (p_.temperature <= 0.0f) return top;
-  const float max_l = logits[top];
-  if (!std::isfinite(max_l)) return top;
+  if (p_.temperature <= 0.0f) return argmax(logits, n_vocab);
 
   // Candidates (finite logits: pruned ids are -inf) with weights exp((logit - max) / T).
-  std::vector<int32_t> idx;
-  idx.reserve(n_vocab);
+  std::vector<int32_t>& idx = idx_;
+  idx.clear();
   for (int64_t i = 0; i < n_vocab; ++i)
     if (std::isfinite(logits[i])) idx.push_back(static_cast<int32_t>(i));
-  std::vector<float> w(n_vocab);  // by id, for the ids passed to set_weights
+  if (idx.empty()) return 0;
+  std::vector<float>& w = w_;  // by id, for the ids passed to set_weights
+  w.resize(n_vocab);
+  // The largest logit: the first candidate once top-k has sorted them, else a pass of its own.
+  auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  size_t sorted = idx.size();
+  if (p_.top_k > 0) {
+    sorted = std::min<size_t>(p_.top_k, idx.size());
+    std::partial_sort(idx.begin(), idx.begin() + sorted, idx.end(), by_logit);
+  }
+  float max_l = p_.top_k > 0 ? logits[idx[0]] : logits[argmax(logits, n_vocab)];
+  if (!std::isfinite(max_l))  // a +inf logit is no candidate: the largest finite one
+    max_l = logits[*std::max_element(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return logits[a] < logits[b]; })];
   auto set_weights = [&](auto begin, auto end) {
     for (auto it = begin; it != end; ++it) w[*it] = std::exp((logits[*it] - max_l) / p_.temperature);
   };
@@ -89,12 +98,8 @@ int32_t Sampler::sample(float* logits, int64_t n_vocab, const std::vector<int32_
 
   // The others cut a prefix of the candidates in order of logit. Sort only that far: the top k,
   // or (no top-k) a prefix grown until it holds top-p's mass or reaches below min-p's cut.
-  auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   double mass = 0;  // of all candidates, when there is no top-k
-  size_t sorted = idx.size();
   if (p_.top_k > 0) {
-    sorted = std::min<size_t>(p_.top_k, idx.size());
-    std::partial_sort(idx.begin(), idx.begin() + sorted, idx.end(), by_logit);
     set_weights(idx.begin(), idx.begin() + sorted);
   } else {
     for (int32_t i : idx) mass += weight(i);

@@ -28,6 +28,8 @@ class Sampler {
  private:
   SamplingParams p_;
   uint64_t s_[4];
+  std::vector<int32_t> idx_;  // scratch of sample(), kept across calls (no fresh pages per token)
+  std::vector<float> w_;
 };
 
 }  // namespace gp
