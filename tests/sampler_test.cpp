@@ -2,9 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
+#include <numeric>
+#include <random>
 
 namespace gp {
 namespace {
@@ -69,7 +72,8 @@ std::map<int, double> frequencies(SamplingParams p, const std::vector<float>& lo
 TEST(Sampler, TemperatureFollowsSoftmax) {
   SamplingParams p;
   p.temperature = 0.5f;
-  const std::vector<float> l = {0.0f, std::log(2.0f) * 0.5f, -std::numeric_limits<float>::infinity()};
+  const std::vector<float> l = {0.0f, std::log(2.0f) * 0.5f,
+                                -std::numeric_limits<float>::infinity()};
   // softmax(l / 0.5) = [1, 2, 0] / 3
   auto f = frequencies(p, l, 20000);
   EXPECT_NEAR(f[0], 1.0 / 3, 0.015);
@@ -100,9 +104,9 @@ TEST(Sampler, MinPDropsTokensBelowFractionOfTop) {
   EXPECT_EQ(f.count(2), 0u);
 }
 
-// Without top-k, top-p and min-p sort only a prefix of a large vocabulary (1024 candidates, then
-// 8x more): sets that need more than the first prefix still come out exact.
-TEST(Sampler, TopPAndMinPBeyondTheFirstSortedPrefix) {
+// Without top-k, top-p and min-p sort only the candidates down to their cut (top-p: logit buckets
+// down to the one holding the mass): over large vocabularies the kept set is still exact.
+TEST(Sampler, TopPAndMinPCutLargeVocabulariesExactly) {
   SamplingParams p;
   p.temperature = 1.0f;
   p.top_p = 0.4903f;
@@ -110,10 +114,30 @@ TEST(Sampler, TopPAndMinPBeyondTheFirstSortedPrefix) {
   auto f = frequencies(p, std::vector<float>(5000, 1.0f), 1000);
   EXPECT_LE(f.rbegin()->first, 2451);
   EXPECT_GT(f.rbegin()->first, 2300);
+  // 3000 spread logits: the kept set is the top ids by logit up to 70 % of the mass.
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> l(3000);
+  for (auto& v : l) v = normal(rng);
+  std::vector<int> order(l.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
+  double mass = 0, cum = 0;
+  for (float v : l) mass += std::exp(v - l[order[0]]);
+  size_t kept = 0;
+  while (cum < 0.7 * mass) cum += std::exp(l[order[kept++]] - l[order[0]]);
+  std::vector<size_t> rank(l.size());
+  for (size_t r = 0; r < order.size(); ++r) rank[order[r]] = r;
+  p.top_p = 0.7f;
+  f = frequencies(p, l, 2000);
+  size_t lowest = 0;
+  for (const auto& [id, freq] : f) lowest = std::max(lowest, rank[id]);
+  EXPECT_LT(lowest, kept);
+  EXPECT_GT(lowest, kept * 8 / 10);
+  // 3000 ids at logit 0 then 3000 at -10 (p / p_max = 4.5e-5): min-p 0.01 keeps the first 3000.
   p.top_p = 1.0f;
   p.min_p = 0.01f;
-  // 3000 ids at logit 0 then 3000 at -10 (p / p_max = 4.5e-5): min-p keeps the first 3000.
-  std::vector<float> l(6000, 0.0f);
+  l.assign(6000, 0.0f);
   std::fill(l.begin() + 3000, l.end(), -10.0f);
   f = frequencies(p, l, 1000);
   EXPECT_LT(f.rbegin()->first, 3000);

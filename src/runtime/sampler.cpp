@@ -71,7 +71,9 @@ int32_t Sampler::sample(float* logits, int64_t n_vocab, const std::vector<int32_
   std::vector<float>& w = w_;  // by id, for the ids passed to set_weights
   w.resize(n_vocab);
   // The largest logit: the first candidate once top-k has sorted them, else a pass of its own.
-  auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  auto by_logit = [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
   size_t sorted = idx.size();
   if (p_.top_k > 0) {
     sorted = std::min<size_t>(p_.top_k, idx.size());
@@ -79,9 +81,11 @@ int32_t Sampler::sample(float* logits, int64_t n_vocab, const std::vector<int32_
   }
   float max_l = p_.top_k > 0 ? logits[idx[0]] : logits[argmax(logits, n_vocab)];
   if (!std::isfinite(max_l))  // a +inf logit is no candidate: the largest finite one
-    max_l = logits[*std::max_element(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return logits[a] < logits[b]; })];
+    max_l = logits[*std::max_element(idx.begin(), idx.end(),
+                                     [&](int32_t a, int32_t b) { return logits[a] < logits[b]; })];
   auto set_weights = [&](auto begin, auto end) {
-    for (auto it = begin; it != end; ++it) w[*it] = std::exp((logits[*it] - max_l) / p_.temperature);
+    for (auto it = begin; it != end; ++it)
+      w[*it] = std::exp((logits[*it] - max_l) / p_.temperature);
   };
   auto weight = [&](int32_t i) { return w[i]; };
   if (p_.top_k <= 0) set_weights(idx.begin(), idx.end());
@@ -97,23 +101,34 @@ int32_t Sampler::sample(float* logits, int64_t n_vocab, const std::vector<int32_
   }
 
   // The others cut a prefix of the candidates in order of logit. Sort only that far: the top k,
-  // or (no top-k) a prefix grown until it holds top-p's mass or reaches below min-p's cut.
+  // or (no top-k) the candidates above min-p's cut and in the logit buckets down to the one
+  // where top-p's mass is reached (one more, for rounding).
   double mass = 0;  // of all candidates, when there is no top-k
   if (p_.top_k > 0) {
     set_weights(idx.begin(), idx.begin() + sorted);
   } else {
     for (int32_t i : idx) mass += weight(i);
-    for (size_t c = std::min<size_t>(1024, idx.size());; c = std::min(idx.size(), 8 * c)) {
-      std::partial_sort(idx.begin(), idx.begin() + c, idx.end(), by_logit);
+    constexpr int kBuckets = 1024;
+    float lo = max_l;
+    for (int32_t i : idx) lo = std::min(lo, logits[i]);
+    const float per_logit = max_l > lo ? kBuckets / (max_l - lo) : 0.0f;
+    auto bucket = [&](int32_t i) {
+      return std::min(kBuckets - 1, static_cast<int>((max_l - logits[i]) * per_logit));
+    };
+    int last = kBuckets - 1;  // the last bucket sorted
+    if (p_.top_p < 1.0f) {
+      std::vector<double> in_bucket(kBuckets);
+      for (int32_t i : idx) in_bucket[bucket(i)] += weight(i);
       double cum = 0;
-      for (size_t i = 0; i < c; ++i) cum += weight(idx[i]);  // a plain sum: no ordering needed
-      const bool holds_p = p_.top_p < 1.0f && cum >= p_.top_p * mass;
-      const bool below_min_p = p_.min_p > 0.0f && weight(idx[c - 1]) < p_.min_p;
-      if (holds_p || below_min_p || c == idx.size()) {
-        sorted = c;
-        break;
-      }
+      for (last = 0; last < kBuckets - 1 && (cum += in_bucket[last]) < p_.top_p * mass;) ++last;
+      last = std::min(kBuckets - 1, last + 1);
     }
+    const float min_w = p_.min_p > 0.0f ? p_.min_p : 0.0f;
+    const auto end = std::partition(idx.begin(), idx.end(), [&](int32_t i) {
+      return bucket(i) <= last && weight(i) >= min_w;  // the top logit always: bucket 0, weight 1
+    });
+    sorted = end - idx.begin();
+    std::sort(idx.begin(), idx.begin() + sorted, by_logit);
   }
   idx.resize(sorted);
 
