@@ -200,6 +200,7 @@ BENCHMARK(BM_Attention)
     ->Args({4096, 4096, 16, 16, 72, 0, 0})  // vision, original resolution
     ->Args({2304, 2304, 16, 16, 72, 0, 0})  // vision, mobile resolution
     ->Args({512, 512, 8, 4, 256, 1, 0})     // text prefill
+    ->Args({1, 64, 8, 4, 256, 1, 1})        // text decode, 64 tokens in
     ->Args({1, 4096, 8, 4, 256, 1, 1})      // text decode, 4K context, cache [kv_heads][n][hd]
     ->Args({1, 4096, 8, 4, 256, 1, 0})      // the same, token-major [n][kv_heads][hd]
     ->UseRealTime()
