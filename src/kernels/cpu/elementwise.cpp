@@ -232,7 +232,8 @@ void rope_angles(const int32_t* pos, int64_t n, int head_dim, float base, float 
   // In double: angles reach 131072 rad, where f32 would lose the fraction.
   const int half = head_dim / 2;
   std::vector<double> inv_freq(half);
-  for (int i = 0; i < half; ++i) inv_freq[i] = std::pow(static_cast<double>(base), -2.0 * i / head_dim);
+  for (int i = 0; i < half; ++i)
+    inv_freq[i] = std::pow(static_cast<double>(base), -2.0 * i / head_dim);
   for (int64_t t = 0; t < n; ++t) {
     const double p = static_cast<double>(pos[t]) * pos_scale;
     for (int i = 0; i < half; ++i) {
