@@ -87,14 +87,17 @@ int32_t Sampler::sample(float* logits, int64_t n_vocab, const std::vector<int32_
     for (auto it = begin; it != end; ++it)
       w[*it] = std::exp((logits[*it] - max_l) / p_.temperature);
   };
-  auto weight = [&](int32_t i) { return w[i]; };
-  if (p_.top_k <= 0) set_weights(idx.begin(), idx.end());
+  double mass = 0;  // of all candidates, when there is no top-k
+  if (p_.top_k > 0) {
+    set_weights(idx.begin(), idx.begin() + sorted);
+  } else {
+    set_weights(idx.begin(), idx.end());
+    for (int32_t i : idx) mass += w[i];
+  }
   if (p_.top_k <= 0 && p_.top_p >= 1.0f && p_.min_p <= 0.0f) {  // every candidate: no order
-    double total = 0;
-    for (int32_t i : idx) total += weight(i);
-    double r = uniform() * total;
+    double r = uniform() * mass;
     for (int32_t i : idx) {
-      r -= weight(i);
+      r -= w[i];
       if (r < 0) return i;
     }
     return idx.back();
@@ -103,11 +106,7 @@ int32_t Sampler::sample(float* logits, int64_t n_vocab, const std::vector<int32_
   // The others cut a prefix of the candidates in order of logit. Sort only that far: the top k,
   // or (no top-k) the candidates above min-p's cut and in the logit buckets down to the one
   // where top-p's mass is reached (one more, for rounding).
-  double mass = 0;  // of all candidates, when there is no top-k
-  if (p_.top_k > 0) {
-    set_weights(idx.begin(), idx.begin() + sorted);
-  } else {
-    for (int32_t i : idx) mass += weight(i);
+  if (p_.top_k <= 0) {
     constexpr int kBuckets = 1024;
     float lo = max_l;
     for (int32_t i : idx) lo = std::min(lo, logits[i]);
@@ -118,14 +117,14 @@ int32_t Sampler::sample(float* logits, int64_t n_vocab, const std::vector<int32_
     int last = kBuckets - 1;  // the last bucket sorted
     if (p_.top_p < 1.0f) {
       std::vector<double> in_bucket(kBuckets);
-      for (int32_t i : idx) in_bucket[bucket(i)] += weight(i);
+      for (int32_t i : idx) in_bucket[bucket(i)] += w[i];
       double cum = 0;
       for (last = 0; last < kBuckets - 1 && (cum += in_bucket[last]) < p_.top_p * mass;) ++last;
       last = std::min(kBuckets - 1, last + 1);
     }
     const float min_w = p_.min_p > 0.0f ? p_.min_p : 0.0f;
     const auto end = std::partition(idx.begin(), idx.end(), [&](int32_t i) {
-      return bucket(i) <= last && weight(i) >= min_w;  // the top logit always: bucket 0, weight 1
+      return bucket(i) <= last && w[i] >= min_w;  // the top logit always: bucket 0, weight 1
     });
     sorted = end - idx.begin();
     std::sort(idx.begin(), idx.begin() + sorted, by_logit);
@@ -134,7 +133,7 @@ int32_t Sampler::sample(float* logits, int64_t n_vocab, const std::vector<int32_
 
   std::vector<double> prob(sorted);
   double sum = 0;
-  for (size_t i = 0; i < sorted; ++i) sum += prob[i] = weight(idx[i]);
+  for (size_t i = 0; i < sorted; ++i) sum += prob[i] = w[idx[i]];
   if (p_.top_k <= 0) sum = mass;  // probabilities of the whole vocabulary
   for (auto& q : prob) q /= sum;
 
