@@ -663,6 +663,22 @@ std::vector<AttnCase> attention_cases(std::mt19937& rng) {
     c.segs.push_back(make_segment(256, 4, 256, true, 0, pos, {}, rng));
     add(std::move(c));
   }
+  {  // Query heads per kv head taken in groups of up to four: 3 (one group), 6 (four and two),
+     // with head_dim 44 (vectors and a scalar tail) and a partial last block of keys.
+    for (int heads : {6, 12}) {
+      AttnCase c{"decode gqa " + std::to_string(heads / 2) + " head_dim 44",
+                 1,
+                 heads,
+                 2,
+                 44,
+                 {149},
+                 {},
+                 {},
+                 {}};
+      c.segs.push_back(make_segment(150, 2, 44, true, 1, iota(150, 0), {}, rng));
+      add(std::move(c));
+    }
+  }
   {  // Long cache: the keys are split over threads and merged.
     AttnCase c{"decode long", 1, 8, 4, 64, {2999}, {}, {}, {}};
     c.segs.push_back(make_segment(3000, 4, 64, false, 0, iota(3000, 0), {}, rng));

@@ -124,77 +124,68 @@ HWY_INLINE void AddScaled(float* HWY_RESTRICT acc, const float* HWY_RESTRICT v, 
   for (; i < n; ++i) acc[i] += p * v[i];
 }
 
-// o[0..n) += sum_j p[j] * v_j[0..n) over the keys with vis[j], keeping a strip of o in
-// registers across the keys (one load and store of o per block, not per key).
-HWY_INLINE void AccumulateV(float* HWY_RESTRICT o, const float* const* v, const float* p,
-                            const bool* vis, int64_t nb, int64_t n) {
-  const hn::ScalableTag<float> df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  int64_t i = 0;
-  for (; i + 4 * N <= n; i += 4 * N) {
-    auto a0 = hn::LoadU(df, o + i), a1 = hn::LoadU(df, o + i + N);
-    auto a2 = hn::LoadU(df, o + i + 2 * N), a3 = hn::LoadU(df, o + i + 3 * N);
-    for (int64_t j = 0; j < nb; ++j) {
-      if (!vis[j]) continue;
-      const auto pj = hn::Set(df, p[j]);
-      a0 = hn::MulAdd(pj, hn::LoadU(df, v[j] + i), a0);
-      a1 = hn::MulAdd(pj, hn::LoadU(df, v[j] + i + N), a1);
-      a2 = hn::MulAdd(pj, hn::LoadU(df, v[j] + i + 2 * N), a2);
-      a3 = hn::MulAdd(pj, hn::LoadU(df, v[j] + i + 3 * N), a3);
-    }
-    hn::StoreU(a0, df, o + i);
-    hn::StoreU(a1, df, o + i + N);
-    hn::StoreU(a2, df, o + i + 2 * N);
-    hn::StoreU(a3, df, o + i + 3 * N);
-  }
-  for (; i + N <= n; i += N) {
-    auto a0 = hn::LoadU(df, o + i);
-    for (int64_t j = 0; j < nb; ++j) {
-      if (vis[j]) a0 = hn::MulAdd(hn::Set(df, p[j]), hn::LoadU(df, v[j] + i), a0);
-    }
-    hn::StoreU(a0, df, o + i);
-  }
-  for (; i < n; ++i) {
-    for (int64_t j = 0; j < nb; ++j) {
-      if (vis[j]) o[i] += p[j] * v[j][i];
-    }
-  }
+// ---------------------------------------------------------------- few queries
+//
+// Decode reads every cached key and value row once per kv head: the H query heads that share a
+// kv head (grouped-query attention) take each row together, and rows are read front to back, one
+// after the other, with the row `kRowsAhead` further prefetched: a sequential stream per K and V
+// that runs near the memory bandwidth. (Reading four rows side by side, or a strip of every row
+// of a block at a time, read at about half of it.)
+
+constexpr int64_t kRowsAhead = 4;
+
+// Up to this many query heads go through a key or value row together.
+constexpr int kMaxHeads = 4;
+
+// Prefetches the row of `hd` floats at p. Prefetches never fault.
+HWY_INLINE void PrefetchRow(const float* p, int64_t hd) {
+  for (int64_t i = 0; i < hd; i += 64 / sizeof(float)) hwy::Prefetch(p + i);
 }
 
-// out[j] = q · k_j for four keys, with two accumulators each to hide the FMA latency.
-HWY_INLINE void Dot4(const float* HWY_RESTRICT q, const float* const* k, int64_t n, float* out) {
+// out[h] = q[h] · k over n values, for H query heads.
+template <int H>
+HWY_INLINE void DotHeads(const float* const* q, const float* HWY_RESTRICT k, int64_t n,
+                         float* out) {
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  hn::Vec<decltype(df)> a[H], b[H];
+  for (int h = 0; h < H; ++h) a[h] = b[h] = hn::Zero(df);
   int64_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
-    const auto q0 = hn::LoadU(df, q + i), q1 = hn::LoadU(df, q + i + N);
-    a0 = hn::MulAdd(q0, hn::LoadU(df, k[0] + i), a0);
-    a1 = hn::MulAdd(q0, hn::LoadU(df, k[1] + i), a1);
-    a2 = hn::MulAdd(q0, hn::LoadU(df, k[2] + i), a2);
-    a3 = hn::MulAdd(q0, hn::LoadU(df, k[3] + i), a3);
-    b0 = hn::MulAdd(q1, hn::LoadU(df, k[0] + i + N), b0);
-    b1 = hn::MulAdd(q1, hn::LoadU(df, k[1] + i + N), b1);
-    b2 = hn::MulAdd(q1, hn::LoadU(df, k[2] + i + N), b2);
-    b3 = hn::MulAdd(q1, hn::LoadU(df, k[3] + i + N), b3);
+    const auto k0 = hn::LoadU(df, k + i), k1 = hn::LoadU(df, k + i + N);
+    for (int h = 0; h < H; ++h) {
+      a[h] = hn::MulAdd(hn::LoadU(df, q[h] + i), k0, a[h]);
+      b[h] = hn::MulAdd(hn::LoadU(df, q[h] + i + N), k1, b[h]);
+    }
   }
   for (; i + N <= n; i += N) {
-    const auto q0 = hn::LoadU(df, q + i);
-    a0 = hn::MulAdd(q0, hn::LoadU(df, k[0] + i), a0);
-    a1 = hn::MulAdd(q0, hn::LoadU(df, k[1] + i), a1);
-    a2 = hn::MulAdd(q0, hn::LoadU(df, k[2] + i), a2);
-    a3 = hn::MulAdd(q0, hn::LoadU(df, k[3] + i), a3);
+    const auto k0 = hn::LoadU(df, k + i);
+    for (int h = 0; h < H; ++h) a[h] = hn::MulAdd(hn::LoadU(df, q[h] + i), k0, a[h]);
   }
-  out[0] = hn::GetLane(hn::SumOfLanes(df, hn::Add(a0, b0)));
-  out[1] = hn::GetLane(hn::SumOfLanes(df, hn::Add(a1, b1)));
-  out[2] = hn::GetLane(hn::SumOfLanes(df, hn::Add(a2, b2)));
-  out[3] = hn::GetLane(hn::SumOfLanes(df, hn::Add(a3, b3)));
-  for (; i < n; ++i) {
-    for (int j = 0; j < 4; ++j) out[j] += q[i] * k[j][i];
+  for (int h = 0; h < H; ++h) {
+    out[h] = hn::GetLane(hn::SumOfLanes(df, hn::Add(a[h], b[h])));
+    for (int64_t r = i; r < n; ++r) out[h] += q[h][r] * k[r];
   }
 }
 
-// ---------------------------------------------------------------- few queries
+// o[h][0..n) += p[h] * v over n values, for H query heads.
+template <int H>
+HWY_INLINE void AddRowHeads(float* const* o, const float* p, const float* HWY_RESTRICT v,
+                            int64_t n) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  hn::Vec<decltype(df)> ph[H];
+  for (int h = 0; h < H; ++h) ph[h] = hn::Set(df, p[h]);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto x = hn::LoadU(df, v + i);
+    for (int h = 0; h < H; ++h)
+      hn::StoreU(hn::MulAdd(ph[h], x, hn::LoadU(df, o[h] + i)), df, o[h] + i);
+  }
+  for (; i < n; ++i) {
+    for (int h = 0; h < H; ++h) o[h][i] += p[h] * v[i];
+  }
+}
 
 constexpr int64_t kKeyBlock = 64;
 
@@ -218,41 +209,78 @@ void AttendKeys(const AttnArgs& a, int64_t t, int kh, int64_t k0, int64_t k1, Pa
   const float* vp[kKeyBlock];
   bool vis[kKeyBlock];
   for_key_range(a, k0, k1, [&](const ops::KvSegment& seg, int64_t j0, int64_t j1, int64_t) {
+    const int64_t ahead = kRowsAhead * seg.pos_stride;
     for (int64_t jb = j0; jb < j1; jb += kKeyBlock) {
       const int64_t nb = std::min(kKeyBlock, j1 - jb);
+      const int64_t nb_ahead = std::max<int64_t>(0, std::min(nb, j1 - jb - kRowsAhead));
       bool any = false;
       for (int64_t j = 0; j < nb; ++j) {
         vis[j] = sees(a, t, seg, jb + j);
         any |= vis[j];
         const int64_t off = (jb + j) * seg.pos_stride + kh * seg.head_stride;
-        // Hidden keys still get a (valid) pointer so that blocks of four stay simple.
+        // Hidden keys still get a (valid) pointer: their scores are computed, then masked.
         kp[j] = seg.k + off;
         vp[j] = seg.v + off;
       }
-      // Each key row is a short stream the hardware prefetcher picks up late: fetch the next
-      // block's rows while this one is computed. Prefetches never fault.
-      for (int64_t j = jb + kKeyBlock; j < std::min(j1, jb + 2 * kKeyBlock); ++j) {
-        const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
-        for (int64_t i = 0; i < hd; i += 64 / sizeof(float)) {
-          hwy::Prefetch(seg.k + off + i);
-          hwy::Prefetch(seg.v + off + i);
-        }
-      }
       if (!any) continue;
-      for (int hh = 0; hh < G; ++hh) {
-        const float* qv = a.q + (t * a.n_heads + kh * G + hh) * hd;
-        float* s = scores + hh * kKeyBlock;
-        int64_t j = 0;
-        for (; j + 4 <= nb; j += 4) Dot4(qv, kp + j, hd, s + j);
-        for (; j < nb; ++j) s[j] = Dot(qv, kp[j], hd);
-        for (j = 0; j < nb; ++j) s[j] = vis[j] ? s[j] * a.scale : kNegInf;
-        const float m_new = std::max(p.m[hh], MaxOf(s, nb));
-        const float corr = std::exp(p.m[hh] - m_new);  // 0 while nothing was seen
-        float* o = p.o + hh * hd;
-        if (corr != 1.0f) Scale(o, hd, corr);
-        p.l[hh] = p.l[hh] * corr + ExpShiftSum(s, nb, m_new);
-        p.m[hh] = m_new;
-        AccumulateV(o, vp, s, vis, nb, hd);
+      for (int h0 = 0; h0 < G; h0 += kMaxHeads) {
+        const int H = std::min(kMaxHeads, G - h0);
+        const float* q[kMaxHeads];
+        float* o[kMaxHeads];
+        for (int h = 0; h < H; ++h) {
+          q[h] = a.q + (t * a.n_heads + kh * G + h0 + h) * hd;
+          o[h] = p.o + (h0 + h) * hd;
+        }
+        // scores [H][kKeyBlock], computed key by key: s_j[h] lands at scores[h * kKeyBlock + j].
+        float sj[kMaxHeads];
+        for (int64_t j = 0; j < nb; ++j) {
+          if (j < nb_ahead) PrefetchRow(kp[j] + ahead, hd);
+          switch (H) {
+            case 1:
+              DotHeads<1>(q, kp[j], hd, sj);
+              break;
+            case 2:
+              DotHeads<2>(q, kp[j], hd, sj);
+              break;
+            case 3:
+              DotHeads<3>(q, kp[j], hd, sj);
+              break;
+            default:
+              DotHeads<4>(q, kp[j], hd, sj);
+              break;
+          }
+          for (int h = 0; h < H; ++h)
+            scores[h * kKeyBlock + j] = vis[j] ? sj[h] * a.scale : kNegInf;
+        }
+        for (int h = 0; h < H; ++h) {
+          float* s = scores + h * kKeyBlock;
+          const int hh = h0 + h;
+          const float m_new = std::max(p.m[hh], MaxOf(s, nb));
+          const float corr = std::exp(p.m[hh] - m_new);  // 0 while nothing was seen
+          if (corr != 1.0f) Scale(o[h], hd, corr);
+          p.l[hh] = p.l[hh] * corr + ExpShiftSum(s, nb, m_new);
+          p.m[hh] = m_new;
+        }
+        for (int64_t j = 0; j < nb; ++j) {
+          if (j < nb_ahead) PrefetchRow(vp[j] + ahead, hd);
+          if (!vis[j]) continue;
+          float pj[kMaxHeads];
+          for (int h = 0; h < H; ++h) pj[h] = scores[h * kKeyBlock + j];
+          switch (H) {
+            case 1:
+              AddRowHeads<1>(o, pj, vp[j], hd);
+              break;
+            case 2:
+              AddRowHeads<2>(o, pj, vp[j], hd);
+              break;
+            case 3:
+              AddRowHeads<3>(o, pj, vp[j], hd);
+              break;
+            default:
+              AddRowHeads<4>(o, pj, vp[j], hd);
+              break;
+          }
+        }
       }
     }
   });
