@@ -577,12 +577,14 @@ TEST(Add, MatchesReference) {
 // or [n_kv_heads][n][head_dim] (head-major).
 struct TestSegment {
   Buf<float> k{0, 0}, v{0, 0};
+  std::vector<uint16_t> k16, v16;  // the same values as F16, for an F16 segment
   std::vector<int32_t> pos, group;
   ops::KvSegment seg;
 };
 
 TestSegment make_segment(int64_t n, int n_kv_heads, int head_dim, bool head_major, int offset,
-                         std::vector<int32_t> pos, std::vector<int32_t> group, std::mt19937& rng) {
+                         std::vector<int32_t> pos, std::vector<int32_t> group, std::mt19937& rng,
+                         DType dtype = DType::F32) {
   TestSegment s;
   const int64_t count = n * n_kv_heads * head_dim;
   s.k = Buf<float>(count, offset);
@@ -605,6 +607,15 @@ TestSegment make_segment(int64_t n, int n_kv_heads, int head_dim, bool head_majo
     }
   }
   s.seg.v = s.v.p;
+  if (dtype == DType::F16) {  // k16, v16 hold the f16 encoding (NaN stays NaN)
+    s.k16.resize(count);
+    s.v16.resize(count);
+    from_f32(DType::F16, s.k.p, count, s.k16.data());
+    from_f32(DType::F16, s.v.p, count, s.v16.data());
+    s.seg.k = s.k16.data();
+    s.seg.v = s.v16.data();
+    s.seg.dtype = DType::F16;
+  }
   s.seg.n = n;
   s.seg.pos = s.pos.empty() ? nullptr : s.pos.data();
   s.seg.group = s.group.empty() ? nullptr : s.group.data();
@@ -678,6 +689,19 @@ std::vector<AttnCase> attention_cases(std::mt19937& rng) {
       c.segs.push_back(make_segment(150, 2, 44, true, 1, iota(150, 0), {}, rng));
       add(std::move(c));
     }
+  }
+  {  // An F16 cache (head-major) before fresh F32 keys: decode, prefill, and a dense pass.
+    AttnCase c{"decode f16 cache", 1, 8, 4, 256, {299}, {}, {}, {}};
+    c.segs.push_back(make_segment(290, 4, 256, true, 0, iota(290, 0), {}, rng, DType::F16));
+    c.segs.push_back(make_segment(10, 4, 256, false, 1, iota(10, 290), {}, rng));
+    add(std::move(c));
+    AttnCase d{"prefill f16 cache window", 40, 8, 4, 44, iota(40, 100), {}, {}, {true, 16}};
+    d.segs.push_back(make_segment(100, 4, 44, true, 1, iota(100, 0), {}, rng, DType::F16));
+    d.segs.push_back(make_segment(40, 4, 44, false, 0, iota(40, 100), {}, rng));
+    add(std::move(d));
+    AttnCase e{"unmasked f16", 150, 16, 16, 72, {}, {}, {}, {false, 0}};
+    e.segs.push_back(make_segment(150, 16, 72, false, 1, {}, {}, rng, DType::F16));
+    add(std::move(e));
   }
   {  // Long cache: the keys are split over threads and merged.
     AttnCase c{"decode long", 1, 8, 4, 64, {2999}, {}, {}, {}};

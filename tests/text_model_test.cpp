@@ -122,13 +122,35 @@ TEST_P(FixtureLogits, Int8ActivationsStayCloseToExact) {
   batch.ids = ids;
   m.model.forward(batch, cache, logits.data(), static_cast<int>(ids.size()));
   check_close(logits, "prefill");
-  KvCache cache2(m.config.text, 256);
+  KvCache cache2(m.config.text, 256, DType::F16);  // as Session keeps it with int8 activations
   for (size_t t = 0; t < ids.size(); ++t) {
     TextBatch b;
     b.ids = {ids[t]};
     m.model.forward(b, cache2, logits.data() + t * V);
   }
   check_close(logits, "decode");
+}
+
+// An F16 KV cache takes half the memory; decoding through it, with exact activations, stays
+// within the rounding of its keys and values (2^-11 relative) of the float reference.
+TEST_P(FixtureLogits, F16CacheDecodeStaysCloseToExact) {
+  const auto& [model_name, seq] = GetParam();
+  Loaded m(test::data_path(model_name));
+  const std::string ref = test::data_path(model_name + "/ref/");
+  const auto ids = test::read_ids(ref + seq + ".tokens.txt");
+  const auto exact = test::read_f32(ref + seq + ".logits_exact.f32");
+  const int64_t V = m.config.text.n_vocab;
+  KvCache cache(m.config.text, 256, DType::F16);
+  EXPECT_EQ(cache.bytes() * 2, KvCache(m.config.text, 256).bytes());
+  std::vector<float> logits(ids.size() * V);
+  for (size_t t = 0; t < ids.size(); ++t) {
+    TextBatch b;
+    b.ids = {ids[t]};
+    m.model.forward(b, cache, logits.data() + t * V);
+  }
+  const double d = max_abs_diff(logits, exact);
+  std::printf("%s %s: f16 cache, max |diff| vs exact %.3g\n", model_name.c_str(), seq.c_str(), d);
+  EXPECT_LT(d, 1e-2);
 }
 
 TEST(TextModel, HiddenStatesMatchReferenceLayerByLayer) {

@@ -67,14 +67,15 @@ void gelu_tanh(float* x, int64_t n);
 void add(float* x, const float* y, int64_t n);
 
 // A run of cached or fresh keys and values. Element (j, h, i) of K is k[j*pos_stride +
-// h*head_stride + i].
+// h*head_stride + i], stored as `dtype`: F32, or F16 (IEEE half, the default KV cache).
 struct KvSegment {
-  const float* k = nullptr;
-  const float* v = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
   int64_t n = 0;
   int64_t pos_stride = 0, head_stride = 0;
   const int32_t* pos = nullptr;  // [n] position of each key; < 0 marks an empty slot; null: no mask
   const int32_t* group = nullptr;  // [n] image id of each key (-1: none); null: all -1
+  DType dtype = DType::F32;
 };
 
 // Which keys a query sees: (causal AND within the window) OR (same image group).

@@ -75,14 +75,16 @@ TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c, const T
   return w;
 }
 
-KvCache::KvCache(const TextConfig& c, int max_context)
-    : max_context_(max_context), n_kv_heads_(c.n_kv_heads), head_dim_(c.head_dim), window_(c.sliding_window) {
+KvCache::KvCache(const TextConfig& c, int max_context, DType dtype)
+    : max_context_(max_context), n_kv_heads_(c.n_kv_heads), head_dim_(c.head_dim),
+      window_(c.sliding_window), dtype_(dtype) {
+  check(dtype == DType::F32 || dtype == DType::F16, "the KV cache holds F32 or F16 values");
   for (int l = 0; l < c.n_layers; ++l) {
     Layer L;
     L.capacity = c.is_global[l] ? max_context : std::min(max_context, c.sliding_window + kRewindSlack);
-    const size_t n = static_cast<size_t>(n_kv_heads_) * L.capacity * head_dim_;
-    L.k.reset(new float[n]);  // not value-initialized: pages stay unmapped until used
-    L.v.reset(new float[n]);
+    const size_t n = static_cast<size_t>(n_kv_heads_) * L.capacity * head_dim_ * dtype_size(dtype);
+    L.k.reset(new std::byte[n]);  // not value-initialized: pages stay unmapped until used
+    L.v.reset(new std::byte[n]);
     L.pos.assign(L.capacity, -1);
     layers_.push_back(std::move(L));
   }
@@ -109,7 +111,7 @@ bool KvCache::ring_holds_window_before(int n) const {
 
 size_t KvCache::bytes() const {
   size_t b = 0;
-  for (const auto& L : layers_) b += 2 * sizeof(float) * n_kv_heads_ * L.capacity * head_dim_;
+  for (const auto& L : layers_) b += 2 * dtype_size(dtype_) * n_kv_heads_ * L.capacity * head_dim_;
   return b;
 }
 
@@ -171,18 +173,23 @@ void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, 
   // Positions below n_past sit in slot pos (global) or pos % capacity (a ring): while the ring
   // is not full, its slots from n_past on hold nothing and are not read.
   const int n_cached = L.is_global ? n_past : std::min(n_past, C.capacity);
-  if (n_cached > 0) segs[n_segs++] = {C.k.get(), C.v.get(), n_cached, hd, head_stride_c, C.pos.data(), nullptr};
-  segs[n_segs++] = {k.data(), v.data(), n, nkv * hd, hd, pos, group};
+  if (n_cached > 0) {
+    segs[n_segs++] = {C.k.get(), C.v.get(), n_cached, hd, head_stride_c, C.pos.data(), nullptr,
+                      cache.dtype_};
+  }
+  segs[n_segs++] = {k.data(), v.data(), n, nkv * hd, hd, pos, group, DType::F32};
   ops::AttentionMask mask{true, L.is_global ? 0 : x.sliding_window};
   std::vector<float> att(n * nh * hd);  // [n, n_heads, head_dim]
   ops::attention(q.data(), n, nh, nkv, hd, pos, group, std::span(segs, n_segs), mask,
                  1.0f / std::sqrt(x.query_pre_attn_scalar), att.data());
   // Append this batch's keys and values (positions are slots on global layers, a ring on local ones).
+  const size_t es = dtype_size(cache.dtype_);
   for (int64_t t = 0; t < n; ++t) {
     const int slot = L.is_global ? pos[t] : pos[t] % C.capacity;
     for (int h = 0; h < nkv; ++h) {
-      std::memcpy(C.k.get() + h * head_stride_c + slot * hd, k.data() + (t * nkv + h) * hd, hd * 4);
-      std::memcpy(C.v.get() + h * head_stride_c + slot * hd, v.data() + (t * nkv + h) * hd, hd * 4);
+      const size_t at = (h * head_stride_c + slot * hd) * es;
+      from_f32(cache.dtype_, k.data() + (t * nkv + h) * hd, hd, C.k.get() + at);
+      from_f32(cache.dtype_, v.data() + (t * nkv + h) * hd, hd, C.v.get() + at);
     }
     C.pos[slot] = pos[t];
   }

@@ -42,8 +42,11 @@ TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c, const T
 // sliding_window slots. K and V are [n_kv_heads][capacity][head_dim]; pos[slot] < 0 marks empty.
 class KvCache {
  public:
-  KvCache(const TextConfig& c, int max_context);
+  // dtype: how keys and values are stored, F32 or F16 (half the memory, and half the bytes a
+  // long-context decode step reads for attention).
+  KvCache(const TextConfig& c, int max_context, DType dtype = DType::F32);
   int max_context() const { return max_context_; }
+  DType dtype() const { return dtype_; }
   int n_past() const { return n_past_; }
   void clear();
   // Forgets positions >= n. Local layers keep a few slots beyond the window, so the cache can step
@@ -56,7 +59,8 @@ class KvCache {
   friend class TextModel;
   struct Layer {
     int capacity = 0;
-    std::unique_ptr<float[]> k, v;  // [n_kv_heads, capacity, head_dim], untouched until written
+    // [n_kv_heads, capacity, head_dim] values of dtype_, untouched until written
+    std::unique_ptr<std::byte[]> k, v;
     std::vector<int32_t> pos;       // [capacity]
   };
   // True when every ring still holds the window of keys that position n attends to: a ring of
@@ -65,6 +69,7 @@ class KvCache {
 
   std::vector<Layer> layers_;
   int max_context_ = 0, n_past_ = 0, n_kv_heads_ = 0, head_dim_ = 0, window_ = 0;
+  DType dtype_ = DType::F32;
 };
 
 // One batch for the forward pass: token ids in the original vocabulary at positions

@@ -88,7 +88,9 @@ uint64_t image_hash(const Image& img) {
 }  // namespace
 
 Session::Session(Engine& engine, int max_context)
-    : engine_(engine), cache_(engine.config().text, max_context),
+    : engine_(engine),
+      cache_(engine.config().text, max_context,
+             engine.text().activations() == ops::Activations::kInt8 ? DType::F16 : DType::F32),
       logits_(engine.config().text.n_vocab) {}
 
 const std::vector<float>& Session::image_embeddings(const Image& img, uint64_t hash, PrefillResult& r) {

@@ -6,7 +6,9 @@
 // without a mask (vision), AttendDense does the same with one query per vector lane.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "base/thread_pool.h"
@@ -14,6 +16,7 @@
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/scratch.h"
 #include "kernels/ref/ref.h"
+#include "tensor/dtype.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/attention.cpp"
@@ -137,53 +140,84 @@ constexpr int64_t kRowsAhead = 4;
 // Up to this many query heads go through a key or value row together.
 constexpr int kMaxHeads = 4;
 
-// Prefetches the row of `hd` floats at p. Prefetches never fault.
-HWY_INLINE void PrefetchRow(const float* p, int64_t hd) {
-  for (int64_t i = 0; i < hd; i += 64 / sizeof(float)) hwy::Prefetch(p + i);
+// Cached keys and values are f32 or f16 (T): loaded as f32 vectors, or one f32 value.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadRow(D d, const float* HWY_RESTRICT p) {
+  return hn::LoadU(d, p);
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadRow(D d, const hwy::float16_t* HWY_RESTRICT p) {
+  return hn::PromoteTo(d, hn::LoadU(hn::Rebind<hwy::float16_t, D>(), p));
+}
+HWY_INLINE float ToF32(float x) { return x; }
+HWY_INLINE float ToF32(hwy::float16_t x) {
+  uint16_t bits;
+  std::memcpy(&bits, &x, 2);
+  return f16_to_f32(bits);
+}
+
+// Row `off` of a segment's keys or values (base: seg.k or seg.v) as f32: dst[0..n).
+HWY_INLINE void RowToF32(const ops::KvSegment& seg, const void* base, int64_t off, int64_t n,
+                         float* HWY_RESTRICT dst) {
+  if (seg.dtype != DType::F16) {
+    const float* src = static_cast<const float*>(base) + off;
+    std::copy(src, src + n, dst);
+    return;
+  }
+  const hwy::float16_t* src = static_cast<const hwy::float16_t*>(base) + off;
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(LoadRow(df, src + i), df, dst + i);
+  for (; i < n; ++i) dst[i] = ToF32(src[i]);
+}
+
+// Prefetches the row of `hd` values at p. Prefetches never fault.
+template <class T>
+HWY_INLINE void PrefetchRow(const T* p, int64_t hd) {
+  for (int64_t i = 0; i < hd; i += 64 / sizeof(T)) hwy::Prefetch(p + i);
 }
 
 // out[h] = q[h] · k over n values, for H query heads.
-template <int H>
-HWY_INLINE void DotHeads(const float* const* q, const float* HWY_RESTRICT k, int64_t n,
-                         float* out) {
+template <int H, class T>
+HWY_INLINE void DotHeads(const float* const* q, const T* HWY_RESTRICT k, int64_t n, float* out) {
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   hn::Vec<decltype(df)> a[H], b[H];
   for (int h = 0; h < H; ++h) a[h] = b[h] = hn::Zero(df);
   int64_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
-    const auto k0 = hn::LoadU(df, k + i), k1 = hn::LoadU(df, k + i + N);
+    const auto k0 = LoadRow(df, k + i), k1 = LoadRow(df, k + i + N);
     for (int h = 0; h < H; ++h) {
       a[h] = hn::MulAdd(hn::LoadU(df, q[h] + i), k0, a[h]);
       b[h] = hn::MulAdd(hn::LoadU(df, q[h] + i + N), k1, b[h]);
     }
   }
   for (; i + N <= n; i += N) {
-    const auto k0 = hn::LoadU(df, k + i);
+    const auto k0 = LoadRow(df, k + i);
     for (int h = 0; h < H; ++h) a[h] = hn::MulAdd(hn::LoadU(df, q[h] + i), k0, a[h]);
   }
   for (int h = 0; h < H; ++h) {
     out[h] = hn::GetLane(hn::SumOfLanes(df, hn::Add(a[h], b[h])));
-    for (int64_t r = i; r < n; ++r) out[h] += q[h][r] * k[r];
+    for (int64_t r = i; r < n; ++r) out[h] += q[h][r] * ToF32(k[r]);
   }
 }
 
 // o[h][0..n) += p[h] * v over n values, for H query heads.
-template <int H>
-HWY_INLINE void AddRowHeads(float* const* o, const float* p, const float* HWY_RESTRICT v,
-                            int64_t n) {
+template <int H, class T>
+HWY_INLINE void AddRowHeads(float* const* o, const float* p, const T* HWY_RESTRICT v, int64_t n) {
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   hn::Vec<decltype(df)> ph[H];
   for (int h = 0; h < H; ++h) ph[h] = hn::Set(df, p[h]);
   int64_t i = 0;
   for (; i + N <= n; i += N) {
-    const auto x = hn::LoadU(df, v + i);
+    const auto x = LoadRow(df, v + i);
     for (int h = 0; h < H; ++h)
       hn::StoreU(hn::MulAdd(ph[h], x, hn::LoadU(df, o[h] + i)), df, o[h] + i);
   }
   for (; i < n; ++i) {
-    for (int h = 0; h < H; ++h) o[h][i] += p[h] * v[i];
+    for (int h = 0; h < H; ++h) o[h][i] += p[h] * ToF32(v[i]);
   }
 }
 
@@ -196,92 +230,102 @@ struct Partial {
   float* o;  // [rows][head_dim]
 };
 
+// Keys [jb, jb + nb) of a segment for the H query heads h0.. of kv head kh (key rows kp, value
+// rows vp, visibility vis): the scores key by key, the online-softmax update, then the values.
+// The rows `ahead` elements further are prefetched for the first nb_ahead keys.
+template <int H, class T>
+void AttendBlock(const AttnArgs& a, int64_t t, int kh, int h0, const T* const* kp,
+                 const T* const* vp, const bool* vis, int64_t nb, int64_t nb_ahead, int64_t ahead,
+                 float* scores, Partial p) {
+  const int hd = a.head_dim;
+  const float* q[H];
+  float* o[H];
+  for (int h = 0; h < H; ++h) {
+    q[h] = a.q + (t * a.n_heads + kh * a.group + h0 + h) * hd;
+    o[h] = p.o + (h0 + h) * hd;
+  }
+  for (int64_t j = 0; j < nb; ++j) {  // scores [H][kKeyBlock]
+    if (j < nb_ahead) PrefetchRow(kp[j] + ahead, hd);
+    float s[H];
+    DotHeads<H>(q, kp[j], hd, s);
+    for (int h = 0; h < H; ++h) scores[h * kKeyBlock + j] = vis[j] ? s[h] * a.scale : kNegInf;
+  }
+  for (int h = 0; h < H; ++h) {
+    float* s = scores + h * kKeyBlock;
+    const int hh = h0 + h;
+    const float m_new = std::max(p.m[hh], MaxOf(s, nb));
+    const float corr = std::exp(p.m[hh] - m_new);  // 0 while nothing was seen
+    if (corr != 1.0f) Scale(o[h], hd, corr);
+    p.l[hh] = p.l[hh] * corr + ExpShiftSum(s, nb, m_new);
+    p.m[hh] = m_new;
+  }
+  for (int64_t j = 0; j < nb; ++j) {
+    if (j < nb_ahead) PrefetchRow(vp[j] + ahead, hd);
+    if (!vis[j]) continue;
+    float pj[H];
+    for (int h = 0; h < H; ++h) pj[h] = scores[h * kKeyBlock + j];
+    AddRowHeads<H>(o, pj, vp[j], hd);
+  }
+}
+
+// Keys [j0, j1) of one segment (values of type T) for query t, kv head kh.
+template <class T>
+void AttendSegment(const AttnArgs& a, int64_t t, int kh, const ops::KvSegment& seg, int64_t j0,
+                   int64_t j1, float* scores, Partial p) {
+  const T* kp[kKeyBlock];
+  const T* vp[kKeyBlock];
+  bool vis[kKeyBlock];
+  const int64_t ahead = kRowsAhead * seg.pos_stride;
+  for (int64_t jb = j0; jb < j1; jb += kKeyBlock) {
+    const int64_t nb = std::min(kKeyBlock, j1 - jb);
+    const int64_t nb_ahead = std::max<int64_t>(0, std::min(nb, j1 - jb - kRowsAhead));
+    bool any = false;
+    for (int64_t j = 0; j < nb; ++j) {
+      vis[j] = sees(a, t, seg, jb + j);
+      any |= vis[j];
+      const int64_t off = (jb + j) * seg.pos_stride + kh * seg.head_stride;
+      // Hidden keys still get a (valid) pointer: their scores are computed, then masked.
+      kp[j] = static_cast<const T*>(seg.k) + off;
+      vp[j] = static_cast<const T*>(seg.v) + off;
+    }
+    if (!any) continue;
+    for (int h0 = 0; h0 < a.group; h0 += kMaxHeads) {
+      auto block = [&](auto heads) {
+        AttendBlock<decltype(heads)::value>(a, t, kh, h0, kp, vp, vis, nb, nb_ahead, ahead,
+                                            scores, p);
+      };
+      switch (std::min(kMaxHeads, a.group - h0)) {
+        case 1:
+          block(std::integral_constant<int, 1>());
+          break;
+        case 2:
+          block(std::integral_constant<int, 2>());
+          break;
+        case 3:
+          block(std::integral_constant<int, 3>());
+          break;
+        default:
+          block(std::integral_constant<int, 4>());
+          break;
+      }
+    }
+  }
+}
+
 // Query t, kv head kh, keys [k0, k1): the `group` query heads of kh into p (rows = heads).
 void AttendKeys(const AttnArgs& a, int64_t t, int kh, int64_t k0, int64_t k1, Partial p) {
   const int hd = a.head_dim, G = a.group;
-  float* scores = thread_scratch(kScratchA, G * kKeyBlock);
+  float* scores = thread_scratch(kScratchA, kMaxHeads * kKeyBlock);
   for (int hh = 0; hh < G; ++hh) {
     p.m[hh] = kNegInf;
     p.l[hh] = 0;
     std::fill(p.o + hh * hd, p.o + (hh + 1) * hd, 0.0f);
   }
-  const float* kp[kKeyBlock];
-  const float* vp[kKeyBlock];
-  bool vis[kKeyBlock];
   for_key_range(a, k0, k1, [&](const ops::KvSegment& seg, int64_t j0, int64_t j1, int64_t) {
-    const int64_t ahead = kRowsAhead * seg.pos_stride;
-    for (int64_t jb = j0; jb < j1; jb += kKeyBlock) {
-      const int64_t nb = std::min(kKeyBlock, j1 - jb);
-      const int64_t nb_ahead = std::max<int64_t>(0, std::min(nb, j1 - jb - kRowsAhead));
-      bool any = false;
-      for (int64_t j = 0; j < nb; ++j) {
-        vis[j] = sees(a, t, seg, jb + j);
-        any |= vis[j];
-        const int64_t off = (jb + j) * seg.pos_stride + kh * seg.head_stride;
-        // Hidden keys still get a (valid) pointer: their scores are computed, then masked.
-        kp[j] = seg.k + off;
-        vp[j] = seg.v + off;
-      }
-      if (!any) continue;
-      for (int h0 = 0; h0 < G; h0 += kMaxHeads) {
-        const int H = std::min(kMaxHeads, G - h0);
-        const float* q[kMaxHeads];
-        float* o[kMaxHeads];
-        for (int h = 0; h < H; ++h) {
-          q[h] = a.q + (t * a.n_heads + kh * G + h0 + h) * hd;
-          o[h] = p.o + (h0 + h) * hd;
-        }
-        // scores [H][kKeyBlock], computed key by key: s_j[h] lands at scores[h * kKeyBlock + j].
-        float sj[kMaxHeads];
-        for (int64_t j = 0; j < nb; ++j) {
-          if (j < nb_ahead) PrefetchRow(kp[j] + ahead, hd);
-          switch (H) {
-            case 1:
-              DotHeads<1>(q, kp[j], hd, sj);
-              break;
-            case 2:
-              DotHeads<2>(q, kp[j], hd, sj);
-              break;
-            case 3:
-              DotHeads<3>(q, kp[j], hd, sj);
-              break;
-            default:
-              DotHeads<4>(q, kp[j], hd, sj);
-              break;
-          }
-          for (int h = 0; h < H; ++h)
-            scores[h * kKeyBlock + j] = vis[j] ? sj[h] * a.scale : kNegInf;
-        }
-        for (int h = 0; h < H; ++h) {
-          float* s = scores + h * kKeyBlock;
-          const int hh = h0 + h;
-          const float m_new = std::max(p.m[hh], MaxOf(s, nb));
-          const float corr = std::exp(p.m[hh] - m_new);  // 0 while nothing was seen
-          if (corr != 1.0f) Scale(o[h], hd, corr);
-          p.l[hh] = p.l[hh] * corr + ExpShiftSum(s, nb, m_new);
-          p.m[hh] = m_new;
-        }
-        for (int64_t j = 0; j < nb; ++j) {
-          if (j < nb_ahead) PrefetchRow(vp[j] + ahead, hd);
-          if (!vis[j]) continue;
-          float pj[kMaxHeads];
-          for (int h = 0; h < H; ++h) pj[h] = scores[h * kKeyBlock + j];
-          switch (H) {
-            case 1:
-              AddRowHeads<1>(o, pj, vp[j], hd);
-              break;
-            case 2:
-              AddRowHeads<2>(o, pj, vp[j], hd);
-              break;
-            case 3:
-              AddRowHeads<3>(o, pj, vp[j], hd);
-              break;
-            default:
-              AddRowHeads<4>(o, pj, vp[j], hd);
-              break;
-          }
-        }
-      }
+    if (seg.dtype == DType::F16) {
+      AttendSegment<hwy::float16_t>(a, t, kh, seg, j0, j1, scores, p);
+    } else {
+      AttendSegment<float>(a, t, kh, seg, j0, j1, scores, p);
     }
   });
 }
@@ -402,6 +446,7 @@ void AttendMany(const AttnArgs& a) {
         std::fill(ktb, ktb + kKeyBlock * hd, 0.0f);
         std::fill(vtb, vtb + kKeyBlock * hd_pad, 0.0f);
         KeyBlockInfo info;
+        std::vector<float> rows(2 * hd);  // one key and value row as f32
         for (int64_t j = std::min(kKeyBlock, a.n_keys - kb0); j < kKeyBlock; ++j) {
           kpos[b * kKeyBlock + j] = -1;
           kunmasked[b * kKeyBlock + j] = 0;
@@ -414,8 +459,10 @@ void AttendMany(const AttnArgs& a) {
                           // Empty slots stay zero: whatever they hold must not reach P·V.
                           if (!a.q_pos || !seg.pos || seg.pos[j] >= 0) {
                             const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
-                            const float* kr = seg.k + off;
-                            const float* vr = seg.v + off;
+                            float* kr = rows.data();
+                            float* vr = kr + hd;
+                            RowToF32(seg, seg.k, off, hd, kr);
+                            RowToF32(seg, seg.v, off, hd, vr);
                             float* kdst = ktb + (jk / NR) * hd * NR + jk % NR;
                             for (int64_t d = 0; d < hd; ++d) kdst[d * NR] = kr[d];
                             for (int64_t d = 0; d < hd; ++d) {
@@ -681,8 +728,8 @@ void AttendDense(const AttnArgs& a) {
                       for (int64_t j = j0; j < j1; ++j) {
                         const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
                         const int64_t at = (key0 + j - j0) * hd;
-                        std::copy(seg.k + off, seg.k + off + hd, kc + at);
-                        std::copy(seg.v + off, seg.v + off + hd, vc + at);
+                        RowToF32(seg, seg.k, off, hd, kc + at);
+                        RowToF32(seg, seg.v, off, hd, vc + at);
                       }
                     });
     };

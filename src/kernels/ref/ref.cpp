@@ -4,6 +4,8 @@
 #include <limits>
 #include <vector>
 
+#include "tensor/dtype.h"
+
 namespace gp::ref {
 
 void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
@@ -94,9 +96,10 @@ void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int hea
                           visible(qp, qg, seg.pos[j], seg.group ? seg.group[j] : -1, mask);
           double s = -std::numeric_limits<double>::infinity();
           if (ok) {
-            const float* kv_ = seg.k + j * seg.pos_stride + kh * seg.head_stride;
+            const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
             double dot = 0;
-            for (int i = 0; i < head_dim; ++i) dot += static_cast<double>(qv[i]) * kv_[i];
+            for (int i = 0; i < head_dim; ++i)
+              dot += static_cast<double>(qv[i]) * load_float(seg.dtype, seg.k, off + i);
             s = dot * scale;
           }
           scores.push_back(s);
@@ -112,8 +115,8 @@ void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int hea
           if (scores[idx] == -std::numeric_limits<double>::infinity()) continue;
           const double p = std::exp(scores[idx] - max_s);
           sum += p;
-          const float* vv = seg.v + j * seg.pos_stride + kh * seg.head_stride;
-          for (int i = 0; i < head_dim; ++i) acc[i] += p * vv[i];
+          const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
+          for (int i = 0; i < head_dim; ++i) acc[i] += p * load_float(seg.dtype, seg.v, off + i);
         }
       }
       for (int i = 0; i < head_dim; ++i) o[i] = sum > 0 ? static_cast<float>(acc[i] / sum) : 0.0f;
