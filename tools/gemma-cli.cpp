@@ -205,8 +205,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", a.threads, "worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--ctx-size", a.ctx_size, "context size in tokens")->check(CLI::PositiveNumber);
   app.add_flag("--exact", a.exact,
-               "f32 activations in every linear (default: int8 per group of 64, as llama.cpp): "
-               "slower, matches the float reference to 1e-3");
+               "f32 activations in every linear and an f32 KV cache (default: int8 per group "
+               "of 64 and an f16 cache, as llama.cpp): slower, matches the float reference to "
+               "1e-3");
   app.add_flag("--chat", a.chat, "interactive multi-turn chat (/image PATH attaches an image)");
   app.add_flag("--json", a.json, "print one JSON object instead of streaming text");
   app.add_option("--tokens", a.tokens, "prompt as comma-separated token ids, no template");

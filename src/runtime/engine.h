@@ -84,6 +84,8 @@ struct PrefillResult {
 // soft token), so a prompt that extends an earlier one only runs its new positions.
 class Session {
  public:
+  // The KV cache holds f16 keys and values when the engine's text activations are int8 (the
+  // default), f32 with exact ones.
   Session(Engine& engine, int max_context);
   Engine& engine() { return engine_; }
   int max_context() const { return cache_.max_context(); }

@@ -291,8 +291,8 @@ void AttendSegment(const AttnArgs& a, int64_t t, int kh, const ops::KvSegment& s
     if (!any) continue;
     for (int h0 = 0; h0 < a.group; h0 += kMaxHeads) {
       auto block = [&](auto heads) {
-        AttendBlock<decltype(heads)::value>(a, t, kh, h0, kp, vp, vis, nb, nb_ahead, ahead,
-                                            scores, p);
+        AttendBlock<decltype(heads)::value>(a, t, kh, h0, kp, vp, vis, nb, nb_ahead, ahead, scores,
+                                            p);
       };
       switch (std::min(kMaxHeads, a.group - h0)) {
         case 1:
