@@ -359,6 +359,29 @@ TEST(Bench, JsonHasEveryFigureOfTheTable) {
   EXPECT_LT(r["tg_fraction"]["max"].get<double>(), 2.0);
 }
 
+// --depth N: pp and tg run after N tokens of context, and the roofline counts the f16 keys and
+// values each decode step then reads (N more positions per step than without).
+TEST(Bench, DepthAddsTheKeysAndValuesReadToTheRoofline) {
+  auto bytes_per_token = [](int depth) {
+    std::string out;
+    const int rc = test::run_command(test::bin_path("gemma-bench") + " " +
+                                         test::data_path("tiny-mobile") +
+                                         " --reps 1 --pp 8 --tg 8 --text-tokens 2 --skip-image "
+                                         "--json --depth " + std::to_string(depth) + " 2>/dev/null",
+                                     &out);
+    EXPECT_EQ(rc, 0) << out;
+    const auto j = nlohmann::json::parse(out);
+    EXPECT_EQ(j["depth"].get<int>(), depth);
+    EXPECT_GT(j["bench"]["tg_tps"]["min"].get<double>(), 0);
+    return j["roofline"]["bytes_per_token_mb"].get<double>() * 1e6;
+  };
+  const auto t = nlohmann::json::parse(test::read_text(test::data_path("tiny-mobile/config.json")))["text_config"];
+  const double per_position = 2.0 * 2 /* f16 */ * t["num_key_value_heads"].get<int>() *
+                              t["head_dim"].get<int>() * t["num_hidden_layers"].get<int>();
+  // Both runs stay within the local layers' rings (window 8 + 64 slots of slack).
+  EXPECT_NEAR(bytes_per_token(40) - bytes_per_token(0), 40 * per_position, 1.0);
+}
+
 TEST(Cli, BadInputGivesOneClearErrorAndNonZeroExit) {
   const std::string dir = test::temp_dir("bad");
   test::write_text(dir + "/not-an-image.png", "hello");

@@ -24,7 +24,7 @@ using nlohmann::json;
 
 struct Args {
   std::string model, image;
-  int reps = 3, threads = 0, pp = 512, tg = 128, text_tokens = 100, image_tokens = 200;
+  int reps = 3, threads = 0, pp = 512, tg = 128, depth = 0, text_tokens = 100, image_tokens = 200;
   bool json_out = false, skip_image = false;
 };
 
@@ -107,40 +107,52 @@ json pp_tg_test(const Args& a) {
     x = x * 6364136223846793005ull + 1442695040888963407ull;
     return static_cast<int32_t>(hi / 2 + (x >> 33) % (hi - hi / 2));
   };
-  std::vector<int32_t> ids = {c.bos_token};
-  while (static_cast<int>(ids.size()) < a.pp) ids.push_back(next_id());
-  const std::vector<int32_t> tg_ids = [&] {
+  auto take = [&](int n) {
     std::vector<int32_t> v;
-    while (static_cast<int>(v.size()) < a.tg) v.push_back(next_id());
+    while (static_cast<int>(v.size()) < n) v.push_back(next_id());
     return v;
-  }();
+  };
+  // BOS and `depth` tokens of context (llama-bench's -d), run before the timed part.
+  std::vector<int32_t> context = {c.bos_token};
+  for (int32_t id : take(a.depth)) context.push_back(id);
+  std::vector<int32_t> ids = context;
+  for (int32_t id : take(a.pp - (a.depth == 0 ? 1 : 0))) ids.push_back(id);  // pp tokens in all
+  const std::vector<int32_t> tg_ids = take(a.tg);
+  const int ctx = a.depth + a.pp + a.tg + 8;
   // The machine's read bandwidth right before and right after each tg run (shared machines drift
   // within seconds); the roofline uses the higher of the two.
   auto bandwidth = [] { return ops::read_bandwidth_gbs(size_t{512} << 20); };
+  // Bytes a decode step reads: the weights, and the keys and values attended to (the average of
+  // the first and the last step of the tg run).
+  const double weight_bytes = static_cast<double>(engine.text().weight_bytes_per_token());
   // pp and tg with the default int8 activations, then the same with --exact, side by side.
   auto run = [&](ops::Activations act) {
     engine.set_activations(act);
-    Session pp_session(engine, a.pp + 8);
-    const double pp_s = pp_session.prefill(ids, {}).prefill_s;
-    Session tg_session(engine, a.tg + 8);
-    tg_session.prefill({c.bos_token}, {});
+    Session pp_session(engine, ctx);
+    if (a.depth > 0) pp_session.prefill(context, {});
+    const double pp_s = pp_session.prefill(ids, {}).prefill_s;  // runs the pp new positions
+    Session tg_session(engine, ctx);
+    tg_session.prefill(context, {});
+    const double kv_first = static_cast<double>(tg_session.kv_bytes_per_step());
     const double bw_before = bandwidth();
     Timer t;
     for (int32_t id : tg_ids) tg_session.decode(id);
     const double tg_s = t.seconds();
-    return std::tuple{a.pp / pp_s, a.tg / tg_s, std::max(bw_before, bandwidth())};
+    const double bytes = weight_bytes + (kv_first + tg_session.kv_bytes_per_step()) / 2;
+    const double bw = std::max(bw_before, bandwidth());
+    return std::tuple{a.pp / pp_s, a.tg / tg_s, bw, bytes, a.tg / tg_s / (bw * 1e9 / bytes)};
   };
-  const auto [pp_tps, tg_tps, bw] = run(ops::Activations::kInt8);
-  const auto [pp_exact_tps, tg_exact_tps, bw_exact] = run(ops::Activations::kF32);
+  const auto [pp_tps, tg_tps, bw, bytes, fraction] = run(ops::Activations::kInt8);
+  const auto [pp_exact_tps, tg_exact_tps, bw_exact, bytes_exact, fraction_exact] =
+      run(ops::Activations::kF32);
   engine.set_activations(ops::Activations::kInt8);
-  const double bytes = static_cast<double>(engine.text().weight_bytes_per_token());
   return {{"pp_tps", pp_tps},
           {"pp_exact_tps", pp_exact_tps},
           {"tg_tps", tg_tps},
           {"tg_exact_tps", tg_exact_tps},
           {"bandwidth_gbs", bw},
-          {"tg_fraction", tg_tps / (bw * 1e9 / bytes)},
-          {"tg_exact_fraction", tg_exact_tps / (bw_exact * 1e9 / bytes)},
+          {"tg_fraction", fraction},
+          {"tg_exact_fraction", fraction_exact},
           {"bytes_per_token", bytes},
           {"peak_rss_mb", peak_rss_mb()}};
 }
@@ -188,6 +200,7 @@ int run(const Args& a) {
   for (const char* k : {"load_s", "prompt_tps", "gen_tps", "peak_rss_mb"}) out["text"][k] = collect(text, k);
   for (const char* k : {"pp_tps", "pp_exact_tps", "tg_tps", "tg_exact_tps"}) out["bench"][k] = collect(bench, k);
   const double bytes = bench[0]["bytes_per_token"].get<double>();
+  out["depth"] = a.depth;
   out["threads"] = a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency());
   out["roofline"] = {{"bandwidth_gbs", collect(bench, "bandwidth_gbs")},
                      {"bytes_per_token_mb", bytes / 1e6},
@@ -219,12 +232,14 @@ int run(const Args& a) {
     std::printf("%-28s %10.2f t/s %s\n", "prompt speed, image", m(out["image"]["prompt_tps"]), spread(out["image"]["prompt_tps"]).c_str());
     std::printf("%-28s %10.2f t/s %s\n", "generation, image", m(out["image"]["gen_tps"]), spread(out["image"]["gen_tps"]).c_str());
   }
-  std::printf("%-28s %10.2f t/s %s\n", ("pp" + std::to_string(a.pp)).c_str(), m(out["bench"]["pp_tps"]), spread(out["bench"]["pp_tps"]).c_str());
-  std::printf("%-28s %10.2f t/s %s\n", ("pp" + std::to_string(a.pp) + " --exact").c_str(),
-              m(out["bench"]["pp_exact_tps"]), spread(out["bench"]["pp_exact_tps"]).c_str());
-  std::printf("%-28s %10.2f t/s %s\n", ("tg" + std::to_string(a.tg)).c_str(), m(out["bench"]["tg_tps"]), spread(out["bench"]["tg_tps"]).c_str());
-  std::printf("%-28s %10.2f t/s %s\n", ("tg" + std::to_string(a.tg) + " --exact").c_str(),
-              m(out["bench"]["tg_exact_tps"]), spread(out["bench"]["tg_exact_tps"]).c_str());
+  const std::string at = a.depth > 0 ? " @ d" + std::to_string(a.depth) : "";
+  const std::string pp = "pp" + std::to_string(a.pp) + at, tg = "tg" + std::to_string(a.tg) + at;
+  std::printf("%-28s %10.2f t/s %s\n", pp.c_str(), m(out["bench"]["pp_tps"]), spread(out["bench"]["pp_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", (pp + " --exact").c_str(), m(out["bench"]["pp_exact_tps"]),
+              spread(out["bench"]["pp_exact_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", tg.c_str(), m(out["bench"]["tg_tps"]), spread(out["bench"]["tg_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", (tg + " --exact").c_str(), m(out["bench"]["tg_exact_tps"]),
+              spread(out["bench"]["tg_exact_tps"]).c_str());
   const double bw = m(out["roofline"]["bandwidth_gbs"]);
   std::printf("%-28s %10.2f t/s (%.1f GB/s around tg / %.0f MB per token)\n", "decode roofline",
               bw * 1e9 / bytes, bw, bytes / 1e6);
@@ -247,6 +262,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", a.threads, "worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--pp", a.pp, "prompt length of the prefill benchmark")->check(CLI::PositiveNumber);
   app.add_option("--tg", a.tg, "tokens of the generation benchmark")->check(CLI::PositiveNumber);
+  app.add_option("--depth", a.depth,
+                 "tokens of context before the prefill and generation benchmarks (llama-bench's "
+                 "-d)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--text-tokens", a.text_tokens, "tokens generated in the text test")->check(CLI::PositiveNumber);
   app.add_option("--image-tokens", a.image_tokens, "tokens generated in the image test")->check(CLI::PositiveNumber);
   app.add_flag("--skip-image", a.skip_image, "skip the image test");

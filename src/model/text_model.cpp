@@ -115,6 +115,13 @@ size_t KvCache::bytes() const {
   return b;
 }
 
+size_t KvCache::bytes_attended() const {
+  size_t b = 0;
+  for (const auto& L : layers_)
+    b += 2 * dtype_size(dtype_) * n_kv_heads_ * std::min(n_past_, L.capacity) * head_dim_;
+  return b;
+}
+
 TextModel::TextModel(const ModelConfig& c, TextWeights w) : c_(c), w_(std::move(w)) {
   embed_scale_ = bf16_to_f32(f32_to_bf16(std::sqrt(static_cast<float>(c_.text.d_model))));
 }

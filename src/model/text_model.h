@@ -54,6 +54,8 @@ class KvCache {
   // Returns the positions kept (n or 0).
   int truncate(int n);
   size_t bytes() const;
+  // Bytes of keys and values the next decode step reads (every cached position it attends to).
+  size_t bytes_attended() const;
 
  private:
   friend class TextModel;

@@ -90,6 +90,8 @@ class Session {
   Engine& engine() { return engine_; }
   int max_context() const { return cache_.max_context(); }
   int n_cached() const { return static_cast<int>(ids_.size()); }
+  // Bytes of cached keys and values the next decode step reads.
+  size_t kv_bytes_per_step() const { return cache_.bytes_attended(); }
 
   // Makes the cache hold `ids`: each run of image_token_index ids takes the next image. Leaves the
   // logits of the last position in last_logits() (recomputing it when the whole prompt was cached).
