@@ -164,25 +164,31 @@ BENCHMARK(BM_LinearPrefillQ8)
     ->Unit(benchmark::kMillisecond);
 
 // Attention: n_q queries over n_k keys; K/V token-major [n_k][n_kv_heads][head_dim] or
-// head-major [n_kv_heads][n_k][head_dim] (as the KV cache stores them).
+// head-major [n_kv_heads][n_k][head_dim] (as the KV cache stores them), f32 or f16 (the
+// default KV cache).
 void BM_Attention(benchmark::State& state) {
   const int64_t n_q = state.range(0), n_k = state.range(1);
   const int n_heads = static_cast<int>(state.range(2)), n_kv = static_cast<int>(state.range(3));
   const int hd = static_cast<int>(state.range(4));
   const bool causal = state.range(5) != 0, head_major = state.range(6) != 0;
+  const DType dtype = state.range(7) ? DType::F16 : DType::F32;
   const std::vector<float> q = activations(n_q * n_heads * hd);
   const std::vector<float> k = activations(n_k * n_kv * hd), v = activations(n_k * n_kv * hd);
+  std::vector<uint8_t> k_stored(k.size() * dtype_size(dtype)), v_stored(k_stored.size());
+  from_f32(dtype, k.data(), k.size(), k_stored.data());
+  from_f32(dtype, v.data(), v.size(), v_stored.data());
   std::vector<float> out(q.size());
   std::vector<int32_t> q_pos(n_q), k_pos(n_k);
   for (int64_t i = 0; i < n_k; ++i) k_pos[i] = static_cast<int32_t>(i);
   for (int64_t i = 0; i < n_q; ++i) q_pos[i] = static_cast<int32_t>(n_k - n_q + i);
-  ops::KvSegment seg{k.data(),
-                     v.data(),
+  ops::KvSegment seg{k_stored.data(),
+                     v_stored.data(),
                      n_k,
                      head_major ? hd : int64_t{n_kv} * hd,
                      head_major ? n_k * hd : hd,
                      causal ? k_pos.data() : nullptr,
-                     nullptr};
+                     nullptr,
+                     dtype};
   for (auto _ : state) {
     ops::attention(q.data(), n_q, n_heads, n_kv, hd, causal ? q_pos.data() : nullptr, nullptr,
                    {&seg, 1}, ops::AttentionMask{causal, 0}, 0.0625f, out.data());
@@ -193,16 +199,18 @@ void BM_Attention(benchmark::State& state) {
   if (causal) pairs -= static_cast<double>(n_q) * (n_q - 1) / 2;
   set_flops(state, 4.0 * pairs * n_heads * hd);
   // K and V read once: the roofline of decode.
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * k.size() * sizeof(float)));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * 2 * k_stored.size()));
 }
 BENCHMARK(BM_Attention)
-    ->ArgNames({"n_q", "n_k", "heads", "kv_heads", "head_dim", "causal", "head_major"})
-    ->Args({4096, 4096, 16, 16, 72, 0, 0})  // vision, original resolution
-    ->Args({2304, 2304, 16, 16, 72, 0, 0})  // vision, mobile resolution
-    ->Args({512, 512, 8, 4, 256, 1, 0})     // text prefill
-    ->Args({1, 64, 8, 4, 256, 1, 1})        // text decode, 64 tokens in
-    ->Args({1, 4096, 8, 4, 256, 1, 1})      // text decode, 4K context, cache [kv_heads][n][hd]
-    ->Args({1, 4096, 8, 4, 256, 1, 0})      // the same, token-major [n][kv_heads][hd]
+    ->ArgNames({"n_q", "n_k", "heads", "kv_heads", "head_dim", "causal", "head_major", "f16"})
+    ->Args({4096, 4096, 16, 16, 72, 0, 0, 0})  // vision, original resolution
+    ->Args({2304, 2304, 16, 16, 72, 0, 0, 0})  // vision, mobile resolution
+    ->Args({512, 512, 8, 4, 256, 1, 0, 0})     // text prefill
+    ->Args({512, 512, 8, 4, 256, 1, 1, 1})     // text prefill over an f16 cache
+    ->Args({1, 64, 8, 4, 256, 1, 1, 1})        // text decode, 64 tokens in, f16 cache
+    ->Args({1, 4096, 8, 4, 256, 1, 1, 0})      // decode, 4K context, f32 [kv_heads][n][hd]
+    ->Args({1, 4096, 8, 4, 256, 1, 1, 1})      // the same, f16 cache (the default)
+    ->Args({1, 4096, 8, 4, 256, 1, 0, 0})      // f32, token-major [n][kv_heads][hd]
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
