@@ -38,6 +38,19 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
+// The logits [ids, n_vocab] of running ids one token at a time through the cache.
+std::vector<float> decode_one_by_one(TextModel& model, const std::vector<int32_t>& ids,
+                                     KvCache& cache) {
+  const int64_t V = model.config().text.n_vocab;
+  std::vector<float> logits(ids.size() * V);
+  for (size_t t = 0; t < ids.size(); ++t) {
+    TextBatch b;
+    b.ids = {ids[t]};
+    model.forward(b, cache, logits.data() + t * V);
+  }
+  return logits;
+}
+
 class FixtureLogits : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 TEST_P(FixtureLogits, MatchReferenceAtEveryPosition) {
@@ -63,13 +76,7 @@ TEST_P(FixtureLogits, MatchReferenceAtEveryPosition) {
 
   // The same sequence one token at a time through the KV cache gives the same logits.
   KvCache cache2(m.config.text, 256);
-  std::vector<float> step(ids.size() * V);
-  for (size_t t = 0; t < ids.size(); ++t) {
-    TextBatch b;
-    b.ids = {ids[t]};
-    m.model.forward(b, cache2, step.data() + t * V);
-  }
-  EXPECT_LT(max_abs_diff(step, exact), 1e-3);
+  EXPECT_LT(max_abs_diff(decode_one_by_one(m.model, ids, cache2), exact), 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -123,12 +130,7 @@ TEST_P(FixtureLogits, Int8ActivationsStayCloseToExact) {
   m.model.forward(batch, cache, logits.data(), static_cast<int>(ids.size()));
   check_close(logits, "prefill");
   KvCache cache2(m.config.text, 256, DType::F16);  // as Session keeps it with int8 activations
-  for (size_t t = 0; t < ids.size(); ++t) {
-    TextBatch b;
-    b.ids = {ids[t]};
-    m.model.forward(b, cache2, logits.data() + t * V);
-  }
-  check_close(logits, "decode");
+  check_close(decode_one_by_one(m.model, ids, cache2), "decode");
 }
 
 // An F16 KV cache takes half the memory; decoding through it, with exact activations, stays
@@ -139,16 +141,9 @@ TEST_P(FixtureLogits, F16CacheDecodeStaysCloseToExact) {
   const std::string ref = test::data_path(model_name + "/ref/");
   const auto ids = test::read_ids(ref + seq + ".tokens.txt");
   const auto exact = test::read_f32(ref + seq + ".logits_exact.f32");
-  const int64_t V = m.config.text.n_vocab;
   KvCache cache(m.config.text, 256, DType::F16);
   EXPECT_EQ(cache.bytes() * 2, KvCache(m.config.text, 256).bytes());
-  std::vector<float> logits(ids.size() * V);
-  for (size_t t = 0; t < ids.size(); ++t) {
-    TextBatch b;
-    b.ids = {ids[t]};
-    m.model.forward(b, cache, logits.data() + t * V);
-  }
-  const double d = max_abs_diff(logits, exact);
+  const double d = max_abs_diff(decode_one_by_one(m.model, ids, cache), exact);
   std::printf("%s %s: f16 cache, max |diff| vs exact %.3g\n", model_name.c_str(), seq.c_str(), d);
   EXPECT_LT(d, 1e-2);
 }

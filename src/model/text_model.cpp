@@ -111,14 +111,13 @@ bool KvCache::ring_holds_window_before(int n) const {
 
 size_t KvCache::bytes() const {
   size_t b = 0;
-  for (const auto& L : layers_) b += 2 * dtype_size(dtype_) * n_kv_heads_ * L.capacity * head_dim_;
+  for (const auto& L : layers_) b += position_bytes() * L.capacity;
   return b;
 }
 
 size_t KvCache::bytes_attended() const {
   size_t b = 0;
-  for (const auto& L : layers_)
-    b += 2 * dtype_size(dtype_) * n_kv_heads_ * std::min(n_past_, L.capacity) * head_dim_;
+  for (const auto& L : layers_) b += position_bytes() * std::min(n_past_, L.capacity);
   return b;
 }
 

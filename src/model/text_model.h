@@ -46,7 +46,6 @@ class KvCache {
   // long-context decode step reads for attention).
   KvCache(const TextConfig& c, int max_context, DType dtype = DType::F32);
   int max_context() const { return max_context_; }
-  DType dtype() const { return dtype_; }
   int n_past() const { return n_past_; }
   void clear();
   // Forgets positions >= n. Local layers keep a few slots beyond the window, so the cache can step
@@ -68,6 +67,8 @@ class KvCache {
   // True when every ring still holds the window of keys that position n attends to: a ring of
   // capacity C holds positions [n_past - C, n_past).
   bool ring_holds_window_before(int n) const;
+  // Bytes of one position's keys and values in one layer.
+  size_t position_bytes() const { return 2 * dtype_size(dtype_) * n_kv_heads_ * head_dim_; }
 
   std::vector<Layer> layers_;
   int max_context_ = 0, n_past_ = 0, n_kv_heads_ = 0, head_dim_ = 0, window_ = 0;
