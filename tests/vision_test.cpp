@@ -124,6 +124,30 @@ INSTANTIATE_TEST_SUITE_P(All, FixtureImage, ::testing::Values("tiny-original", "
                            return n;
                          });
 
+// The projector's mm_soft_emb_norm takes the vision config's epsilon (transformers' and
+// mlx-vlm's Gemma3MultiModalProjector: vision_config.layer_norm_eps), never the text decoder's.
+TEST(VisionModel, ProjectorNormIgnoresTheTextEpsilon) {
+  ModelDir dir(test::data_path("tiny-original"));
+  const ModelConfig c = config_of(dir);
+  const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
+  const std::vector<float> pixels = preprocess_image(
+      load_image(test::data_path("tiny-original/ref/image.png")), c.vision.image_size, mean, std_);
+  auto embeddings = [&](const ModelConfig& config) {
+    VisionModel model(config, load_vision_weights(dir, config, detect_layout(dir, config)));
+    model.set_activations(ops::Activations::kF32);
+    std::vector<float> out(static_cast<size_t>(config.mm_tokens_per_image) * config.text.d_model);
+    model.encode(pixels.data(), out.data());
+    return out;
+  };
+  const std::vector<float> base = embeddings(c);
+  ModelConfig text_eps = c;
+  text_eps.text.rms_norm_eps = 0.25f;  // comparable to the pooled rows' mean square
+  EXPECT_EQ(embeddings(text_eps), base);
+  ModelConfig vision_eps = c;
+  vision_eps.vision.layer_norm_eps = 0.25f;
+  EXPECT_NE(embeddings(vision_eps), base);
+}
+
 // A config whose image_size does not match the stored position grid (e.g. the original's config
 // over the mobile weights) fails with both sizes named.
 TEST(VisionWeights, PositionGridMismatchNamesBothSizes) {

@@ -189,7 +189,9 @@ void VisionModel::encode(const float* pixels, float* out) const {
         }
       for (int64_t i = 0; i < d; ++i) o[i] /= static_cast<float>(k * k);
     }
-  ops::rms_norm(pooled.data(), w_.soft_emb_norm.data(), n_tok, d, c_.text.rms_norm_eps,
+  // mm_soft_emb_norm takes the vision config's epsilon (as transformers'
+  // Gemma3MultiModalProjector).
+  ops::rms_norm(pooled.data(), w_.soft_emb_norm.data(), n_tok, d, c_.vision.layer_norm_eps,
                 pooled.data());
   ops::linear(w_.projection, pooled.data(), n_tok, out);
 }
