@@ -1,5 +1,5 @@
-// gemma-cli: generate text from a Gemma 3 checkpoint (original or compressed), from text and images,
-// streaming, with speed and memory statistics.
+// gemma-cli: generate text from a Gemma 3 checkpoint (original or compressed), from text and
+// images, streaming, with speed and memory statistics.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
@@ -44,7 +44,8 @@ void print_stats(const Engine& engine, const GenerateResult& r) {
   std::fprintf(stderr, "\n---\n");
   std::fprintf(stderr, "load:       %.2f s\n", engine.load_seconds());
   if (r.prefill.n_images)
-    std::fprintf(stderr, "image:      %d encoded in %.2f s\n", r.prefill.n_images, r.prefill.image_s);
+    std::fprintf(stderr, "image:      %d encoded in %.2f s\n", r.prefill.n_images,
+                 r.prefill.image_s);
   std::fprintf(stderr, "prompt:     %d tokens (%d cached), %.2f tokens/s\n", r.prefill.n_tokens,
                r.prefill.n_reused, r.prompt_tps());
   std::fprintf(stderr, "generation: %zu tokens, %.2f tokens/s (%s)\n", r.ids.size(), r.gen_tps(),
@@ -64,13 +65,14 @@ std::vector<const Image*> pointers(const std::vector<Image>& images) {
   return p;
 }
 
-int run_chat(Engine& engine, const Args& a) {
+// `images` are the --image files: they go with the first message, as /image ones with the next.
+int run_chat(Engine& engine, const Args& a, std::vector<Image> images) {
   Session session(engine, a.ctx_size);
-  std::vector<Image> images;
   std::vector<int32_t> transcript;  // ids of the conversation so far, as the cache holds them
-  std::vector<std::string> pending_images;
+  std::vector<std::string> pending_images = a.images;
   const auto& p = engine.chat_pieces();
-  std::fprintf(stderr, "chat: type a message; /image PATH attaches an image to the next one; /quit ends\n");
+  std::fprintf(stderr,
+               "chat: type a message; /image PATH attaches an image to the next one; /quit ends\n");
   std::string line;
   bool first = true;
   while (true) {
@@ -122,7 +124,7 @@ int run_chat(Engine& engine, const Args& a) {
 int run(const Args& a) {
   if (!a.json) std::fprintf(stderr, "loading %s ...\n", a.model.c_str());
   Engine engine(a.model, EngineOptions{a.threads, !a.json, a.exact});
-  const std::vector<Image> images = load_images(a.images);
+  std::vector<Image> images = load_images(a.images);
   if (!a.embeddings_out.empty()) {
     check(!images.empty(), "--embeddings-out needs at least one --image");
     AtomicFile f(a.embeddings_out);
@@ -132,7 +134,7 @@ int run(const Args& a) {
     }
     f.commit();
   }
-  if (a.chat) return run_chat(engine, a);
+  if (a.chat) return run_chat(engine, a, std::move(images));
 
   std::vector<int32_t> prompt;
   if (!a.tokens.empty()) {
@@ -185,7 +187,8 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"gemma-cli: run a Gemma 3 checkpoint (MLX 4-bit, original or compressed) on the CPU"};
+  CLI::App app{
+      "gemma-cli: run a Gemma 3 checkpoint (MLX 4-bit, original or compressed) on the CPU"};
   Args a;
   app.add_option("model", a.model, "checkpoint directory")->required();
   app.add_option("-p,--prompt", a.prompt, "user prompt");
@@ -193,16 +196,19 @@ int main(int argc, char** argv) {
   app.add_option("--image", a.images, "image file (repeatable; placed before the text, in order)");
   app.add_option("-m,--max-tokens", a.gen.max_tokens, "tokens to generate (0: prefill only)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("-t,--temperature", a.gen.sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  app.add_option("-t,--temperature", a.gen.sampling.temperature, "0 = greedy")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--top-k", a.gen.sampling.top_k, "keep the k most likely tokens (0: off)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", a.gen.sampling.top_p, "nucleus sampling mass (1: off)")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--top-p", a.gen.sampling.top_p, "nucleus sampling mass (1: off)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--min-p", a.gen.sampling.min_p, "drop tokens below min-p x p(top) (0: off)")
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--repetition-penalty", a.gen.sampling.repetition_penalty, "1: off")
       ->check(CLI::PositiveNumber);
   app.add_option("--seed", a.gen.sampling.seed, "random seed for sampling");
-  app.add_option("--threads", a.threads, "worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", a.threads, "worker threads (0: all cores)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--ctx-size", a.ctx_size, "context size in tokens")->check(CLI::PositiveNumber);
   app.add_flag("--exact", a.exact,
                "f32 activations in every linear and an f32 KV cache (default: int8 per group "
@@ -212,7 +218,8 @@ int main(int argc, char** argv) {
   app.add_flag("--json", a.json, "print one JSON object instead of streaming text");
   app.add_option("--tokens", a.tokens, "prompt as comma-separated token ids, no template");
   app.add_option("--logits-out", a.logits_out, "write the prompt logits (f32 [n_prompt, vocab])");
-  app.add_option("--embeddings-out", a.embeddings_out, "write the image embeddings (f32 [tokens, hidden] per image)");
+  app.add_option("--embeddings-out", a.embeddings_out,
+                 "write the image embeddings (f32 [tokens, hidden] per image)");
   CLI11_PARSE(app, argc, argv);
   try {
     return run(a);
