@@ -407,6 +407,25 @@ void TransposeChunks(const uint8_t (*rows)[kQKC], int64_t n_chunks, uint8_t* HWY
     for (size_t j = 0; j < NB; ++j) std::memcpy(panel + (k * NB + j) * 4, rows[j] + 4 * k, 4);
 }
 
+// sc[g*NB + j], bi[g*NB + j] = scale and bias of group k0/64 + g of weight row o + j (clamped to
+// the last row), for g < ng, j < NB: each row's groups converted as one vector run, then spread.
+// One value at a time, the dtype switch of each had cost as much as unpacking the nibbles.
+void PanelScales(const Weight& w, int64_t o, int64_t NB, int64_t k0, int64_t ng,
+                 float* HWY_RESTRICT sc, float* HWY_RESTRICT bi) {
+  const int64_t gpr = w.groups_per_row();
+  const size_t ss = dtype_size(w.scale_dtype);
+  HWY_ALIGN float row_sc[kQKC / kGroup], row_bi[kQKC / kGroup];
+  for (int64_t j = 0; j < NB; ++j) {
+    const int64_t first = std::min(o + j, w.out - 1) * gpr + k0 / kGroup;
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + first * ss, ng, row_sc);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + first * ss, ng, row_bi);
+    for (int64_t g = 0; g < ng; ++g) {
+      sc[g * NB + j] = row_sc[g];
+      bi[g * NB + j] = row_bi[g];
+    }
+  }
+}
+
 #if GP_Q8_VNNI512
 // Byte 2i and 2i+1 of a 64-byte vector: byte i of 32 nibble bytes.
 constexpr auto kDupBytes = [] {
@@ -421,7 +440,8 @@ constexpr auto kDupBytes = [] {
 void PackQ8PanelVnni(const Weight& w, int64_t o, int64_t k0, int64_t kc,
                      uint8_t* HWY_RESTRICT panel, float* HWY_RESTRICT sc, float* HWY_RESTRICT bi) {
   constexpr int64_t NB = 32;
-  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
+  const int64_t wpr = w.in / 8, gpr = w.groups_per_row();
+  const size_t ss = dtype_size(w.scale_dtype);
   const __m512i dup = _mm512_loadu_si512(kDupBytes.data());
   const __m512i mask = _mm512_set1_epi8(0x0F);
   const __mmask64 odd = 0xAAAAAAAAAAAAAAAAull;
@@ -433,28 +453,48 @@ void PackQ8PanelVnni(const Weight& w, int64_t o, int64_t k0, int64_t kc,
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 32 * NB), _mm512_extracti32x4_epi32(u, 2));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 48 * NB), _mm512_extracti32x4_epi32(u, 3));
   };
+  // Each row's kc/2 bytes are a short stream that the hardware prefetchers barely follow (the
+  // loads stalled 3/4 of the time): the scales and the first eight rows are prefetched at once,
+  // and the rows eight ahead (or those of the next chunk of inputs) while four are unpacked.
+  auto row_bytes = [&](int64_t j, int64_t k) {
+    return reinterpret_cast<const uint8_t*>(w.q + std::min(o + j, w.out - 1) * wpr) + k / 2;
+  };
+  for (int64_t j = 0; j < NB; ++j) {
+    const int64_t first = (std::min(o + j, w.out - 1) * gpr + k0 / kGroup) * ss;
+    hwy::Prefetch(static_cast<const uint8_t*>(w.scales) + first);
+    hwy::Prefetch(static_cast<const uint8_t*>(w.biases) + first);
+  }
+  constexpr int64_t kAhead = 8;
+  for (int64_t j = 0; j < kAhead; ++j)
+    for (int64_t i = 0; i < kc / 2; i += 64) hwy::Prefetch(row_bytes(j, k0) + i);
   for (int64_t j0 = 0; j0 < NB; j0 += 4) {
     const uint8_t* src[4];
-    for (int64_t j = j0; j < j0 + 4; ++j) {
-      const int64_t r = std::min(o + j, w.out - 1);
-      src[j - j0] = reinterpret_cast<const uint8_t*>(w.q + r * wpr) + k0 / 2;
-      for (int64_t g = 0; g < kc / kGroup; ++g) {
-        sc[g * NB + j] = load_float(w.scale_dtype, w.scales, r * gpr + k0 / kGroup + g);
-        bi[g * NB + j] = load_float(w.scale_dtype, w.biases, r * gpr + k0 / kGroup + g);
+    const uint8_t* next[4] = {};
+    int64_t next_bytes = 0;
+    for (int64_t j = 0; j < 4; ++j) {
+      src[j] = row_bytes(j0 + j, k0);
+      if (j0 + kAhead < NB) {
+        next[j] = row_bytes(j0 + kAhead + j, k0), next_bytes = kc / 2;
+      } else if (k0 + kc < w.in) {
+        next[j] = row_bytes(j0 + kAhead - NB + j, k0 + kc);
+        next_bytes = std::min(kc, w.in - k0 - kc) / 2;
       }
     }
+    auto unpack = [&](int j, int64_t g) {
+      const __m512i b = _mm512_permutexvar_epi8(
+          dup, _mm512_castsi256_si512(
+                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + g * 32))));
+      return _mm512_and_si512(_mm512_mask_blend_epi8(odd, b, _mm512_srli_epi16(b, 4)), mask);
+    };
     for (int64_t g = 0; g < kc / kGroup; ++g) {
-      __m512i v[4];
-      for (int j = 0; j < 4; ++j) {
-        const __m512i b = _mm512_permutexvar_epi8(
-            dup, _mm512_castsi256_si512(
-                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + g * 32))));
-        v[j] = _mm512_and_si512(_mm512_mask_blend_epi8(odd, b, _mm512_srli_epi16(b, 4)), mask);
+      if (g % 2 == 0 && g * 32 < next_bytes) {
+        for (int j = 0; j < 4; ++j) hwy::Prefetch(next[j] + g * 32);
       }
-      // Lane L of v[j] holds chunks 4L .. 4L+3 of row j0+j; afterwards lane L of u_i holds
+      // Lane L of v_j holds chunks 4L .. 4L+3 of row j0+j; afterwards lane L of u_i holds
       // chunk 4L+i of the four rows.
-      const __m512i t0 = _mm512_unpacklo_epi32(v[0], v[1]), t1 = _mm512_unpackhi_epi32(v[0], v[1]);
-      const __m512i t2 = _mm512_unpacklo_epi32(v[2], v[3]), t3 = _mm512_unpackhi_epi32(v[2], v[3]);
+      const __m512i v0 = unpack(0, g), v1 = unpack(1, g), v2 = unpack(2, g), v3 = unpack(3, g);
+      const __m512i t0 = _mm512_unpacklo_epi32(v0, v1), t1 = _mm512_unpackhi_epi32(v0, v1);
+      const __m512i t2 = _mm512_unpacklo_epi32(v2, v3), t3 = _mm512_unpackhi_epi32(v2, v3);
       const int64_t c = g * (kGroup / 4);
       store_lanes(_mm512_unpacklo_epi64(t0, t2), c, j0);
       store_lanes(_mm512_unpackhi_epi64(t0, t2), c + 1, j0);
@@ -462,6 +502,7 @@ void PackQ8PanelVnni(const Weight& w, int64_t o, int64_t k0, int64_t kc,
       store_lanes(_mm512_unpackhi_epi64(t1, t3), c + 3, j0);
     }
   }
+  PanelScales(w, o, NB, k0, kc / kGroup, sc, bi);
 }
 
 // Q8MicroKernel for panels of 32 columns: a 4 x 32 tile, two vpdpbusd per activation row and
@@ -529,7 +570,7 @@ void PackQ8Panel(const Weight& w, int64_t o, int64_t k0, int64_t kc, uint8_t* HW
 #if GP_Q8_VNNI512
   return PackQ8PanelVnni(w, o, k0, kc, panel, sc, bi);
 #endif
-  const int64_t NB = QPanelWidth(), gpr = w.groups_per_row(), wpr = w.in / 8;
+  const int64_t NB = QPanelWidth(), wpr = w.in / 8;
   constexpr int64_t kMaxNB = 8;  // DB32 holds at most 8 lanes
   HWY_ALIGN uint8_t rows[kMaxNB][kQKC];
   for (int64_t j = 0; j < NB; ++j) {
@@ -554,11 +595,8 @@ void PackQ8Panel(const Weight& w, int64_t o, int64_t k0, int64_t kc, uint8_t* HW
       hn::Store(hn::InterleaveUpper(d8, lo, hi), d8, rows[j] + 2 * i + 16);
     }
 #endif
-    for (int64_t g = 0; g < kc / kGroup; ++g) {
-      sc[g * NB + j] = load_float(w.scale_dtype, w.scales, r * gpr + k0 / kGroup + g);
-      bi[g * NB + j] = load_float(w.scale_dtype, w.biases, r * gpr + k0 / kGroup + g);
-    }
   }
+  PanelScales(w, o, NB, k0, kc / kGroup, sc, bi);
   TransposeChunks(rows, kc / 4, panel);
 }
 
