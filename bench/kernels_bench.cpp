@@ -11,6 +11,7 @@
 
 #include "base/sys.h"
 #include "base/thread_pool.h"
+#include "hwy/targets.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/ops.h"
 #include "tensor/dtype.h"
@@ -248,6 +249,44 @@ void BM_RopePrefill(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_RopePrefill)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// The int8-activation linear on the best SIMD target of this CPU (simd = 0: AVX3_DL's vpdpbusd
+// where the CPU has AVX-512 VNNI) and on forced AVX2 (simd = 1: pmaddubsw), same weights and
+// rows, for decode (n = 1, weights cycled through 256 MB as BM_LinearDecode) and prefill. Run
+// with --benchmark_enable_random_interleaving=true --benchmark_repetitions=N so that the two
+// alternate on a busy machine.
+void BM_LinearQ8Target(benchmark::State& state) {
+  const int64_t n = state.range(0), in = state.range(1), out = state.range(2);
+  const int64_t target = state.range(3) == 1 ? HWY_AVX2 : 0;
+  if (target != 0 && (hwy::SupportedTargets() & target) == 0) {
+    state.SkipWithError("this CPU does not run the forced target");
+    return;
+  }
+  const size_t bytes = QuantWeight(1, in, 0).w.bytes() * out;
+  const size_t copies = n > 1 ? 1 : std::max<size_t>(1, (size_t{256} << 20) / bytes + 1);
+  std::vector<QuantWeight> ws;
+  for (size_t c = 0; c < copies; ++c) ws.emplace_back(out, in, static_cast<uint32_t>(c));
+  const std::vector<float> x = activations(n * in);
+  std::vector<float> y(n * out);
+  hwy::SetSupportedTargetsForTest(target);
+  size_t c = 0;
+  for (auto _ : state) {
+    ops::linear_q8(ws[c].w, x.data(), n, y.data());
+    c = (c + 1) % copies;
+    benchmark::DoNotOptimize(y.data());
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  set_flops(state, 2.0 * n * in * out);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * ws[0].w.bytes()));
+}
+BENCHMARK(BM_LinearQ8Target)
+    ->ArgNames({"n", "in", "out", "simd"})
+    ->ArgsProduct({{1}, {2560}, {10240}, {0, 1}})
+    ->ArgsProduct({{1}, {10240}, {2560}, {0, 1}})
+    ->ArgsProduct({{16, 64, 512}, {2560}, {10240}, {0, 1}})
+    ->ArgsProduct({{16, 512}, {10240}, {2560}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace gp

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -130,6 +131,22 @@ void check_linear(const Weight& w, int64_t n, bool with_bias, int offset, std::m
                       << " (magnitude " << mag << ")";
         ++failures;
       }
+    }
+  }
+}
+
+// Every target the CPU runs is compiled in, AVX3_DL (AVX-512 VNNI) included: the kernels test
+// each one, so the log names them.
+TEST(Targets, EverySupportedTargetIsCompiled) {
+  const std::vector<int64_t> tested = hwy::SupportedAndGeneratedTargets();
+  std::string names;
+  for (int64_t target : tested)
+    names += std::string(names.empty() ? "" : " ") + hwy::TargetName(target);
+  std::printf("SIMD targets tested on this CPU: %s\n", names.c_str());
+  for (int64_t target : {int64_t{HWY_AVX3_DL}, int64_t{HWY_AVX3}, int64_t{HWY_AVX2}}) {
+    if (hwy::SupportedTargets() & target) {
+      EXPECT_NE(std::find(tested.begin(), tested.end(), target), tested.end())
+          << hwy::TargetName(target);
     }
   }
 }

@@ -1,6 +1,8 @@
 // gemma-bench: the speed and peak-memory table of SPEC §6 for one checkpoint, plus llama-bench's
-// pp512 / tg128 and the decode roofline. Each measurement runs in a fresh child process, so every
-// peak RSS is that test's own.
+// pp512 / tg128, short prompts (pp16, pp64: a chat turn) and the decode roofline. Each measurement
+// runs in a fresh child process, so every peak RSS is that test's own; timed runs follow a
+// warm-up, as llama-bench's, and the CPU's features, the SIMD target and the load average around
+// each run are printed with the results.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -8,7 +10,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 #include <tuple>
 
@@ -25,8 +29,38 @@ using nlohmann::json;
 struct Args {
   std::string model, image;
   int reps = 3, threads = 0, pp = 512, tg = 128, depth = 0, text_tokens = 100, image_tokens = 200;
+  std::vector<int> pp_short = {16, 64};
   bool json_out = false, skip_image = false;
 };
+
+// The 1-minute load average: the machine's own load around a run (foreign load skews a timing).
+double load_average() {
+  std::ifstream f("/proc/loadavg");
+  double v = -1;
+  f >> v;
+  return v;
+}
+
+// The CPU's model name and the SIMD features that matter to the kernels, from /proc/cpuinfo.
+std::string cpu_description() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line, model, flags;
+  while (std::getline(f, line)) {
+    auto value = [&] { return line.substr(std::min(line.size(), line.find(':') + 2)); };
+    if (model.empty() && line.rfind("model name", 0) == 0) model = value();
+    if (flags.empty() && (line.rfind("flags", 0) == 0 || line.rfind("Features", 0) == 0))
+      flags = " " + value() + " ";
+  }
+  std::string out = model.empty() ? "unknown CPU" : model;
+  out += ", " + std::to_string(std::thread::hardware_concurrency()) + " threads;";
+  for (const char* feature :
+       {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+        "avx512_bf16", "avx512vbmi", "asimd", "asimddp", "i8mm", "sve", "sve2"}) {
+    if (flags.find(" " + std::string(feature) + " ") != std::string::npos)
+      out += " " + std::string(feature);
+  }
+  return out;
+}
 
 // Runs fn in a child process and returns the JSON it produced (or {"error": ...}).
 json in_child(const std::function<json()>& fn) {
@@ -125,9 +159,18 @@ json pp_tg_test(const Args& a) {
   // Bytes a decode step reads: the weights, and the keys and values attended to (the average of
   // the first and the last step of the tg run).
   const double weight_bytes = static_cast<double>(engine.text().weight_bytes_per_token());
+  // A warm-up before timing, as llama-bench's: the weights' pages, the pool's threads and the
+  // kernels' scratch buffers are touched once.
+  auto warm_up = [&] {
+    Session warm(engine, ctx);
+    warm.prefill(std::vector<int32_t>(ids.begin(), ids.begin() + std::min<size_t>(ids.size(), 64)),
+                 {});
+    warm.decode(tg_ids[0]);
+  };
   // pp and tg with the default int8 activations, then the same with --exact, side by side.
   auto run = [&](ops::Activations act) {
     engine.set_activations(act);
+    warm_up();
     Session pp_session(engine, ctx);
     if (a.depth > 0) pp_session.prefill(context, {});
     const double pp_s = pp_session.prefill(ids, {}).prefill_s;  // runs the pp new positions
@@ -141,18 +184,40 @@ json pp_tg_test(const Args& a) {
     const double bytes = weight_bytes + (kv_first + tg_session.kv_bytes_per_step()) / 2;
     return std::tuple{a.pp / pp_s, a.tg / tg_s, std::max(bw_before, bandwidth()), bytes};
   };
+  const double load_start = load_average();
+  // Short prompts (a chat turn) with int8 activations: the median of 5 timed prefills of n new
+  // positions each after the context.
+  json short_pp;
+  engine.set_activations(ops::Activations::kInt8);
+  warm_up();
+  for (int n : a.pp_short) {
+    std::vector<int32_t> more = context;
+    for (int32_t id : take(n - (a.depth == 0 ? 1 : 0))) more.push_back(id);
+    std::vector<double> tps;
+    for (int rep = 0; rep < 5; ++rep) {
+      Session s(engine, a.depth + n + 8);
+      if (a.depth > 0) s.prefill(context, {});
+      tps.push_back(n / s.prefill(more, {}).prefill_s);
+    }
+    std::sort(tps.begin(), tps.end());
+    short_pp["pp" + std::to_string(n) + "_tps"] = tps[tps.size() / 2];
+  }
   const auto [pp_tps, tg_tps, bw, bytes] = run(ops::Activations::kInt8);
   const auto [pp_exact_tps, tg_exact_tps, bw_exact, bytes_exact] = run(ops::Activations::kF32);
   engine.set_activations(ops::Activations::kInt8);
-  return {{"pp_tps", pp_tps},
-          {"pp_exact_tps", pp_exact_tps},
-          {"tg_tps", tg_tps},
-          {"tg_exact_tps", tg_exact_tps},
-          {"bandwidth_gbs", bw},
-          {"tg_fraction", tg_tps / (bw * 1e9 / bytes)},
-          {"tg_exact_fraction", tg_exact_tps / (bw_exact * 1e9 / bytes_exact)},
-          {"bytes_per_token", bytes},
-          {"peak_rss_mb", peak_rss_mb()}};
+  json out = {{"pp_tps", pp_tps},
+              {"pp_exact_tps", pp_exact_tps},
+              {"tg_tps", tg_tps},
+              {"tg_exact_tps", tg_exact_tps},
+              {"bandwidth_gbs", bw},
+              {"tg_fraction", tg_tps / (bw * 1e9 / bytes)},
+              {"tg_exact_fraction", tg_exact_tps / (bw_exact * 1e9 / bytes_exact)},
+              {"bytes_per_token", bytes},
+              {"load_start", load_start},
+              {"load_end", load_average()},
+              {"peak_rss_mb", peak_rss_mb()}};
+  out.update(short_pp);
+  return out;
 }
 
 struct Stat {
@@ -179,7 +244,11 @@ int run(const Args& a) {
   uint64_t lang = 0, vision = 0;
   for (const auto& name : dir.tensor_names())
     (name.rfind("language_model.", 0) == 0 ? lang : vision) += dir.tensor(name).nbytes;
-  json out = {{"model", a.model}, {"disk_language_mb", lang / 1e6}, {"disk_vision_mb", vision / 1e6}};
+  json out = {{"model", a.model},
+              {"disk_language_mb", lang / 1e6},
+              {"disk_vision_mb", vision / 1e6},
+              {"cpu", cpu_description()},
+              {"simd_target", ops::simd_target()}};
   auto runs_of = [&](const std::string& label, const std::function<json()>& fn) {
     std::vector<json> runs;
     for (int r = 0; r < a.reps; ++r) {
@@ -197,6 +266,13 @@ int run(const Args& a) {
     image = runs_of("image", [&] { return generation_test(a, "Describe this image in detail.", a.image_tokens, true); });
   for (const char* k : {"load_s", "prompt_tps", "gen_tps", "peak_rss_mb"}) out["text"][k] = collect(text, k);
   for (const char* k : {"pp_tps", "pp_exact_tps", "tg_tps", "tg_exact_tps"}) out["bench"][k] = collect(bench, k);
+  for (int n : a.pp_short) {
+    const std::string k = "pp" + std::to_string(n) + "_tps";
+    out["bench"][k] = collect(bench, k);
+  }
+  out["bench"]["load_average"] = json::array();
+  for (const auto& r : bench)
+    out["bench"]["load_average"].push_back({r["load_start"], r["load_end"]});
   const double bytes = bench[0]["bytes_per_token"].get<double>();
   out["depth"] = a.depth;
   out["threads"] = a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency());
@@ -219,6 +295,8 @@ int run(const Args& a) {
   };
   std::printf("\n%s  (%d threads, %d reps: median [min-max])\n", a.model.c_str(),
               out["threads"].get<int>(), a.reps);
+  std::printf("%-28s %s\n", "cpu", out["cpu"].get<std::string>().c_str());
+  std::printf("%-28s %s\n", "simd target", out["simd_target"].get<std::string>().c_str());
   std::printf("%-28s %10.0f MB (language %.0f + vision %.0f)\n", "disk", (lang + vision) / 1e6, lang / 1e6, vision / 1e6);
   std::printf("%-28s %10.0f MB %s\n", "peak memory, text", m(out["text"]["peak_rss_mb"]), spread(out["text"]["peak_rss_mb"]).c_str());
   if (!image.empty())
@@ -232,6 +310,11 @@ int run(const Args& a) {
   }
   const std::string at = a.depth > 0 ? " @ d" + std::to_string(a.depth) : "";
   const std::string pp = "pp" + std::to_string(a.pp) + at, tg = "tg" + std::to_string(a.tg) + at;
+  for (int n : a.pp_short) {
+    const std::string k = "pp" + std::to_string(n);
+    std::printf("%-28s %10.2f t/s %s\n", (k + at).c_str(), m(out["bench"][k + "_tps"]),
+                spread(out["bench"][k + "_tps"]).c_str());
+  }
   std::printf("%-28s %10.2f t/s %s\n", pp.c_str(), m(out["bench"]["pp_tps"]), spread(out["bench"]["pp_tps"]).c_str());
   std::printf("%-28s %10.2f t/s %s\n", (pp + " --exact").c_str(), m(out["bench"]["pp_exact_tps"]),
               spread(out["bench"]["pp_exact_tps"]).c_str());
@@ -246,6 +329,14 @@ int run(const Args& a) {
               spread(out["roofline"]["tg_fraction"]).c_str(),
               100 * m(out["roofline"]["tg_exact_fraction"]));
   std::printf("%-28s %10.2f s\n", "load", m(out["text"]["load_s"]));
+  std::string loads;
+  for (const auto& r : bench) {
+    char b[48];
+    std::snprintf(b, sizeof b, "%s%.2f -> %.2f", loads.empty() ? "" : ", ",
+                  r["load_start"].get<double>(), r["load_end"].get<double>());
+    loads += b;
+  }
+  std::printf("%-28s %s\n", "load average, pp/tg runs", loads.c_str());
   return 0;
 }
 
@@ -259,6 +350,8 @@ int main(int argc, char** argv) {
   app.add_option("--reps", a.reps, "repetitions of each test")->check(CLI::PositiveNumber);
   app.add_option("--threads", a.threads, "worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--pp", a.pp, "prompt length of the prefill benchmark")->check(CLI::PositiveNumber);
+  app.add_option("--pp-short", a.pp_short, "short prompt lengths also measured (int8 only)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--tg", a.tg, "tokens of the generation benchmark")->check(CLI::PositiveNumber);
   app.add_option("--depth", a.depth,
                  "tokens of context before the prefill and generation benchmarks (llama-bench's "

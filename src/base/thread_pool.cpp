@@ -53,6 +53,13 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
+void ThreadPool::take_tasks(int index) {
+  for (int64_t t = next_task_.fetch_add(1, std::memory_order_relaxed); t < n_tasks_;
+       t = next_task_.fetch_add(1, std::memory_order_relaxed)) {
+    (*job_)(t, index);
+  }
+}
+
 void ThreadPool::worker(int index) {
   uint64_t seen = 0;
   for (;;) {
@@ -68,8 +75,37 @@ void ThreadPool::worker(int index) {
     }
     if (stop_.load()) return;
     seen = generation_.load(std::memory_order_acquire);
-    (*job_)(index);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    // Counted before looking at open_ (both sequentially consistent): either the caller sees this
+    // worker in active_ and waits for it, or the worker sees the job closed and keeps off it.
+    active_.fetch_add(1);
+    if (open_.load()) take_tasks(index);
+    if (active_.fetch_sub(1) == 1) active_.notify_all();
+  }
+}
+
+void ThreadPool::run_tasks(int64_t n_tasks, const std::function<void(int64_t, int)>& fn) {
+  if (n_tasks <= 0) return;
+  if (n_tasks == 1 || n_threads_ == 1) {
+    for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
+    return;
+  }
+  job_ = &fn;
+  n_tasks_ = n_tasks;
+  next_task_.store(0, std::memory_order_relaxed);
+  open_.store(true);
+  {
+    // Under the lock, so that a worker about to sleep either sees the new generation or is
+    // already counted in sleepers_ and gets the notification.
+    std::lock_guard<std::mutex> lock(mutex_);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  if (sleepers_.load() > 0) wake_.notify_all();
+  take_tasks(0);
+  open_.store(false);
+  // Every task is taken: wait only for the workers still running one.
+  auto done = [&] { return active_.load() == 0; };
+  if (!spin_until(done)) {
+    for (int a = active_.load(); a != 0; a = active_.load()) active_.wait(a);
   }
 }
 
@@ -78,30 +114,13 @@ void ThreadPool::parallel_for(size_t n, size_t grain,
   if (n == 0) return;
   grain = std::max<size_t>(grain, 1);
   const size_t n_grains = (n + grain - 1) / grain;
-  const int n_used = static_cast<int>(std::min<size_t>(n_threads_, n_grains));
-  auto chunk = [&](int t) {
-    if (t >= n_used) return;
-    const size_t g0 = n_grains * t / n_used, g1 = n_grains * (t + 1) / n_used;
+  // A few chunks per thread, so that the others can take over from one that is held up.
+  const size_t n_chunks = std::min<size_t>(n_grains, size_t{4} * n_threads_);
+  run_tasks(static_cast<int64_t>(n_chunks), [&](int64_t c, int thread) {
+    const size_t g0 = n_grains * c / n_chunks, g1 = n_grains * (c + 1) / n_chunks;
     const size_t b = g0 * grain, e = std::min(n, g1 * grain);
-    if (b < e) fn(b, e, t);
-  };
-  if (n_used == 1) {
-    chunk(0);
-    return;
-  }
-  const std::function<void(int)> job = chunk;
-  job_ = &job;
-  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-  {
-    // Under the lock, so that a worker about to sleep either sees the new generation or is
-    // already counted in sleepers_ and gets the notification.
-    std::lock_guard<std::mutex> lock(mutex_);
-    generation_.fetch_add(1, std::memory_order_release);
-  }
-  if (sleepers_.load() > 0) wake_.notify_all();
-  chunk(0);
-  auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
-  while (!spin_until(done)) std::this_thread::yield();
+    if (b < e) fn(b, e, thread);
+  });
 }
 
 namespace {

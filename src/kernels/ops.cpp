@@ -40,4 +40,6 @@ void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int hea
 
 double read_bandwidth_gbs(size_t bytes, int reps) { return cpu::read_bandwidth_gbs(bytes, reps); }
 
+const char* simd_target() { return cpu::target_name(); }
+
 }  // namespace gp::ops

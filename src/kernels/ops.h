@@ -95,4 +95,7 @@ void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int hea
 // bytes read per token.
 double read_bandwidth_gbs(size_t bytes, int reps = 3);
 
+// The SIMD target the kernels run on this machine, as Highway names it (e.g. "AVX3_DL", "AVX2").
+const char* simd_target();
+
 }  // namespace gp::ops

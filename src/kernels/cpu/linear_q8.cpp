@@ -2,11 +2,12 @@
 // inner products are exact integer multiply-adds of nibbles and int8 values:
 //   y = sum_g scale_g * dx_g * (q_g · xq_g) + bias_g * sum(x_g),   x ≈ dx_g * xq_g.
 // One row (decode) streams the weight once with u8 x i8 pair multiply-adds of the nibbles
-// (pmaddubsw on x86; 16-bit products elsewhere), several weights of the same input in one pass
-// over the pool; many rows (prefill) unpack blocks of weight rows into u8 panels for the same
-// multiply-adds, about twice the f32 GEMM's rate. Less precise than linear by the int8
-// rounding of x.
+// (vpdpbusd on AVX-512 VNNI, pmaddubsw on other x86; 16-bit products elsewhere), several weights
+// of the same input in one pass over the pool; many rows (prefill) unpack blocks of weight rows
+// into u8 panels for the same multiply-adds, about twice the f32 GEMM's rate. Less precise than
+// linear by the int8 rounding of x.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -62,6 +63,19 @@ HWY_INLINE hn::Vec<DB32> PairSumI16(hn::Vec<DBI16> v) {
 #define GP_Q8_X86 0
 #endif
 
+#undef GP_Q8_VNNI512
+#undef GP_VNNI_ATTR
+#if HWY_TARGET == HWY_AVX3_DL
+// 512-bit u8 x i8 dot products of 4 bytes into int32 (vpdpbusd): one instruction where AVX2
+// needs pmaddubsw + pmaddwd + add, over twice the bytes. Highway's AVX3_DL target names only
+// the VEX form (avxvnni), so the functions using it add avx512vnni; Highway picks AVX3_DL only on
+// CPUs that have AVX512-VNNI.
+#define GP_Q8_VNNI512 1
+#define GP_VNNI_ATTR __attribute__((target("avx512vnni")))
+#else
+#define GP_Q8_VNNI512 0
+#endif
+
 // ---------------------------------------------------------------- one activation row
 
 // Per-group scale of x: x ≈ dx * xq with xq = round(x / dx) in [-127, 127], dx = max|x| / 127.
@@ -86,23 +100,38 @@ HWY_INLINE float RoundQ(float v) {
 // group of xq is stored as its 32 even elements, then its 32 odd ones, as int8, so that the low
 // and the high nibbles each meet their activations in one u8 x i8 multiply-add.
 using XQ = int8_t;
+#if GP_Q8_VNNI512
+using DQ32 = hn::ScalableTag<int32_t>;  // 16 lanes: the scales and biases of one row
+#else
 using DQ32 = DB32;  // int32 partial sums of GroupDotQ
+#endif
 void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
                float* HWY_RESTRICT xsum) {
-  for (int64_t g = 0; g < in / kGroup; ++g) {
+  const int64_t gpr = in / kGroup;
+  for (int64_t g = 0; g < gpr; ++g) {
     const float* xg = x + g * kGroup;
     float inv;
     dx[g] = GroupScale(xg, &inv, &xsum[g]);
-    XQ* qg = xq + g * kGroup;
+    XQ* even = xq + g * kGroup;
+    XQ* odd = even + kGroup / 2;
+#if GP_Q8_VNNI512
+    // Two groups' 64 nibble bytes are one 512-bit load: their even elements, then their odd
+    // ones, so that each nibble half meets its activations in one vpdpbusd. A last unpaired
+    // group keeps the order above.
+    if ((g | 1) < gpr) {
+      even = xq + (g & ~int64_t{1}) * kGroup + (g & 1) * (kGroup / 2);
+      odd = even + kGroup;
+    }
+#endif
     for (int64_t i = 0; i < kGroup / 2; ++i) {
-      qg[i] = static_cast<XQ>(RoundQ(xg[2 * i] * inv));
-      qg[kGroup / 2 + i] = static_cast<XQ>(RoundQ(xg[2 * i + 1] * inv));
+      even[i] = static_cast<XQ>(RoundQ(xg[2 * i] * inv));
+      odd[i] = static_cast<XQ>(RoundQ(xg[2 * i + 1] * inv));
     }
   }
 }
 
 // Per-lane int32 partial sums of q_k * xq_k over one group (8 words against its 64 xq).
-HWY_INLINE hn::Vec<DQ32> GroupDotQ(const uint32_t* words, const XQ* HWY_RESTRICT xg) {
+HWY_INLINE hn::Vec<DB32> GroupDotQ(const uint32_t* words, const XQ* HWY_RESTRICT xg) {
   const DBU8 du8;
   const DBI8 di8;
   const hn::Repartition<uint16_t, DB32> du16;
@@ -179,6 +208,60 @@ HWY_INLINE hn::Vec<DQ32> GroupDotQ(const uint32_t* group_words, const XQ* HWY_RE
 // never fault.
 constexpr int64_t kPrefetchAhead = 2048;
 
+#if GP_Q8_VNNI512
+// Two groups' 64 nibble bytes against their xq (even elements of both, then odd ones): lanes
+// 0-7 hold the first group's int32 partial sums, lanes 8-15 the second's, as f32.
+GP_VNNI_ATTR HWY_INLINE __m512 PairDotVnni(const uint8_t* w, const XQ* x, __m512i mask,
+                                           __m512i zero) {
+  const __m512i v = _mm512_loadu_si512(w);
+  const __m512i d = _mm512_dpbusd_epi32(zero, _mm512_and_si512(v, mask), _mm512_loadu_si512(x));
+  return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask),
+                                                _mm512_loadu_si512(x + 64)));
+}
+
+// sum_g sd_g * (q_g · xq_g) over one weight row, in the 16 lanes of the result (only their
+// total counts): two groups per 64-byte load, lanes 0-7 the first group's, 8-15 the second's.
+GP_VNNI_ATTR hn::Vec<hn::ScalableTag<float>> RowDotVnni(const uint32_t* row_words,
+                                                        const XQ* HWY_RESTRICT xq,
+                                                        const float* HWY_RESTRICT sd, int64_t gpr) {
+  const auto* row = reinterpret_cast<const uint8_t*>(row_words);
+  const auto* ahead = row + kPrefetchAhead;
+  const __m512i mask = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+  // Lanes 0-7 take scale 0 (or 2), lanes 8-15 scale 1 (or 3) of four broadcast scales.
+  const __m512i pick01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i pick23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+  auto pair = [&](const uint8_t* w, const XQ* x) { return PairDotVnni(w, x, mask, zero); };
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  int64_t g = 0;
+  for (; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
+    hwy::Prefetch(ahead + g * 32);
+    hwy::Prefetch(ahead + g * 32 + 64);
+    const __m512 s = _mm512_broadcast_f32x4(_mm_loadu_ps(sd + g));
+    a0 = _mm512_fmadd_ps(pair(row + g * 32, xq + g * kGroup), _mm512_permutexvar_ps(pick01, s), a0);
+    a1 = _mm512_fmadd_ps(pair(row + g * 32 + 64, xq + g * kGroup + 128),
+                         _mm512_permutexvar_ps(pick23, s), a1);
+  }
+  if (g + 2 <= gpr) {
+    const __m512 s = _mm512_broadcast_f32x4(
+        _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sd + g))));  // sd[g], sd[g+1]
+    a0 = _mm512_fmadd_ps(pair(row + g * 32, xq + g * kGroup), _mm512_permutexvar_ps(pick01, s), a0);
+    g += 2;
+  }
+  if (g < gpr) {  // a last unpaired group: 32 bytes, its xq in the order of the other targets
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * 32));
+    const auto* x = reinterpret_cast<const __m256i*>(xq + g * kGroup);
+    __m256i d =
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(v, m), _mm256_loadu_si256(x));
+    d = _mm256_dpbusd_epi32(d, _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
+                            _mm256_loadu_si256(x + 1));
+    const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sd[g]));
+    a1 = _mm512_add_ps(a1, _mm512_zextps256_ps512(p));
+  }
+  return hn::Vec<hn::ScalableTag<float>>{_mm512_add_ps(a0, a1)};
+}
+#endif
+
 // Rows [r0, r1) one after the other, so each thread reads one sequential stream of weight bytes
 // (reading four rows side by side to share the activation loads was 10-15 % slower from DRAM:
 // four short streams that the prefetchers follow badly). Four accumulators over the groups.
@@ -189,10 +272,12 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
   const size_t ss = dtype_size(w.scale_dtype);
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
   float* sd = thread_scratch(kScratchA, gpr);  // scale_g * dx_g of one row
+#if !GP_Q8_VNNI512
   auto group = [&](const uint32_t* row, int64_t g, hn::Vec<decltype(df)> acc) {
     return hn::MulAdd(hn::ConvertTo(df, GroupDotQ(row + g * 8, xq + g * kGroup)),
                       hn::Set(df, sd[g]), acc);
   };
+#endif
   for (int64_t o = r0; o < r1; ++o) {
     const void* scales = static_cast<const uint8_t*>(w.scales) + o * gpr * ss;
     int64_t g = 0;
@@ -202,6 +287,9 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
     }
     for (; g < gpr; ++g) sd[g] = load_float(w.scale_dtype, scales, g) * dx[g];
     const uint32_t* row = w.q + o * wpr;
+#if GP_Q8_VNNI512
+    auto a0 = RowDotVnni(row, xq, sd, gpr), a1 = hn::Zero(df), a2 = a1, a3 = a1;
+#else
     const auto* ahead = reinterpret_cast<const uint8_t*>(row) + kPrefetchAhead;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
     for (g = 0; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
@@ -213,6 +301,7 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
       a3 = group(row, g + 3, a3);
     }
     for (; g < gpr; ++g) a0 = group(row, g, a0);
+#endif
     // The bias terms bias_g * xsum_g join the same lanes: only the total of all lanes counts.
     const void* biases = static_cast<const uint8_t*>(w.biases) + o * gpr * ss;
     for (g = 0; g + L <= gpr; g += L)
@@ -264,10 +353,13 @@ void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* 
 
 constexpr int kQMR = 4;         // activation rows of the register tile
 constexpr int64_t kQKC = 2048;  // inputs per panel: a multiple of the group size
-constexpr int kQPanels = 4;     // panels per task, reused by every x tile while it is in L1
+// Panels per task, reused by every x tile while they are in L1: 32 output columns in all.
+constexpr int kQPanels = GP_Q8_VNNI512 ? 1 : 4;
 
-// Output columns of one panel: the int32 lanes of one vector.
-HWY_INLINE int64_t QPanelWidth() { return static_cast<int64_t>(hn::Lanes(DB32())); }
+// Output columns of one panel: the int32 lanes of one vector (two 512-bit ones with VNNI).
+HWY_INLINE int64_t QPanelWidth() {
+  return GP_Q8_VNNI512 ? 32 : static_cast<int64_t>(hn::Lanes(DB32()));
+}
 
 // panel[k][j] = chunk k of rows[j] (4 bytes each), for k < n_chunks and the NB rows: a
 // transpose of 32-bit words, done in registers 4x4 or 8x8 when NB is 4 or 8.
@@ -315,6 +407,159 @@ void TransposeChunks(const uint8_t (*rows)[kQKC], int64_t n_chunks, uint8_t* HWY
     for (size_t j = 0; j < NB; ++j) std::memcpy(panel + (k * NB + j) * 4, rows[j] + 4 * k, 4);
 }
 
+// sc[g*NB + j], bi[g*NB + j] = scale and bias of group k0/64 + g of weight row o + j (clamped to
+// the last row), for g < ng, j < NB: each row's groups converted as one vector run, then spread.
+// One value at a time, the dtype switch of each had cost as much as unpacking the nibbles.
+void PanelScales(const Weight& w, int64_t o, int64_t NB, int64_t k0, int64_t ng,
+                 float* HWY_RESTRICT sc, float* HWY_RESTRICT bi) {
+  const int64_t gpr = w.groups_per_row();
+  const size_t ss = dtype_size(w.scale_dtype);
+  HWY_ALIGN float row_sc[kQKC / kGroup], row_bi[kQKC / kGroup];
+  for (int64_t j = 0; j < NB; ++j) {
+    const int64_t first = std::min(o + j, w.out - 1) * gpr + k0 / kGroup;
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + first * ss, ng, row_sc);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + first * ss, ng, row_bi);
+    for (int64_t g = 0; g < ng; ++g) {
+      sc[g * NB + j] = row_sc[g];
+      bi[g * NB + j] = row_bi[g];
+    }
+  }
+}
+
+#if GP_Q8_VNNI512
+// Byte 2i and 2i+1 of a 64-byte vector: byte i of 32 nibble bytes.
+constexpr auto kDupBytes = [] {
+  std::array<uint8_t, 64> b{};
+  for (int i = 0; i < 64; ++i) b[i] = static_cast<uint8_t>(i / 2);
+  return b;
+}();
+
+// PackQ8Panel for panels of 32 rows: each group (32 nibble bytes) of 4 rows is spread to bytes in
+// registers (a byte permute doubles every byte, the odd copies take the high nibble) and
+// transposed in 32-bit words within the 128-bit lanes, without a buffer of unpacked rows.
+void PackQ8PanelVnni(const Weight& w, int64_t o, int64_t k0, int64_t kc,
+                     uint8_t* HWY_RESTRICT panel, float* HWY_RESTRICT sc, float* HWY_RESTRICT bi) {
+  constexpr int64_t NB = 32;
+  const int64_t wpr = w.in / 8, gpr = w.groups_per_row();
+  const size_t ss = dtype_size(w.scale_dtype);
+  const __m512i dup = _mm512_loadu_si512(kDupBytes.data());
+  const __m512i mask = _mm512_set1_epi8(0x0F);
+  const __mmask64 odd = 0xAAAAAAAAAAAAAAAAull;
+  // 128-bit lane L of u goes to chunk c + 4L (4 bytes per row, NB rows per chunk).
+  auto store_lanes = [&](__m512i u, int64_t c, int64_t j0) {
+    uint8_t* p = panel + (c * NB + j0) * 4;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_castsi512_si128(u));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 16 * NB), _mm512_extracti32x4_epi32(u, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 32 * NB), _mm512_extracti32x4_epi32(u, 2));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 48 * NB), _mm512_extracti32x4_epi32(u, 3));
+  };
+  // Each row's kc/2 bytes are a short stream that the hardware prefetchers barely follow (the
+  // loads stalled 3/4 of the time): the scales and the first eight rows are prefetched at once,
+  // and the rows eight ahead (or those of the next chunk of inputs) while four are unpacked.
+  auto row_bytes = [&](int64_t j, int64_t k) {
+    return reinterpret_cast<const uint8_t*>(w.q + std::min(o + j, w.out - 1) * wpr) + k / 2;
+  };
+  for (int64_t j = 0; j < NB; ++j) {
+    const int64_t first = (std::min(o + j, w.out - 1) * gpr + k0 / kGroup) * ss;
+    hwy::Prefetch(static_cast<const uint8_t*>(w.scales) + first);
+    hwy::Prefetch(static_cast<const uint8_t*>(w.biases) + first);
+  }
+  constexpr int64_t kAhead = 8;
+  for (int64_t j = 0; j < kAhead; ++j)
+    for (int64_t i = 0; i < kc / 2; i += 64) hwy::Prefetch(row_bytes(j, k0) + i);
+  for (int64_t j0 = 0; j0 < NB; j0 += 4) {
+    const uint8_t* src[4];
+    const uint8_t* next[4] = {};
+    int64_t next_bytes = 0;
+    for (int64_t j = 0; j < 4; ++j) {
+      src[j] = row_bytes(j0 + j, k0);
+      if (j0 + kAhead < NB) {
+        next[j] = row_bytes(j0 + kAhead + j, k0), next_bytes = kc / 2;
+      } else if (k0 + kc < w.in) {
+        next[j] = row_bytes(j0 + kAhead - NB + j, k0 + kc);
+        next_bytes = std::min(kc, w.in - k0 - kc) / 2;
+      }
+    }
+    auto unpack = [&](int j, int64_t g) {
+      const __m512i b = _mm512_permutexvar_epi8(
+          dup, _mm512_castsi256_si512(
+                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + g * 32))));
+      return _mm512_and_si512(_mm512_mask_blend_epi8(odd, b, _mm512_srli_epi16(b, 4)), mask);
+    };
+    for (int64_t g = 0; g < kc / kGroup; ++g) {
+      if (g % 2 == 0 && g * 32 < next_bytes) {
+        for (int j = 0; j < 4; ++j) hwy::Prefetch(next[j] + g * 32);
+      }
+      // Lane L of v_j holds chunks 4L .. 4L+3 of row j0+j; afterwards lane L of u_i holds
+      // chunk 4L+i of the four rows.
+      const __m512i v0 = unpack(0, g), v1 = unpack(1, g), v2 = unpack(2, g), v3 = unpack(3, g);
+      const __m512i t0 = _mm512_unpacklo_epi32(v0, v1), t1 = _mm512_unpackhi_epi32(v0, v1);
+      const __m512i t2 = _mm512_unpacklo_epi32(v2, v3), t3 = _mm512_unpackhi_epi32(v2, v3);
+      const int64_t c = g * (kGroup / 4);
+      store_lanes(_mm512_unpacklo_epi64(t0, t2), c, j0);
+      store_lanes(_mm512_unpackhi_epi64(t0, t2), c + 1, j0);
+      store_lanes(_mm512_unpacklo_epi64(t1, t3), c + 2, j0);
+      store_lanes(_mm512_unpackhi_epi64(t1, t3), c + 3, j0);
+    }
+  }
+  PanelScales(w, o, NB, k0, kc / kGroup, sc, bi);
+}
+
+// Q8MicroKernel for panels of 32 columns: a 4 x 32 tile, two vpdpbusd per activation row and
+// step of 4 inputs, int32 sums per group.
+GP_VNNI_ATTR void Q8MicroKernelVnni(const int8_t* const* a, const float* const* dx,
+                                    const float* const* xs, int64_t kc,
+                                    const uint8_t* HWY_RESTRICT panel, const float* HWY_RESTRICT sc,
+                                    const float* HWY_RESTRICT bi, float* const* c, bool first,
+                                    const float* init) {
+  constexpr int64_t NB = 32;
+  __m512 acc[kQMR][2];
+  HWY_UNROLL(4)
+  for (int r = 0; r < kQMR; ++r) {
+    for (int v = 0; v < 2; ++v) {
+      acc[r][v] = !first ? _mm512_loadu_ps(c[r] + 16 * v)
+                  : init ? _mm512_loadu_ps(init + 16 * v)
+                         : _mm512_setzero_ps();
+    }
+  }
+  for (int64_t g = 0; g < kc / kGroup; ++g) {
+    __m512i p[kQMR][2];
+    HWY_UNROLL(4)
+    for (int r = 0; r < kQMR; ++r) p[r][0] = p[r][1] = _mm512_setzero_si512();
+    const uint8_t* pw = panel + g * kGroup * NB;
+    // 16 steps: each int32 lane sums 64 products <= 15 * 127, no overflow.
+    HWY_UNROLL(2)
+    for (int64_t st = 0; st < kGroup / 4; ++st) {
+      const __m512i w0 = _mm512_load_si512(pw + st * 4 * NB);
+      const __m512i w1 = _mm512_load_si512(pw + st * 4 * NB + 64);
+      HWY_UNROLL(4)
+      for (int r = 0; r < kQMR; ++r) {
+        int32_t xv;
+        std::memcpy(&xv, a[r] + g * kGroup + st * 4, 4);
+        const __m512i xb = _mm512_set1_epi32(xv);
+        p[r][0] = _mm512_dpbusd_epi32(p[r][0], w0, xb);
+        p[r][1] = _mm512_dpbusd_epi32(p[r][1], w1, xb);
+      }
+    }
+    const __m512 s0 = _mm512_load_ps(sc + g * NB), s1 = _mm512_load_ps(sc + g * NB + 16);
+    const __m512 b0 = _mm512_load_ps(bi + g * NB), b1 = _mm512_load_ps(bi + g * NB + 16);
+    HWY_UNROLL(4)
+    for (int r = 0; r < kQMR; ++r) {
+      const __m512 d = _mm512_set1_ps(dx[r][g]), x = _mm512_set1_ps(xs[r][g]);
+      acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[r][0]), _mm512_mul_ps(s0, d), acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[r][1]), _mm512_mul_ps(s1, d), acc[r][1]);
+      acc[r][0] = _mm512_fmadd_ps(b0, x, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(b1, x, acc[r][1]);
+    }
+  }
+  HWY_UNROLL(4)
+  for (int r = 0; r < kQMR; ++r) {
+    _mm512_storeu_ps(c[r], acc[r][0]);
+    _mm512_storeu_ps(c[r] + 16, acc[r][1]);
+  }
+}
+#endif
+
 // Unpacks the nibbles of weight rows o .. o+NB (clamped to the last row) and inputs
 // [k0, k0 + kc) into panel [kc/4][NB][4] u8, with their scales and biases as f32 [kc/64][NB].
 // Each row is first spread to bytes in natural order with vector ops, then the rows' 4-byte
@@ -322,7 +567,10 @@ void TransposeChunks(const uint8_t (*rows)[kQKC], int64_t n_chunks, uint8_t* HWY
 // unpacking costs as much as the products.
 void PackQ8Panel(const Weight& w, int64_t o, int64_t k0, int64_t kc, uint8_t* HWY_RESTRICT panel,
                  float* HWY_RESTRICT sc, float* HWY_RESTRICT bi) {
-  const int64_t NB = QPanelWidth(), gpr = w.groups_per_row(), wpr = w.in / 8;
+#if GP_Q8_VNNI512
+  return PackQ8PanelVnni(w, o, k0, kc, panel, sc, bi);
+#endif
+  const int64_t NB = QPanelWidth(), wpr = w.in / 8;
   constexpr int64_t kMaxNB = 8;  // DB32 holds at most 8 lanes
   HWY_ALIGN uint8_t rows[kMaxNB][kQKC];
   for (int64_t j = 0; j < NB; ++j) {
@@ -347,11 +595,8 @@ void PackQ8Panel(const Weight& w, int64_t o, int64_t k0, int64_t kc, uint8_t* HW
       hn::Store(hn::InterleaveUpper(d8, lo, hi), d8, rows[j] + 2 * i + 16);
     }
 #endif
-    for (int64_t g = 0; g < kc / kGroup; ++g) {
-      sc[g * NB + j] = load_float(w.scale_dtype, w.scales, r * gpr + k0 / kGroup + g);
-      bi[g * NB + j] = load_float(w.scale_dtype, w.biases, r * gpr + k0 / kGroup + g);
-    }
   }
+  PanelScales(w, o, NB, k0, kc / kGroup, sc, bi);
   TransposeChunks(rows, kc / 4, panel);
 }
 
@@ -362,6 +607,9 @@ void PackQ8Panel(const Weight& w, int64_t o, int64_t k0, int64_t kc, uint8_t* HW
 void Q8MicroKernel(const int8_t* const* a, const float* const* dx, const float* const* xs,
                    int64_t kc, const uint8_t* HWY_RESTRICT panel, const float* HWY_RESTRICT sc,
                    const float* HWY_RESTRICT bi, float* const* c, bool first, const float* init) {
+#if GP_Q8_VNNI512
+  return Q8MicroKernelVnni(a, dx, xs, kc, panel, sc, bi, c, first, init);
+#endif
   const DBF df;
   const int64_t NB = QPanelWidth();
 #if GP_Q8_X86

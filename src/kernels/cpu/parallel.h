@@ -4,7 +4,6 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -20,13 +19,7 @@ void parallel_blocks(int64_t n_blocks, const Fn& fn) {
     for (int64_t b = 0; b < n_blocks; ++b) fn(b, 0);
     return;
   }
-  std::atomic<int64_t> next{0};
-  pool.parallel_for(pool.size(), 1, [&](size_t, size_t, int thread) {
-    for (int64_t b = next.fetch_add(1, std::memory_order_relaxed); b < n_blocks;
-         b = next.fetch_add(1, std::memory_order_relaxed)) {
-      fn(b, thread);
-    }
-  });
+  pool.run_tasks(n_blocks, [&](int64_t b, int thread) { fn(b, thread); });
 }
 
 // One-row (decode) linears: below this many weight bytes the hand-off to the pool costs more
