@@ -1,5 +1,5 @@
-// gemma-cli: generate text from a Gemma 3 checkpoint (original or compressed), from text and images,
-// streaming, with speed and memory statistics.
+// gemma-cli: generate text from a Gemma 3 checkpoint (original or compressed), from text and
+// images, streaming, with speed and memory statistics.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
@@ -10,6 +10,7 @@
 #include "base/error.h"
 #include "base/sys.h"
 #include "runtime/engine.h"
+#include "tool_util.h"
 
 namespace {
 
@@ -44,7 +45,8 @@ void print_stats(const Engine& engine, const GenerateResult& r) {
   std::fprintf(stderr, "\n---\n");
   std::fprintf(stderr, "load:       %.2f s\n", engine.load_seconds());
   if (r.prefill.n_images)
-    std::fprintf(stderr, "image:      %d encoded in %.2f s\n", r.prefill.n_images, r.prefill.image_s);
+    std::fprintf(stderr, "image:      %d encoded in %.2f s\n", r.prefill.n_images,
+                 r.prefill.image_s);
   std::fprintf(stderr, "prompt:     %d tokens (%d cached), %.2f tokens/s\n", r.prefill.n_tokens,
                r.prefill.n_reused, r.prompt_tps());
   std::fprintf(stderr, "generation: %zu tokens, %.2f tokens/s (%s)\n", r.ids.size(), r.gen_tps(),
@@ -70,7 +72,8 @@ int run_chat(Engine& engine, const Args& a) {
   std::vector<int32_t> transcript;  // ids of the conversation so far, as the cache holds them
   std::vector<std::string> pending_images;
   const auto& p = engine.chat_pieces();
-  std::fprintf(stderr, "chat: type a message; /image PATH attaches an image to the next one; /quit ends\n");
+  std::fprintf(stderr,
+               "chat: type a message; /image PATH attaches an image to the next one; /quit ends\n");
   std::string line;
   bool first = true;
   while (true) {
@@ -185,7 +188,8 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"gemma-cli: run a Gemma 3 checkpoint (MLX 4-bit, original or compressed) on the CPU"};
+  CLI::App app{
+      "gemma-cli: run a Gemma 3 checkpoint (MLX 4-bit, original or compressed) on the CPU"};
   Args a;
   app.add_option("model", a.model, "checkpoint directory")->required();
   app.add_option("-p,--prompt", a.prompt, "user prompt");
@@ -193,16 +197,23 @@ int main(int argc, char** argv) {
   app.add_option("--image", a.images, "image file (repeatable; placed before the text, in order)");
   app.add_option("-m,--max-tokens", a.gen.max_tokens, "tokens to generate (0: prefill only)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("-t,--temperature", a.gen.sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  app.add_option("-t,--temperature", a.gen.sampling.temperature, "0 = greedy")
+      ->check(gp::kFinite)
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--top-k", a.gen.sampling.top_k, "keep the k most likely tokens (0: off)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", a.gen.sampling.top_p, "nucleus sampling mass (1: off)")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--top-p", a.gen.sampling.top_p, "nucleus sampling mass (1: off)")
+      ->check(gp::kFinite)
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--min-p", a.gen.sampling.min_p, "drop tokens below min-p x p(top) (0: off)")
+      ->check(gp::kFinite)
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--repetition-penalty", a.gen.sampling.repetition_penalty, "1: off")
+      ->check(gp::kFinite)
       ->check(CLI::PositiveNumber);
   app.add_option("--seed", a.gen.sampling.seed, "random seed for sampling");
-  app.add_option("--threads", a.threads, "worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", a.threads, "worker threads (0: all cores)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--ctx-size", a.ctx_size, "context size in tokens")->check(CLI::PositiveNumber);
   app.add_flag("--exact", a.exact,
                "f32 activations in every linear and an f32 KV cache (default: int8 per group "
@@ -212,15 +223,13 @@ int main(int argc, char** argv) {
   app.add_flag("--json", a.json, "print one JSON object instead of streaming text");
   app.add_option("--tokens", a.tokens, "prompt as comma-separated token ids, no template");
   app.add_option("--logits-out", a.logits_out, "write the prompt logits (f32 [n_prompt, vocab])");
-  app.add_option("--embeddings-out", a.embeddings_out, "write the image embeddings (f32 [tokens, hidden] per image)");
+  app.add_option("--embeddings-out", a.embeddings_out,
+                 "write the image embeddings (f32 [tokens, hidden] per image)");
   CLI11_PARSE(app, argc, argv);
   try {
     return run(a);
-  } catch (const gp::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", gp::error_message(e).c_str());
     return 1;
   }
 }
