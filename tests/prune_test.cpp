@@ -982,8 +982,19 @@ TEST_F(BadInput, ExistingOutputNeedsForce) {
   o.steps = {Step::Split};
   EXPECT_THROW(prune::run_pipeline(original(), out, o), Error);
   EXPECT_EQ(test::read_text(out + "/keep.txt"), "mine");
-  // A failing forced run leaves the old output in place.
+  // --force replaces only an earlier output (empty, or config.json and *.safetensors).
   o.force = true;
+  try {
+    prune::run_pipeline(original(), out, o);
+    ADD_FAILURE() << "a directory of other data was replaced";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not an earlier output"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(test::read_text(out + "/keep.txt"), "mine");
+  test::write_text(out + "/config.json", "{}");
+  test::write_text(out + "/model.safetensors", "");
+  // A failing forced run leaves the old output in place.
   o.steps = {Step::Layers};
   o.prune.drop_layers = {9};
   EXPECT_THROW(prune::run_pipeline(original(), out, o), Error);

@@ -20,6 +20,7 @@
 #include "base/sys.h"
 #include "kernels/ops.h"
 #include "runtime/engine.h"
+#include "tool_util.h"
 
 namespace {
 
@@ -75,7 +76,7 @@ json in_child(const std::function<json()>& fn) {
     try {
       out = fn();
     } catch (const std::exception& e) {
-      out = {{"error", e.what()}};
+      out = {{"error", gp::error_message(e)}};
     }
     const std::string s = out.dump();
     size_t off = 0;
@@ -124,10 +125,11 @@ json generation_test(const Args& a, const std::string& prompt, int n_tokens, boo
   GenerateOptions opt;
   opt.max_tokens = n_tokens;
   opt.ignore_stop_tokens = true;  // random weights: always run the full count
-  const auto r = generate(session, engine.chat_prompt({{"user", prompt, with_image ? 1 : 0}}), images, opt);
-  return {{"load_s", engine.load_seconds()},       {"prompt_tokens", r.prefill.n_tokens},
-          {"prompt_tps", r.prompt_tps()},           {"gen_tokens", r.ids.size()},
-          {"gen_tps", r.gen_tps()},                 {"image_s", r.prefill.image_s},
+  const auto r =
+      generate(session, engine.chat_prompt({{"user", prompt, with_image ? 1 : 0}}), images, opt);
+  return {{"load_s", engine.load_seconds()}, {"prompt_tokens", r.prefill.n_tokens},
+          {"prompt_tps", r.prompt_tps()},    {"gen_tokens", r.ids.size()},
+          {"gen_tps", r.gen_tps()},          {"image_s", r.prefill.image_s},
           {"peak_rss_mb", peak_rss_mb()}};
 }
 
@@ -135,7 +137,8 @@ json pp_tg_test(const Args& a) {
   Engine engine(a.model, {a.threads, false, false});
   const ModelConfig& c = engine.config();
   // Deterministic ids from the upper half of the tokenizer's pieces (ordinary text, no specials).
-  const int32_t hi = std::min<int32_t>(engine.tokenizer().vocab_size(), static_cast<int32_t>(c.text.n_vocab));
+  const int32_t hi =
+      std::min<int32_t>(engine.tokenizer().vocab_size(), static_cast<int32_t>(c.text.n_vocab));
   uint64_t x = 12345;
   auto next_id = [&] {
     x = x * 6364136223846793005ull + 1442695040888963407ull;
@@ -254,18 +257,24 @@ int run(const Args& a) {
     for (int r = 0; r < a.reps; ++r) {
       if (!a.json_out) std::fprintf(stderr, "%s: run %d/%d\n", label.c_str(), r + 1, a.reps);
       json j = in_child(fn);
-      check(!j.contains("error"), label + ": " + (j.contains("error") ? j["error"].get<std::string>() : ""));
+      check(!j.contains("error"),
+            label + ": " + (j.contains("error") ? j["error"].get<std::string>() : ""));
       runs.push_back(j);
     }
     return runs;
   };
-  const auto text = runs_of("text", [&] { return generation_test(a, "Hello, how are you?", a.text_tokens, false); });
+  const auto text = runs_of(
+      "text", [&] { return generation_test(a, "Hello, how are you?", a.text_tokens, false); });
   const auto bench = runs_of("pp/tg", [&] { return pp_tg_test(a); });
   std::vector<json> image;
   if (!a.skip_image && dir.has("vision_tower.vision_model.embeddings.patch_embedding.weight"))
-    image = runs_of("image", [&] { return generation_test(a, "Describe this image in detail.", a.image_tokens, true); });
-  for (const char* k : {"load_s", "prompt_tps", "gen_tps", "peak_rss_mb"}) out["text"][k] = collect(text, k);
-  for (const char* k : {"pp_tps", "pp_exact_tps", "tg_tps", "tg_exact_tps"}) out["bench"][k] = collect(bench, k);
+    image = runs_of("image", [&] {
+      return generation_test(a, "Describe this image in detail.", a.image_tokens, true);
+    });
+  for (const char* k : {"load_s", "prompt_tps", "gen_tps", "peak_rss_mb"})
+    out["text"][k] = collect(text, k);
+  for (const char* k : {"pp_tps", "pp_exact_tps", "tg_tps", "tg_exact_tps"})
+    out["bench"][k] = collect(bench, k);
   for (int n : a.pp_short) {
     const std::string k = "pp" + std::to_string(n) + "_tps";
     out["bench"][k] = collect(bench, k);
@@ -275,13 +284,15 @@ int run(const Args& a) {
     out["bench"]["load_average"].push_back({r["load_start"], r["load_end"]});
   const double bytes = bench[0]["bytes_per_token"].get<double>();
   out["depth"] = a.depth;
-  out["threads"] = a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency());
+  out["threads"] =
+      a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency());
   out["roofline"] = {{"bandwidth_gbs", collect(bench, "bandwidth_gbs")},
                      {"bytes_per_token_mb", bytes / 1e6},
                      {"tg_fraction", collect(bench, "tg_fraction")},
                      {"tg_exact_fraction", collect(bench, "tg_exact_fraction")}};
   if (!image.empty())
-    for (const char* k : {"image_s", "prompt_tps", "gen_tps", "peak_rss_mb"}) out["image"][k] = collect(image, k);
+    for (const char* k : {"image_s", "prompt_tps", "gen_tps", "peak_rss_mb"})
+      out["image"][k] = collect(image, k);
 
   if (a.json_out) {
     std::printf("%s\n", out.dump(2).c_str());
@@ -297,16 +308,24 @@ int run(const Args& a) {
               out["threads"].get<int>(), a.reps);
   std::printf("%-28s %s\n", "cpu", out["cpu"].get<std::string>().c_str());
   std::printf("%-28s %s\n", "simd target", out["simd_target"].get<std::string>().c_str());
-  std::printf("%-28s %10.0f MB (language %.0f + vision %.0f)\n", "disk", (lang + vision) / 1e6, lang / 1e6, vision / 1e6);
-  std::printf("%-28s %10.0f MB %s\n", "peak memory, text", m(out["text"]["peak_rss_mb"]), spread(out["text"]["peak_rss_mb"]).c_str());
+  std::printf("%-28s %10.0f MB (language %.0f + vision %.0f)\n", "disk", (lang + vision) / 1e6,
+              lang / 1e6, vision / 1e6);
+  std::printf("%-28s %10.0f MB %s\n", "peak memory, text", m(out["text"]["peak_rss_mb"]),
+              spread(out["text"]["peak_rss_mb"]).c_str());
   if (!image.empty())
-    std::printf("%-28s %10.0f MB %s\n", "peak memory, image", m(out["image"]["peak_rss_mb"]), spread(out["image"]["peak_rss_mb"]).c_str());
-  std::printf("%-28s %10.2f t/s %s\n", "prompt speed, text", m(out["text"]["prompt_tps"]), spread(out["text"]["prompt_tps"]).c_str());
-  std::printf("%-28s %10.2f t/s %s\n", "generation, text", m(out["text"]["gen_tps"]), spread(out["text"]["gen_tps"]).c_str());
+    std::printf("%-28s %10.0f MB %s\n", "peak memory, image", m(out["image"]["peak_rss_mb"]),
+                spread(out["image"]["peak_rss_mb"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", "prompt speed, text", m(out["text"]["prompt_tps"]),
+              spread(out["text"]["prompt_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", "generation, text", m(out["text"]["gen_tps"]),
+              spread(out["text"]["gen_tps"]).c_str());
   if (!image.empty()) {
-    std::printf("%-28s %10.2f s   %s\n", "image encode", m(out["image"]["image_s"]), spread(out["image"]["image_s"]).c_str());
-    std::printf("%-28s %10.2f t/s %s\n", "prompt speed, image", m(out["image"]["prompt_tps"]), spread(out["image"]["prompt_tps"]).c_str());
-    std::printf("%-28s %10.2f t/s %s\n", "generation, image", m(out["image"]["gen_tps"]), spread(out["image"]["gen_tps"]).c_str());
+    std::printf("%-28s %10.2f s   %s\n", "image encode", m(out["image"]["image_s"]),
+                spread(out["image"]["image_s"]).c_str());
+    std::printf("%-28s %10.2f t/s %s\n", "prompt speed, image", m(out["image"]["prompt_tps"]),
+                spread(out["image"]["prompt_tps"]).c_str());
+    std::printf("%-28s %10.2f t/s %s\n", "generation, image", m(out["image"]["gen_tps"]),
+                spread(out["image"]["gen_tps"]).c_str());
   }
   const std::string at = a.depth > 0 ? " @ d" + std::to_string(a.depth) : "";
   const std::string pp = "pp" + std::to_string(a.pp) + at, tg = "tg" + std::to_string(a.tg) + at;
@@ -315,10 +334,12 @@ int run(const Args& a) {
     std::printf("%-28s %10.2f t/s %s\n", (k + at).c_str(), m(out["bench"][k + "_tps"]),
                 spread(out["bench"][k + "_tps"]).c_str());
   }
-  std::printf("%-28s %10.2f t/s %s\n", pp.c_str(), m(out["bench"]["pp_tps"]), spread(out["bench"]["pp_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", pp.c_str(), m(out["bench"]["pp_tps"]),
+              spread(out["bench"]["pp_tps"]).c_str());
   std::printf("%-28s %10.2f t/s %s\n", (pp + " --exact").c_str(), m(out["bench"]["pp_exact_tps"]),
               spread(out["bench"]["pp_exact_tps"]).c_str());
-  std::printf("%-28s %10.2f t/s %s\n", tg.c_str(), m(out["bench"]["tg_tps"]), spread(out["bench"]["tg_tps"]).c_str());
+  std::printf("%-28s %10.2f t/s %s\n", tg.c_str(), m(out["bench"]["tg_tps"]),
+              spread(out["bench"]["tg_tps"]).c_str());
   std::printf("%-28s %10.2f t/s %s\n", (tg + " --exact").c_str(), m(out["bench"]["tg_exact_tps"]),
               spread(out["bench"]["tg_exact_tps"]).c_str());
   const double bw = m(out["roofline"]["bandwidth_gbs"]);
@@ -346,10 +367,13 @@ int main(int argc, char** argv) {
   CLI::App app{"gemma-bench: speed and peak-memory table for a Gemma 3 checkpoint"};
   Args a;
   app.add_option("model", a.model, "checkpoint directory")->required();
-  app.add_option("--image", a.image, "image for the image test (default: a generated test picture)");
+  app.add_option("--image", a.image,
+                 "image for the image test (default: a generated test picture)");
   app.add_option("--reps", a.reps, "repetitions of each test")->check(CLI::PositiveNumber);
-  app.add_option("--threads", a.threads, "worker threads (0: all cores)")->check(CLI::NonNegativeNumber);
-  app.add_option("--pp", a.pp, "prompt length of the prefill benchmark")->check(CLI::PositiveNumber);
+  app.add_option("--threads", a.threads, "worker threads (0: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--pp", a.pp, "prompt length of the prefill benchmark")
+      ->check(CLI::PositiveNumber);
   app.add_option("--pp-short", a.pp_short, "short prompt lengths also measured (int8 only)")
       ->check(CLI::PositiveNumber);
   app.add_option("--tg", a.tg, "tokens of the generation benchmark")->check(CLI::PositiveNumber);
@@ -357,15 +381,17 @@ int main(int argc, char** argv) {
                  "tokens of context before the prefill and generation benchmarks (llama-bench's "
                  "-d)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--text-tokens", a.text_tokens, "tokens generated in the text test")->check(CLI::PositiveNumber);
-  app.add_option("--image-tokens", a.image_tokens, "tokens generated in the image test")->check(CLI::PositiveNumber);
+  app.add_option("--text-tokens", a.text_tokens, "tokens generated in the text test")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--image-tokens", a.image_tokens, "tokens generated in the image test")
+      ->check(CLI::PositiveNumber);
   app.add_flag("--skip-image", a.skip_image, "skip the image test");
   app.add_flag("--json", a.json_out, "print JSON");
   CLI11_PARSE(app, argc, argv);
   try {
     return run(a);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", gp::error_message(e).c_str());
     return 1;
   }
 }

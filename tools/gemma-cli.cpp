@@ -10,6 +10,7 @@
 #include "base/error.h"
 #include "base/sys.h"
 #include "runtime/engine.h"
+#include "tool_util.h"
 
 namespace {
 
@@ -197,14 +198,18 @@ int main(int argc, char** argv) {
   app.add_option("-m,--max-tokens", a.gen.max_tokens, "tokens to generate (0: prefill only)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("-t,--temperature", a.gen.sampling.temperature, "0 = greedy")
+      ->check(gp::kFinite)
       ->check(CLI::NonNegativeNumber);
   app.add_option("--top-k", a.gen.sampling.top_k, "keep the k most likely tokens (0: off)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--top-p", a.gen.sampling.top_p, "nucleus sampling mass (1: off)")
+      ->check(gp::kFinite)
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--min-p", a.gen.sampling.min_p, "drop tokens below min-p x p(top) (0: off)")
+      ->check(gp::kFinite)
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--repetition-penalty", a.gen.sampling.repetition_penalty, "1: off")
+      ->check(gp::kFinite)
       ->check(CLI::PositiveNumber);
   app.add_option("--seed", a.gen.sampling.seed, "random seed for sampling");
   app.add_option("--threads", a.threads, "worker threads (0: all cores)")
@@ -223,11 +228,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     return run(a);
-  } catch (const gp::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", gp::error_message(e).c_str());
     return 1;
   }
 }

@@ -10,6 +10,7 @@
 #include "base/sys.h"
 #include "base/thread_pool.h"
 #include "prune/eval.h"
+#include "tool_util.h"
 
 namespace {
 
@@ -88,8 +89,8 @@ int main(int argc, char** argv) {
             r.max_kl, 100 * r.top1, 100 * r.top5, r.excluded_mass, timer.seconds(),
             gp::peak_rss_mb());
     }
-  } catch (const gp::Error& e) {
-    std::fprintf(stderr, "gemma-eval: error: %s\n", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gemma-eval: error: %s\n", gp::error_message(e).c_str());
     return 1;
   }
   return 0;

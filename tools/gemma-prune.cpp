@@ -18,6 +18,7 @@
 #include "prune/pipeline.h"
 #include "prune/profile.h"
 #include "prune/vocab.h"
+#include "tool_util.h"
 
 namespace {
 
@@ -115,9 +116,13 @@ int analyze_main(int argc, char** argv) {
       "--calibration", calibration,
       "calibration text (paragraphs separated by blank lines; default: built-in prompts)");
   app.add_option("--neuron-threshold", threshold, "activation below which a neuron counts as dead")
+      ->check(kFinite)
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--neuron-max-reduction", max_reduction,
                  "largest fraction of a layer's neurons the rule removes (for the keep column)")
+      ->check(kFinite)
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--max-tokens", max_tokens, "tokens per calibration paragraph")
       ->capture_default_str();
@@ -175,8 +180,8 @@ int analyze_main(int argc, char** argv) {
         "block infl.: 1 - cos(layer input, layer output), mean over tokens; rank 1 = least "
         "influential.\npeak RSS %.0f MB\n",
         peak_rss_mb());
-  } catch (const Error& e) {
-    std::fprintf(stderr, "gemma-prune: error: %s\n", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gemma-prune: error: %s\n", error_message(e).c_str());
     return 1;
   }
   return 0;
@@ -208,9 +213,13 @@ int prune_main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--neuron-threshold", o.prune.neuron_threshold,
                  "mean |gelu(gate)| at or above which a neuron is active")
+      ->check(kFinite)
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--neuron-max-reduction", o.prune.neuron_max_reduction,
                  "largest fraction of a layer's neurons removed")
+      ->check(kFinite)
+      ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--calibration", calibration,
                  "calibration text for profiling (paragraphs separated by blank lines; default: "
@@ -254,8 +263,8 @@ int prune_main(int argc, char** argv) {
     const auto reports = run_pipeline(in_dir, out_dir, o, cb);
     print_table(reports, timer.seconds());
     std::printf("wrote %s\n", out_dir.c_str());
-  } catch (const Error& e) {
-    std::fprintf(stderr, "gemma-prune: error: %s\n", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gemma-prune: error: %s\n", error_message(e).c_str());
     return 1;
   }
   return 0;

@@ -7,6 +7,7 @@
 #include "base/error.h"
 #include "runtime/engine.h"
 #include "server/server.h"
+#include "tool_util.h"
 
 namespace {
 
@@ -68,7 +69,7 @@ int main(int argc, char** argv) {
   try {
     return run(model, threads, exact, o);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", gp::error_message(e).c_str());
     return 1;
   }
 }

@@ -8,6 +8,7 @@
 #include "base/error.h"
 #include "base/sys.h"
 #include "model/synth.h"
+#include "tool_util.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -41,8 +42,8 @@ int main(int argc, char** argv) {
         "peak RSS %.0f MB\n",
         out_dir.c_str(), gp::synth_preset_name(preset), static_cast<unsigned long long>(seed),
         n_tensors, plan.files.size(), plan.data_bytes() / 1e6, timer.seconds(), gp::peak_rss_mb());
-  } catch (const gp::Error& e) {
-    std::fprintf(stderr, "gemma-synth: error: %s\n", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gemma-synth: error: %s\n", gp::error_message(e).c_str());
     return 1;
   }
   return 0;

@@ -1,5 +1,6 @@
 // An output file written under a temporary name and renamed into place when complete, so an error
-// or an interruption never leaves a partial file at the destination.
+// or an interruption never leaves a partial file at the destination. A symlink is followed (the
+// link stays); a destination that is not a regular file (/dev/null, a FIFO) is written in place.
 #pragma once
 
 #include <cstdio>
@@ -9,8 +10,9 @@ namespace gp {
 
 class AtomicFile {
  public:
-  explicit AtomicFile(const std::string& path);  // throws Error when the temp file cannot be created
-  ~AtomicFile();                                 // removes the temp file unless committed
+  explicit AtomicFile(
+      const std::string& path);  // throws Error when the temp file cannot be created
+  ~AtomicFile();                 // removes the temp file unless committed
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
@@ -18,7 +20,8 @@ class AtomicFile {
   void commit();                           // flush, close, rename to the destination
 
  private:
-  std::string path_, tmp_;
+  std::string path_, dest_, tmp_;  // as given, after symlinks, written
+  bool in_place_ = false;
   std::FILE* f_ = nullptr;
 };
 
@@ -30,7 +33,9 @@ namespace gp {
 // error or an interruption never leaves a partial OUT, and an existing OUT survives until then.
 class AtomicDir {
  public:
-  // Refuses an existing `out` unless `replace`; creates the parent and the temporary directory.
+  // Refuses an existing `out` unless `replace`, and even then unless it is an earlier output
+  // (empty, or a checkpoint: config.json and *.safetensors) and not the working directory or a
+  // parent of it. Creates the parent and the temporary directory.
   AtomicDir(const std::string& out, bool replace);
   ~AtomicDir();  // removes the temporary directory unless committed
   AtomicDir(const AtomicDir&) = delete;
@@ -38,7 +43,8 @@ class AtomicDir {
 
   const std::string& out() const { return out_; }
   const std::string& tmp() const { return tmp_; }
-  void commit();  // replaces `out` with the temporary directory
+  // Moves an existing `out` aside, renames the temporary directory in, then deletes the old one.
+  void commit();
 
  private:
   std::string out_, tmp_;

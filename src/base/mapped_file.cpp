@@ -27,8 +27,22 @@ std::string canonical_key(const std::string& path) {
 }
 }  // namespace
 
+void check_regular_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
+  check(S_ISREG(st.st_mode), path + ": not a regular file (expected a file, found a " +
+                                 (S_ISDIR(st.st_mode)    ? "directory"
+                                  : S_ISFIFO(st.st_mode) ? "FIFO"
+                                  : S_ISSOCK(st.st_mode) ? "socket"
+                                                         : "device") +
+                                 ")");
+}
+
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  check_regular_file(path);
+  // O_NONBLOCK: a FIFO swapped in after the check must not block the open.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

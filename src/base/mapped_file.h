@@ -24,7 +24,12 @@ class MappedFile {
   size_t size_ = 0;
 };
 
-// Number of MappedFile objects ever opened on `path` in this process (tests prove laziness with it).
+// Throws Error naming `path` unless it is an existing regular file (after symlinks): a FIFO or a
+// device given as a model file would block the open or the read forever.
+void check_regular_file(const std::string& path);
+
+// Number of MappedFile objects ever opened on `path` in this process (tests prove laziness with
+// it).
 int times_mapped(const std::string& path);
 
 }  // namespace gp

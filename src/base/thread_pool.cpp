@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <string>
+#include <system_error>
+
+#include "base/error.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -39,9 +43,27 @@ bool spin_until(const Done& done) {
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0)
-    n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    n_threads =
+        std::min(kMaxThreads, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  check(n_threads <= kMaxThreads, "--threads is " + std::to_string(n_threads) +
+                                      ", expected at most " + std::to_string(kMaxThreads));
   n_threads_ = n_threads;
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
+  try {
+    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
+  } catch (const std::system_error& e) {
+    // The started workers must be joined here: the destructor does not run for a failed
+    // constructor.
+    const size_t started = workers_.size();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_.store(true);
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+    throw Error("cannot start worker thread " + std::to_string(started + 1) + " of " +
+                std::to_string(n_threads_) + " (" + e.what() +
+                "); lower --threads or raise the process limit");
+  }
 }
 
 ThreadPool::~ThreadPool() {

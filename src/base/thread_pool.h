@@ -19,7 +19,11 @@ namespace gp {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int n_threads);  // n_threads <= 0: all hardware threads
+  // More workers than this is a typo, not a machine: refused before any thread starts.
+  static constexpr int kMaxThreads = 256;
+  // n_threads <= 0: all hardware threads. Throws Error beyond kMaxThreads or when a thread
+  // cannot be created (the ones started are joined first).
+  explicit ThreadPool(int n_threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;

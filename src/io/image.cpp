@@ -177,6 +177,10 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
   }
   check(w > 0 && h > 0, where + "has zero size " + dims(w, h) + " (corrupt header?)");
   if (w > kMaxImageSide || h > kMaxImageSide) throw too_large(where, w, h);
+  check(int64_t{w} * h <= kMaxImagePixels,
+        where + "is " + dims(w, h) + " = " + std::to_string(int64_t{w} * h) +
+            " pixels, beyond the budget of " + std::to_string(kMaxImagePixels) +
+            " (corrupt header, or scale the image down)");
 
   int dw = 0, dh = 0;
   std::unique_ptr<uint8_t, void (*)(void*)> pixels(
@@ -198,6 +202,9 @@ Image load_image(const std::string& path) {
   const std::string where = "image " + path + ": ";
   std::error_code ec;
   check(!std::filesystem::is_directory(path, ec), where + "is a directory, expected an image file");
+  // A FIFO or a device would block the read or never end.
+  check(std::filesystem::is_regular_file(path, ec) || !std::filesystem::exists(path, ec),
+        where + "is not a regular file, expected an image file");
   std::unique_ptr<FILE, FileCloser> f(std::fopen(path.c_str(), "rb"));
   if (!f) throw Error(where + "cannot open (" + std::strerror(errno) + ")");
   std::vector<uint8_t> bytes;

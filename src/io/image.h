@@ -11,6 +11,9 @@ namespace gp {
 
 // Largest accepted width and height; a bigger header is refused before any pixel is allocated.
 inline constexpr int kMaxImageSide = 16384;
+// Largest accepted width x height (8192x4096, 100 MB as RGB), also checked from the header alone:
+// a 40 KB PNG may declare 16384x16384 and cost gigabytes to decode.
+inline constexpr int64_t kMaxImagePixels = int64_t{1} << 25;
 
 struct Image {
   int width = 0, height = 0;

@@ -10,7 +10,13 @@
 namespace gp {
 namespace fs = std::filesystem;
 
+bool is_plain_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\\') == std::string::npos && name.find('\0') == std::string::npos;
+}
+
 nlohmann::json read_json_file(const std::string& path) {
+  check_regular_file(path);
   std::ifstream f(path);
   check(f.good(), path + ": cannot open");
   try {
@@ -23,7 +29,8 @@ nlohmann::json read_json_file(const std::string& path) {
 ModelDir::ModelDir(const std::string& dir) : dir_(dir) {
   check(fs::is_directory(dir), dir + ": not a directory (expected a checkpoint directory)");
   const std::string cfg = dir + "/config.json";
-  check(fs::exists(cfg), cfg + ": missing (expected a Gemma 3 checkpoint directory with config.json)");
+  check(fs::exists(cfg),
+        cfg + ": missing (expected a Gemma 3 checkpoint directory with config.json)");
   config_ = read_json_file(cfg);
   check(config_.is_object(), cfg + ": expected a JSON object");
   const std::string index = dir + "/model.safetensors.index.json";
@@ -33,7 +40,12 @@ ModelDir::ModelDir(const std::string& dir) : dir_(dir) {
           index + ": expected a \"weight_map\" object");
     for (auto& [name, file] : j["weight_map"].items()) {
       check(file.is_string(), index + ": weight_map entry '" + name + "' is not a file name");
-      weight_map_[name] = file.get<std::string>();
+      const std::string f = file.get<std::string>();
+      // A shard outside the folder would be read from (and a rewrite written to) anywhere.
+      check(is_plain_file_name(f), index + ": weight_map entry '" + name + "' names '" + f +
+                                       "', expected a plain file name inside the model folder "
+                                       "(no '/', no '..', not absolute)");
+      weight_map_[name] = f;
     }
     for (const auto& f : shard_files())
       check(fs::exists(dir + "/" + f), index + ": lists '" + f + "', which is missing from " + dir +
@@ -45,7 +57,11 @@ ModelDir::ModelDir(const std::string& dir) : dir_(dir) {
     std::sort(files.begin(), files.end());
     check(!files.empty(), dir + ": no *.safetensors files and no model.safetensors.index.json");
     for (const auto& f : files)
-      for (const auto& [name, t] : shard(f).tensors()) weight_map_[name] = f;
+      for (const auto& [name, t] : shard(f).tensors()) {
+        auto [it, added] = weight_map_.emplace(name, f);
+        check(added, dir + ": tensor '" + name + "' is in both " + it->second + " and " + f +
+                         " (expected each tensor in one shard)");
+      }
   }
 }
 
@@ -58,7 +74,17 @@ nlohmann::json ModelDir::optional_json(const std::string& file) const {
 const SafeTensorsFile& ModelDir::shard(const std::string& file) const {
   std::lock_guard<std::mutex> lock(mutex_);
   auto& slot = shards_[file];
-  if (!slot) slot = std::make_unique<SafeTensorsFile>(dir_ + "/" + file);
+  if (!slot) {
+    auto shard = std::make_unique<SafeTensorsFile>(dir_ + "/" + file);
+    // A tensor the index places in another shard is a second copy: which one wins is undefined.
+    for (const auto& [name, t] : shard->tensors()) {
+      auto it = weight_map_.find(name);
+      check(it == weight_map_.end() || it->second == file,
+            dir_ + "/" + file + ": tensor '" + name + "' is also in " + it->second +
+                ", where the index places it (expected each tensor in one shard)");
+    }
+    slot = std::move(shard);
+  }
   return *slot;
 }
 

@@ -1,6 +1,7 @@
-// A checkpoint directory: config.json, the safetensors shards (through model.safetensors.index.json,
-// or every *.safetensors when there is no index) and the side files. Shards are mapped lazily, on
-// the first request for one of their tensors, so a text-only run never opens the vision file.
+// A checkpoint directory: config.json, the safetensors shards (through
+// model.safetensors.index.json, or every *.safetensors when there is no index) and the side files.
+// Shards are mapped lazily, on the first request for one of their tensors, so a text-only run never
+// opens the vision file.
 #pragma once
 
 #include <map>
@@ -41,6 +42,10 @@ class ModelDir {
   mutable std::mutex mutex_;
   mutable std::map<std::string, std::unique_ptr<SafeTensorsFile>> shards_;
 };
+
+// A name with no directory part: not empty, no '/' or '\\', not "." or "..". Shard names in an
+// index must be plain so that every file read or written stays inside the model folder.
+bool is_plain_file_name(const std::string& name);
 
 // Reads and parses a JSON file; throws Error naming the file when missing or malformed.
 nlohmann::json read_json_file(const std::string& path);

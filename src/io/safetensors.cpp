@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "base/error.h"
 
@@ -24,11 +26,16 @@ size_t dtype_size(DType t) {
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::BF16: return "BF16";
-    case DType::F16: return "F16";
-    case DType::F32: return "F32";
-    case DType::U32: return "U32";
-    case DType::I32: return "I32";
+    case DType::BF16:
+      return "BF16";
+    case DType::F16:
+      return "F16";
+    case DType::F32:
+      return "F32";
+    case DType::U32:
+      return "U32";
+    case DType::I32:
+      return "I32";
   }
   return "?";
 }
@@ -43,8 +50,18 @@ DType dtype_from_name(const std::string& name, const std::string& context) {
 
 int64_t TensorInfo::numel() const {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) n *= d;  // checked when the header was read (checked_numel)
   return n;
+}
+
+bool checked_numel(const std::vector<int64_t>& shape, size_t elem_size, uint64_t* bytes) {
+  uint64_t n = elem_size;
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) return false;
+  }
+  if (n > static_cast<uint64_t>(INT64_MAX)) return false;
+  *bytes = n;
+  return true;
 }
 
 std::string shape_to_string(const std::vector<int64_t>& shape) {
@@ -66,12 +83,24 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
                                     " exceeds the file size " + std::to_string(size) + hint);
   const char* hdr = reinterpret_cast<const char*>(file_.data() + 8);
   nlohmann::json j;
+  // nlohmann keeps the last of two equal keys: a tensor named twice must be refused, not replaced.
+  std::set<std::string> top_keys;
+  std::string duplicate;
+  const nlohmann::json::parser_callback_t on_key = [&](int depth, nlohmann::json::parse_event_t ev,
+                                                       nlohmann::json& parsed) {
+    if (depth == 1 && ev == nlohmann::json::parse_event_t::key &&
+        !top_keys.insert(parsed.get<std::string>()).second && duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
   try {
-    j = nlohmann::json::parse(hdr, hdr + header_len);
+    j = nlohmann::json::parse(hdr, hdr + header_len, on_key);
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": header is not valid JSON (" + e.what() + ")" + hint);
   }
   check(j.is_object(), path + ": header is not a JSON object" + hint);
+  check(duplicate.empty(), path + ": tensor '" + duplicate +
+                               "' appears twice in the header (expected unique names)" + hint);
   const uint8_t* data_start = file_.data() + 8 + header_len;
   const uint64_t data_size = size - 8 - header_len;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
@@ -83,8 +112,7 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
       continue;
     }
     const std::string ctx = path + ": tensor '" + name + "'";
-    check(v.is_object() && v.contains("dtype") && v.contains("shape") &&
-              v.contains("data_offsets"),
+    check(v.is_object() && v.contains("dtype") && v.contains("shape") && v.contains("data_offsets"),
           ctx + ": expected an object with dtype, shape and data_offsets" + hint);
     check(v["dtype"].is_string(), ctx + ": dtype is not a string");
     TensorInfo t;
@@ -92,8 +120,10 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
     t.file = path;
     t.dtype = dtype_from_name(v["dtype"].get<std::string>(), ctx);
     check(v["shape"].is_array(), ctx + ": shape is not an array");
+    check(v["shape"].size() <= 8, ctx + ": shape has " + std::to_string(v["shape"].size()) +
+                                      " dimensions, expected at most 8" + hint);
     for (auto& d : v["shape"]) {
-      check(d.is_number_integer() && d.get<int64_t>() >= 0,
+      check(d.is_number_unsigned() && d.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX),
             ctx + ": shape entries must be non-negative integers, found " + d.dump());
       t.shape.push_back(d.get<int64_t>());
     }
@@ -102,13 +132,16 @@ SafeTensorsFile::SafeTensorsFile(const std::string& path) : file_(path) {
               off[1].is_number_unsigned(),
           ctx + ": data_offsets must be two non-negative integers, found " + off.dump());
     const uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
-    check(b <= e && e <= data_size,
-          ctx + ": data_offsets [" + std::to_string(b) + ", " + std::to_string(e) +
-              "] lie outside the data section of " + std::to_string(data_size) + " bytes" + hint);
-    const uint64_t expected = static_cast<uint64_t>(t.numel()) * dtype_size(t.dtype);
+    check(b <= e && e <= data_size, ctx + ": data_offsets [" + std::to_string(b) + ", " +
+                                        std::to_string(e) + "] lie outside the data section of " +
+                                        std::to_string(data_size) + " bytes" + hint);
+    uint64_t expected = 0;
+    check(checked_numel(t.shape, dtype_size(t.dtype), &expected),
+          ctx + ": shape " + t.shape_str() + " of " + dtype_name(t.dtype) +
+              " has a byte size beyond 2^63 (corrupt header)");
     check(e - b == expected, ctx + ": shape " + t.shape_str() + " of " + dtype_name(t.dtype) +
-                                 " needs " + std::to_string(expected) + " bytes, data_offsets give " +
-                                 std::to_string(e - b) + hint);
+                                 " needs " + std::to_string(expected) +
+                                 " bytes, data_offsets give " + std::to_string(e - b) + hint);
     t.data = data_start + b;
     t.nbytes = e - b;
     if (e > b) ranges.emplace_back(b, e);
@@ -133,11 +166,13 @@ SafeTensorsWriter::SafeTensorsWriter(const std::string& path, std::vector<Entry>
   if (!metadata.empty()) j["__metadata__"] = metadata;
   uint64_t off = 0;
   for (auto& e : entries_) {
-    int64_t n = 1;
-    for (int64_t d : e.shape) n *= d;
-    const size_t nbytes = static_cast<size_t>(n) * dtype_size(e.dtype);
+    uint64_t nbytes = 0;
+    check(
+        checked_numel(e.shape, dtype_size(e.dtype), &nbytes),
+        path + ": tensor '" + e.name + "' of shape " + shape_to_string(e.shape) + " is too large");
     sizes_.push_back(nbytes);
-    j[e.name] = {{"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + nbytes}}};
+    j[e.name] = {
+        {"dtype", dtype_name(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + nbytes}}};
     off += nbytes;
   }
   data_size_ = off;
@@ -146,7 +181,8 @@ SafeTensorsWriter::SafeTensorsWriter(const std::string& path, std::vector<Entry>
   f_ = std::fopen(path.c_str(), "wb");
   check(f_ != nullptr, path + ": cannot create (" + std::strerror(errno) + ")");
   const uint64_t len = header.size();
-  if (std::fwrite(&len, 8, 1, f_) != 1 || std::fwrite(header.data(), 1, header.size(), f_) != header.size()) {
+  if (std::fwrite(&len, 8, 1, f_) != 1 ||
+      std::fwrite(header.data(), 1, header.size(), f_) != header.size()) {
     std::fclose(f_);
     f_ = nullptr;
     throw Error(path + ": write failed (" + std::strerror(errno) + "; disk full?)");

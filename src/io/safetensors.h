@@ -33,6 +33,9 @@ struct TensorInfo {
 };
 
 std::string shape_to_string(const std::vector<int64_t>& shape);
+// The byte size of a tensor, elem_size times every dimension; false when a dimension is negative
+// or the product passes 2^63 (a hostile header's [2^62, 32] would wrap to 0).
+bool checked_numel(const std::vector<int64_t>& shape, size_t elem_size, uint64_t* bytes);
 
 class SafeTensorsFile {
  public:

@@ -468,9 +468,15 @@ std::string sp_model_proto_from_tokenizer_json(const std::string& json_text,
 
   // Pieces by id: model.vocab, then the added tokens (some lie beyond it: <image_soft_token>).
   std::vector<SpPiece> pieces;
+  // Ids run from 0 without gaps, so none can reach the number of entries: a bigger one is refused
+  // before the table is sized by it.
+  const json added_list = root.value("added_tokens", json::array());
+  const uint64_t n_entries = file.vocab.size() + (added_list.is_array() ? added_list.size() : 0);
   auto slot = [&](uint64_t id, const std::string& piece) -> SpPiece& {
-    if (id >= (uint64_t{1} << 24))
-      throw Error(source + ": \"" + piece + "\" has id " + std::to_string(id) + ", out of range");
+    if (id >= n_entries || id >= (uint64_t{1} << 24))
+      throw Error(source + ": \"" + piece + "\" has id " + std::to_string(id) +
+                  ", out of range (expected ids from 0 to " + std::to_string(n_entries - 1) +
+                  " without gaps)");
     if (id >= pieces.size()) pieces.resize(id + 1);
     return pieces[id];
   };

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "base/error.h"
+#include "base/mapped_file.h"
 #include "io/sp_model_proto.h"
 
 namespace gp {
@@ -19,6 +20,13 @@ constexpr std::string_view kSpaceSymbol = "\u2581";  // ▁, how sentencepiece s
 constexpr std::string_view kReplacement = "\uFFFD";
 
 std::string read_file(const std::string& path) {
+  check_regular_file(path);
+  // Gemma's tokenizer.json is 33 MB; a file far beyond is not a tokenizer.
+  constexpr uintmax_t kMaxBytes = uintmax_t{512} << 20;
+  std::error_code ec;
+  const uintmax_t size = fs::file_size(path, ec);
+  check(!ec && size <= kMaxBytes,
+        path + ": " + std::to_string(size) + " bytes, expected a tokenizer of at most 512 MB");
   std::ifstream f(path, std::ios::binary);
   check(f.good(), path + ": cannot open");
   std::ostringstream ss;

@@ -18,7 +18,8 @@ namespace {
 constexpr int kRewindSlack = 64;
 }  // namespace
 
-TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c, const TableLayout& layout) {
+TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c,
+                              const TableLayout& layout) {
   TextWeights w;
   const TextConfig& x = c.text;
   std::map<std::string, TensorSpec> specs;
@@ -26,10 +27,13 @@ TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c, const T
   text_only.vision = false;
   for (auto& s : tensor_table(c, text_only)) specs.emplace(s.name, s);
   auto linear = [&](const std::string& name) { return load_linear(dir, specs.at(name), c.quant); };
-  auto floats = [&](const std::string& name) { return load_floats(dir, name, specs.at(name).shape); };
+  auto floats = [&](const std::string& name) {
+    return load_floats(dir, name, specs.at(name).shape);
+  };
 
   w.embed = linear(names::text("model.embed_tokens"));
-  check(w.embed.quantized, dir.path() + ": embed_tokens must be MLX-quantized (found a float tensor)");
+  check(w.embed.quantized,
+        dir.path() + ": embed_tokens must be MLX-quantized (found a float tensor)");
   if (layout.token_map) {
     const std::string tm = names::text("model.embed_tokens.token_map");
     const TensorInfo& t = dir.tensor(tm);
@@ -76,12 +80,19 @@ TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c, const T
 }
 
 KvCache::KvCache(const TextConfig& c, int max_context, DType dtype)
-    : max_context_(max_context), n_kv_heads_(c.n_kv_heads), head_dim_(c.head_dim),
-      window_(c.sliding_window), dtype_(dtype) {
+    : max_context_(max_context),
+      n_kv_heads_(c.n_kv_heads),
+      head_dim_(c.head_dim),
+      window_(c.sliding_window),
+      dtype_(dtype) {
   check(dtype == DType::F32 || dtype == DType::F16, "the KV cache holds F32 or F16 values");
+  // 2^20 tokens is 8x Gemma 3's context; sizes below stay far from overflow with config bounds.
+  check(max_context > 0 && max_context <= (1 << 20),
+        "--ctx-size is " + std::to_string(max_context) + ", expected 1 to 1048576 tokens");
   for (int l = 0; l < c.n_layers; ++l) {
     Layer L;
-    L.capacity = c.is_global[l] ? max_context : std::min(max_context, c.sliding_window + kRewindSlack);
+    L.capacity =
+        c.is_global[l] ? max_context : std::min(max_context, c.sliding_window + kRewindSlack);
     const size_t n = static_cast<size_t>(n_kv_heads_) * L.capacity * head_dim_ * dtype_size(dtype);
     L.k.reset(new std::byte[n]);  // not value-initialized: pages stay unmapped until used
     L.v.reset(new std::byte[n]);
@@ -105,7 +116,8 @@ int KvCache::truncate(int n) {
 bool KvCache::ring_holds_window_before(int n) const {
   const int oldest_needed = std::max(0, n - window_ + 1);
   for (const auto& L : layers_)
-    if (L.capacity < max_context_ && oldest_needed < std::max(0, n_past_ - L.capacity)) return false;
+    if (L.capacity < max_context_ && oldest_needed < std::max(0, n_past_ - L.capacity))
+      return false;
   return true;
 }
 
@@ -134,7 +146,8 @@ void TextModel::embed(int32_t id, float* out) const {
 size_t TextModel::weight_bytes_per_token() const {
   size_t b = w_.embed.bytes() / w_.embed.out + (w_.lm_head.empty() ? w_.embed : w_.lm_head).bytes();
   for (const auto& L : w_.layers) {
-    for (const Weight* w : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+    for (const Weight* w :
+         {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
       b += w->bytes();
     b += 4 * (L.q_norm.size() + L.k_norm.size() + 4 * L.input_norm.size());
   }
@@ -159,9 +172,9 @@ void TextModel::logits(const float* x, int64_t n, float* out) const {
     }
 }
 
-void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, int64_t n, int n_past,
-                                 const int32_t* pos, const int32_t* group, const float* rope,
-                                 KvCache& cache, float* out) {
+void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, int64_t n,
+                                int n_past, const int32_t* pos, const int32_t* group,
+                                const float* rope, KvCache& cache, float* out) {
   const TextConfig& x = c_.text;
   const int hd = x.head_dim, nh = x.n_heads, nkv = x.n_kv_heads;
   std::vector<float> q(n * nh * hd), k(n * nkv * hd), v(n * nkv * hd);  // [n, heads, head_dim]
@@ -180,15 +193,16 @@ void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, 
   // is not full, its slots from n_past on hold nothing and are not read.
   const int n_cached = L.is_global ? n_past : std::min(n_past, C.capacity);
   if (n_cached > 0) {
-    segs[n_segs++] = {C.k.get(), C.v.get(), n_cached, hd, head_stride_c, C.pos.data(), nullptr,
-                      cache.dtype_};
+    segs[n_segs++] = {C.k.get(),     C.v.get(),    n_cached, hd,
+                      head_stride_c, C.pos.data(), nullptr,  cache.dtype_};
   }
   segs[n_segs++] = {k.data(), v.data(), n, nkv * hd, hd, pos, group, DType::F32};
   ops::AttentionMask mask{true, L.is_global ? 0 : x.sliding_window};
   std::vector<float> att(n * nh * hd);  // [n, n_heads, head_dim]
   ops::attention(q.data(), n, nh, nkv, hd, pos, group, std::span(segs, n_segs), mask,
                  1.0f / std::sqrt(x.query_pre_attn_scalar), att.data());
-  // Append this batch's keys and values (positions are slots on global layers, a ring on local ones).
+  // Append this batch's keys and values (positions are slots on global layers, a ring on local
+  // ones).
   const size_t es = dtype_size(cache.dtype_);
   for (int64_t t = 0; t < n; ++t) {
     const int slot = L.is_global ? pos[t] : pos[t] % C.capacity;
@@ -202,13 +216,14 @@ void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, 
   ops::linear_many({{&L.o_proj, out}}, att.data(), n, act_);
 }
 
-void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_out, int n_logit_rows) {
+void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_out,
+                        int n_logit_rows) {
   const TextConfig& x = c_.text;
   const int64_t n = static_cast<int64_t>(batch.ids.size()), d = x.d_model;
   const int n_past = cache.n_past_;
-  check(n_past + n <= cache.max_context(),
-        "prompt too long: " + std::to_string(n_past + n) + " tokens exceed the context size of " +
-            std::to_string(cache.max_context()));
+  check(n_past + n <= cache.max_context(), "prompt too long: " + std::to_string(n_past + n) +
+                                               " tokens exceed the context size of " +
+                                               std::to_string(cache.max_context()));
   std::vector<int32_t> pos(n);
   for (int64_t t = 0; t < n; ++t) pos[t] = static_cast<int32_t>(n_past + t);
   const int32_t* group = batch.group.empty() ? nullptr : batch.group.data();
@@ -244,8 +259,7 @@ void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_ou
     ops::add(h.data(), tmp.data(), n * d);
     // h = h + post_feedforward_norm(down(gelu_tanh(gate(y)) * up(y))), y = pre_feedforward_norm(h)
     ops::rms_norm(h.data(), L.pre_ffw_norm.data(), n, d, x.rms_norm_eps, xn.data());
-    ops::linear_many({{&L.gate_proj, gate.data()}, {&L.up_proj, up.data()}}, xn.data(), n,
-                     act_);
+    ops::linear_many({{&L.gate_proj, gate.data()}, {&L.up_proj, up.data()}}, xn.data(), n, act_);
     if (mlp_observer_) {
       std::vector<float> act(gate.begin(), gate.begin() + n * L.d_ff);
       ops::gelu_tanh(act.data(), n * L.d_ff);

@@ -238,6 +238,9 @@ void write_checkpoint(const Checkpoint& in, const OutputPlan& plan, const std::s
     std::vector<std::string> files;
     uint64_t total = 0;
     for (const auto& g : plan.groups) {
+      // Every shard stays inside the output directory, whatever the input index said.
+      check(is_plain_file_name(g.file), out.string() + ": output shard name '" + g.file +
+                                            "' is not a plain file name (internal error)");
       if (std::find(files.begin(), files.end(), g.file) == files.end()) files.push_back(g.file);
       total += g.bytes();
     }

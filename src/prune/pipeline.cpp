@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -16,6 +17,12 @@ namespace fs = std::filesystem;
 void validate_pipeline(const Checkpoint& in, const PipelineOptions& options) {
   check(!options.steps.empty(), "no step to run");
   const PruneOptions& o = options.prune;
+  check(std::isfinite(o.neuron_threshold) && o.neuron_threshold >= 0,
+        "--neuron-threshold is " + std::to_string(o.neuron_threshold) +
+            ", expected a finite number >= 0");
+  check(o.neuron_max_reduction >= 0 && o.neuron_max_reduction <= 1,
+        "--neuron-max-reduction is " + std::to_string(o.neuron_max_reduction) +
+            ", expected a number from 0 to 1");
   nlohmann::ordered_json config = in.config_json();
   ModelConfig c = in.config();
   bool fc2_quantized = in.layout().fc2_quantized;

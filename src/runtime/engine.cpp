@@ -1,7 +1,9 @@
 #include "runtime/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "base/error.h"
 #include "base/sys.h"
@@ -17,7 +19,8 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
                          path + "/config.json");
   layout_ = detect_layout(dir_, config_);
   if (layout_.token_map && config_.compact_vocab == 0)
-    config_.compact_vocab = dir_.tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
+    config_.compact_vocab =
+        dir_.tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(path));
   text_ = std::make_unique<TextModel>(config_, load_text_weights(dir_, config_, layout_));
   set_activations(options.exact ? ops::Activations::kF32 : ops::Activations::kInt8);
@@ -29,8 +32,9 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
   pieces_.image_soft_token = tokenizer_->piece(config_.image_token);
   for (const auto& [field, name] : {std::pair{&pieces_.start_of_turn, "<start_of_turn>"},
                                     std::pair{&pieces_.end_of_turn, "<end_of_turn>"}})
-    check(tokenizer_->piece_to_id(name) >= 0,
-          path + ": the tokenizer has no '" + std::string(name) + "' piece (not a Gemma 3 tokenizer?)");
+    check(tokenizer_->piece_to_id(name) >= 0, path + ": the tokenizer has no '" +
+                                                  std::string(name) +
+                                                  "' piece (not a Gemma 3 tokenizer?)");
   stop_tokens_ = config_.eos_tokens;
   for (int32_t id : {tokenizer_->eos_id(), tokenizer_->piece_to_id(pieces_.end_of_turn)})
     if (id >= 0 && std::find(stop_tokens_.begin(), stop_tokens_.end(), id) == stop_tokens_.end())
@@ -38,11 +42,21 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
 
   const auto pre = dir_.optional_json("preprocessor_config.json");
   if (pre.is_object()) {
-    for (int c = 0; c < 3; ++c) {
-      if (pre.contains("image_mean") && pre["image_mean"].is_array() && pre["image_mean"].size() == 3)
-        image_mean_[c] = pre["image_mean"][c].get<float>();
-      if (pre.contains("image_std") && pre["image_std"].is_array() && pre["image_std"].size() == 3)
-        image_std_[c] = pre["image_std"][c].get<float>();
+    // (x - mean) / std per channel: a std of 0 or a NaN would turn every image into NaNs.
+    const std::string where = dir_.path() + "/preprocessor_config.json: ";
+    for (auto [key, out, lo] :
+         {std::tuple{"image_mean", image_mean_, -1e3}, std::tuple{"image_std", image_std_, 1e-6}}) {
+      if (!pre.contains(key) || pre[key].is_null()) continue;
+      const auto& v = pre[key];
+      check(v.is_array() && v.size() == 3, where + key + " is " + v.dump().substr(0, 80) +
+                                               ", expected 3 numbers (one per channel)");
+      for (int c = 0; c < 3; ++c) {
+        const double x = v[c].is_number() ? v[c].get<double>() : std::nan("");
+        check(std::isfinite(x) && x >= lo && x <= 1e3,
+              where + key + "[" + std::to_string(c) + "] is " + v[c].dump() +
+                  ", expected a finite number from " + (lo > 0 ? "1e-06" : "-1000") + " to 1000");
+        out[c] = static_cast<float>(x);
+      }
     }
   }
   load_s_ = timer.seconds();
@@ -93,7 +107,8 @@ Session::Session(Engine& engine, int max_context)
              engine.text().activations() == ops::Activations::kInt8 ? DType::F16 : DType::F32),
       logits_(engine.config().text.n_vocab) {}
 
-const std::vector<float>& Session::image_embeddings(const Image& img, uint64_t hash, PrefillResult& r) {
+const std::vector<float>& Session::image_embeddings(const Image& img, uint64_t hash,
+                                                    PrefillResult& r) {
   auto it = image_cache_.find(hash);
   if (it != image_cache_.end()) return it->second;
   if (image_cache_.size() >= 8) image_cache_.clear();
@@ -104,8 +119,8 @@ const std::vector<float>& Session::image_embeddings(const Image& img, uint64_t h
   return e;
 }
 
-PrefillResult Session::prefill(const std::vector<int32_t>& ids, const std::vector<const Image*>& images,
-                               const LogitsSink& sink) {
+PrefillResult Session::prefill(const std::vector<int32_t>& ids,
+                               const std::vector<const Image*>& images, const LogitsSink& sink) {
   const ModelConfig& c = engine_.config();
   const int n = static_cast<int>(ids.size());
   check(n > 0, "empty prompt");
@@ -119,16 +134,17 @@ PrefillResult Session::prefill(const std::vector<int32_t>& ids, const std::vecto
   for (int i = 0; i < n; ++i) {
     if (ids[i] != c.image_token) continue;
     if (i == 0 || ids[i - 1] != c.image_token) {
-      check(next_image < images.size(),
-            "the prompt has more runs of image tokens than the " + std::to_string(images.size()) +
-                " image(s) given");
+      check(next_image < images.size(), "the prompt has more runs of image tokens than the " +
+                                            std::to_string(images.size()) + " image(s) given");
       ++next_image;
     }
     image_of[i] = static_cast<int>(next_image - 1);
-    keys[i] = (i > 0 && image_of[i - 1] == image_of[i]) ? keys[i - 1] : image_hash(*images[image_of[i]]);
+    keys[i] =
+        (i > 0 && image_of[i - 1] == image_of[i]) ? keys[i - 1] : image_hash(*images[image_of[i]]);
     run_start[i] = (i > 0 && ids[i - 1] == c.image_token) ? run_start[i - 1] : i;
   }
-  check(next_image == images.size(), std::to_string(images.size()) + " image(s) given but the prompt has " +
+  check(next_image == images.size(), std::to_string(images.size()) +
+                                         " image(s) given but the prompt has " +
                                          std::to_string(next_image) + " run(s) of image tokens");
   for (int i = 0; i < n; ++i)
     if (run_start[i] >= 0 && (i + 1 == n || ids[i + 1] != c.image_token))
@@ -156,11 +172,13 @@ PrefillResult Session::prefill(const std::vector<int32_t>& ids, const std::vecto
   std::vector<float> rows;
   for (int start = keep; start < n;) {
     int end = std::min(n, start + chunk);
-    if (end < n && image_of[end] >= 0 && image_of[end] == image_of[end - 1]) {  // never split an image
+    if (end < n && image_of[end] >= 0 &&
+        image_of[end] == image_of[end - 1]) {  // never split an image
       if (run_start[end] > start) {
         end = run_start[end];  // stop before it
       } else {
-        while (end < n && image_of[end] == image_of[start]) ++end;  // it started the chunk: take it whole
+        while (end < n && image_of[end] == image_of[start])
+          ++end;  // it started the chunk: take it whole
       }
     }
     TextBatch b;
@@ -229,8 +247,8 @@ GenerateResult generate(Session& session, const std::vector<int32_t>& prompt,
       session.decode(r.ids.back());
       ++r.n_decoded;
     }
-    const int32_t id = sampler.sample(session.last_logits().data(),
-                                      engine.config().text.n_vocab, history);
+    const int32_t id =
+        sampler.sample(session.last_logits().data(), engine.config().text.n_vocab, history);
     if (!options.ignore_stop_tokens && std::find(stops.begin(), stops.end(), id) != stops.end()) {
       r.finish_reason = "stop";
       break;

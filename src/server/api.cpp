@@ -2,6 +2,7 @@
 
 #include <limits>
 #include <random>
+#include <semaphore>
 #include <set>
 
 namespace gp {
@@ -106,6 +107,9 @@ std::vector<uint8_t> base64_decode(const std::string& s, size_t begin, const std
   return out;
 }
 
+// Images decoded at the same time, over all requests.
+constexpr int kMaxDecodes = 2;
+
 // "data:image/png;base64,...." -> the decoded image.
 Image decode_data_url(const std::string& url, const std::string& name) {
   if (url.rfind("data:", 0) != 0)
@@ -124,6 +128,19 @@ Image decode_data_url(const std::string& url, const std::string& name) {
                               "', expected an image (image/png, image/jpeg)",
                           name);
   const auto bytes = base64_decode(url, comma + 1, name);
+  // Decoding runs on the HTTP thread before the queue is asked: at most a few at once, each
+  // within the pixel budget decode_image checks from the header, so uploads cannot take the
+  // machine's memory. A request that finds every slot busy is told to retry, like a full queue.
+  static std::counting_semaphore<kMaxDecodes> slots(kMaxDecodes);
+  if (!slots.try_acquire())
+    throw ApiError(
+        503, "server_error", "server_busy",
+        "the server is busy decoding " + std::to_string(kMaxDecodes) + " other images; retry later",
+        name);
+  struct Release {
+    std::counting_semaphore<kMaxDecodes>& s;
+    ~Release() { s.release(); }
+  } release{slots};
   try {
     return decode_image(bytes.data(), bytes.size(), name);
   } catch (const Error& e) {

@@ -9,9 +9,15 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <ctime>
+#include <deque>
 #include <filesystem>
+#include <mutex>
+#include <system_error>
+#include <thread>
+#include <vector>
 
 #include "server/api.h"
 #include "server/chat_page.h"
@@ -125,6 +131,68 @@ class HttpServer : public httplib::Server {
   void raise_backlog() { ::listen(svr_sock_, SOMAXCONN); }
 };
 
+// httplib's ThreadPool has a fixed number of threads and an unbounded queue: slow clients that
+// hold every thread (slowloris) leave even /health waiting behind them. This pool starts a thread
+// per waiting connection up to a cap, so a few dozen slow connections cost threads, not service.
+class ConnectionPool : public httplib::TaskQueue {
+ public:
+  explicit ConnectionPool(size_t max_threads) : max_threads_(max_threads) {}
+  ~ConnectionPool() override { shutdown(); }
+
+  void enqueue(std::function<void()> fn) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    jobs_.push_back(std::move(fn));
+    if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
+      try {
+        threads_.emplace_back([this] { work(); });
+      } catch (const std::system_error& e) {
+        // The connection waits for a free thread instead; say so once.
+        if (!warned_)
+          std::fprintf(stderr, "warning: cannot start a connection thread (%s)\n", e.what());
+        warned_ = true;
+      }
+    }
+    wake_.notify_one();
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+
+ private:
+  void work() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      ++idle_;
+      wake_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      --idle_;
+      if (jobs_.empty()) return;  // stopping, nothing left
+      auto fn = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      fn();
+      lock.lock();
+    }
+  }
+
+  const size_t max_threads_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  size_t idle_ = 0;
+  bool stop_ = false, warned_ = false;
+};
+
+// Connection threads: each slow or idle connection holds one until its read timeout.
+constexpr int kMaxConnections = 256;
+
 constexpr auto kPoll =
     std::chrono::milliseconds(50);  // how often a waiting request checks its client
 
@@ -139,6 +207,10 @@ struct Server::Impl {
         created(static_cast<int64_t>(std::time(nullptr))),
         sampling(default_sampling(engine)),
         generator(engine, options.ctx_size, options.max_queue, options.log) {
+    const Tokenizer& t = engine.tokenizer();
+    for (int32_t id = 0; id < t.vocab_size(); ++id)
+      max_piece_bytes = std::max(max_piece_bytes, t.token_bytes(id).size());
+    max_piece_bytes = std::max<size_t>(max_piece_bytes, 1);
     routes();
   }
 
@@ -172,6 +244,7 @@ struct Server::Impl {
   const int64_t created;
   const SamplingParams sampling;
   std::atomic<int64_t> next_id{0};
+  size_t max_piece_bytes = 0;  // longest text one token stands for
   HttpServer http;
   Generator generator;
 };
@@ -192,6 +265,16 @@ void Server::Impl::check_key(const httplib::Request& req) const {
 std::vector<int32_t> Server::Impl::prompt_ids(const CompletionRequest& r) const {
   const ModelConfig& c = engine.config();
   std::vector<int32_t> ids;
+  // Every token spells at most max_piece_bytes bytes: text beyond ctx_size times that cannot fit,
+  // and is refused before the tokenizer spends memory and time on it.
+  size_t text_bytes = r.prompt.size();
+  for (const auto& m : r.messages) text_bytes += m.text.size();
+  const size_t budget = static_cast<size_t>(options.ctx_size) * max_piece_bytes;
+  if (text_bytes > budget)
+    throw invalid_request("the prompt is " + std::to_string(text_bytes) +
+                              " bytes, more than the context size of " +
+                              std::to_string(options.ctx_size) + " tokens (--ctx-size) can hold",
+                          r.chat ? "messages" : "prompt", "context_length_exceeded");
   if (r.chat) {
     if (!r.images.empty() && !engine.layout().vision)
       throw invalid_request("the model '" + model +
@@ -325,9 +408,19 @@ json Server::Impl::health() const {
 }
 
 void Server::Impl::routes() {
-  // Waiting requests hold a thread each: room for a full queue, the running one and the rest.
-  const size_t threads = static_cast<size_t>(std::max(32, options.max_queue + 16));
-  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // Waiting requests hold a thread each: room for a full queue, the running one and many more.
+  const size_t threads = static_cast<size_t>(std::max(kMaxConnections, options.max_queue + 64));
+  http.new_task_queue = [threads] { return new ConnectionPool(threads); };
+  // httplib sets SO_REUSEPORT too, with which a second server on the same port starts silently
+  // and takes half the connections: SO_REUSEADDR alone makes that bind fail.
+  http.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  // A client silent for this long between bytes is dropped, idle keep-alive connections sooner.
+  http.set_read_timeout(std::chrono::seconds(10));
+  http.set_keep_alive_timeout(2);
+  http.set_keep_alive_max_count(100);
   http.set_payload_max_length(options.max_body);
   http.set_tcp_nodelay(true);  // a streamed token goes out at once, not after the last one's ACK
 
