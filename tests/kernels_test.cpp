@@ -53,14 +53,11 @@ void for_each_q8_kernel(const Fn& fn) {
 }
 
 // The dispatcher runs the best compiled target this CPU supports, and linear_q8 the best int8
-// kernel; both lists go to the test log, to show what the other tests here ran.
+// kernel; the int8 kernels go to the test log, to show what the other tests here ran.
 TEST(Dispatch, BestTargetAndInt8Kernel) {
   const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
   ASSERT_FALSE(targets.empty());
   EXPECT_STREQ(cpu::target_name(), hwy::TargetName(targets[0]));
-  std::cout << "SIMD targets run:";
-  for (int64_t t : targets) std::cout << " " << hwy::TargetName(t);
-  std::cout << "\n";
 #if defined(__aarch64__)
   const auto kernels = cpu::arm::q8_kernels_available();
   ASSERT_FALSE(kernels.empty());
@@ -69,7 +66,7 @@ TEST(Dispatch, BestTargetAndInt8Kernel) {
   for (const cpu::arm::Q8Kernels* k : kernels) std::cout << " " << k->name;
   std::cout << " (default " << cpu::arm::q8_kernels().name << ")\n";
 #else
-  std::cout << "int8 kernels run: those of the targets above\n";
+  std::cout << "int8 kernels run: those of the SIMD targets tested\n";
 #endif
 }
 
@@ -174,15 +171,17 @@ void check_linear(const Weight& w, int64_t n, bool with_bias, int offset, std::m
   }
 }
 
-// Every target the CPU runs is compiled in, AVX3_DL (AVX-512 VNNI) included: the kernels test
-// each one, so the log names them.
+// Every target the CPU runs is compiled in, AVX3_DL (AVX-512 VNNI) and the SVE ones included:
+// the kernels test each one, so the log names them.
 TEST(Targets, EverySupportedTargetIsCompiled) {
   const std::vector<int64_t> tested = hwy::SupportedAndGeneratedTargets();
   std::string names;
   for (int64_t target : tested)
     names += std::string(names.empty() ? "" : " ") + hwy::TargetName(target);
   std::printf("SIMD targets tested on this CPU: %s\n", names.c_str());
-  for (int64_t target : {int64_t{HWY_AVX3_DL}, int64_t{HWY_AVX3}, int64_t{HWY_AVX2}}) {
+  for (int64_t target :
+       {int64_t{HWY_AVX3_DL}, int64_t{HWY_AVX3}, int64_t{HWY_AVX2}, int64_t{HWY_SVE2_128},
+        int64_t{HWY_SVE_256}, int64_t{HWY_SVE2}, int64_t{HWY_SVE}, int64_t{HWY_NEON}}) {
     if (hwy::SupportedTargets() & target) {
       EXPECT_NE(std::find(tested.begin(), tested.end(), target), tested.end())
           << hwy::TargetName(target);
