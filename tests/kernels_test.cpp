@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <iostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "base/thread_pool.h"
 #include "hwy/targets.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/q8_arm.h"
 #include "kernels/ops.h"
 #include "kernels/ref/ref.h"
 #include "tensor/dtype.h"
@@ -32,6 +34,40 @@ void for_each_target(const Fn& fn) {
     fn();
   }
   hwy::SetSupportedTargetsForTest(0);
+}
+
+// Runs fn once per int8 kernel of linear_q8 that this CPU runs: on 64-bit ARM each NEON kernel
+// set it supports (sdot, widening multiply-adds); elsewhere the one of the current target.
+template <class Fn>
+void for_each_q8_kernel(const Fn& fn) {
+#if defined(__aarch64__)
+  for (const cpu::arm::Q8Kernels* k : cpu::arm::q8_kernels_available()) {
+    cpu::arm::set_q8_kernels_for_test(k);
+    SCOPED_TRACE(k->name);
+    fn();
+  }
+  cpu::arm::set_q8_kernels_for_test(nullptr);
+#else
+  fn();
+#endif
+}
+
+// The dispatcher runs the best compiled target this CPU supports, and linear_q8 the best int8
+// kernel; the int8 kernels go to the test log, to show what the other tests here ran.
+TEST(Dispatch, BestTargetAndInt8Kernel) {
+  const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  ASSERT_FALSE(targets.empty());
+  EXPECT_STREQ(cpu::target_name(), hwy::TargetName(targets[0]));
+#if defined(__aarch64__)
+  const auto kernels = cpu::arm::q8_kernels_available();
+  ASSERT_FALSE(kernels.empty());
+  EXPECT_EQ(&cpu::arm::q8_kernels(), kernels[0]);
+  std::cout << "int8 kernels run:";
+  for (const cpu::arm::Q8Kernels* k : kernels) std::cout << " " << k->name;
+  std::cout << " (default " << cpu::arm::q8_kernels().name << ")\n";
+#else
+  std::cout << "int8 kernels run: those of the SIMD targets tested\n";
+#endif
 }
 
 // Replaces the global pool for the life of the object.
@@ -135,15 +171,17 @@ void check_linear(const Weight& w, int64_t n, bool with_bias, int offset, std::m
   }
 }
 
-// Every target the CPU runs is compiled in, AVX3_DL (AVX-512 VNNI) included: the kernels test
-// each one, so the log names them.
+// Every target the CPU runs is compiled in, AVX3_DL (AVX-512 VNNI) and the SVE ones included:
+// the kernels test each one, so the log names them.
 TEST(Targets, EverySupportedTargetIsCompiled) {
   const std::vector<int64_t> tested = hwy::SupportedAndGeneratedTargets();
   std::string names;
   for (int64_t target : tested)
     names += std::string(names.empty() ? "" : " ") + hwy::TargetName(target);
   std::printf("SIMD targets tested on this CPU: %s\n", names.c_str());
-  for (int64_t target : {int64_t{HWY_AVX3_DL}, int64_t{HWY_AVX3}, int64_t{HWY_AVX2}}) {
+  for (int64_t target :
+       {int64_t{HWY_AVX3_DL}, int64_t{HWY_AVX3}, int64_t{HWY_AVX2}, int64_t{HWY_SVE2_128},
+        int64_t{HWY_SVE_256}, int64_t{HWY_SVE2}, int64_t{HWY_SVE}, int64_t{HWY_NEON}}) {
     if (hwy::SupportedTargets() & target) {
       EXPECT_NE(std::find(tested.begin(), tested.end(), target), tested.end())
           << hwy::TargetName(target);
@@ -295,16 +333,18 @@ TEST(LinearQ8, WithinInt8ErrorOfReference) {
   };
   const Shape shapes[] = {{1, 64}, {7, 128}, {65, 640}, {333, 192}, {1030, 2560}, {257, 10240}};
   for_each_target([&] {
-    int c = 0;
-    for (const Shape& s : shapes) {
-      for (DType dt : dtypes) {
-        SCOPED_TRACE(dtype_name(dt));
-        TestWeight t = make_quantized(s.out, s.in, dt, c % 2, rng);
-        const std::vector<float> x = randn(s.in, rng), b = randn(s.out, rng);
-        check_linear_q8(t.w, x, c % 2 ? b.data() : nullptr, (c / 2) % 2, 1.0);
-        ++c;
+    for_each_q8_kernel([&] {
+      int c = 0;
+      for (const Shape& s : shapes) {
+        for (DType dt : dtypes) {
+          SCOPED_TRACE(dtype_name(dt));
+          TestWeight t = make_quantized(s.out, s.in, dt, c % 2, rng);
+          const std::vector<float> x = randn(s.in, rng), b = randn(s.out, rng);
+          check_linear_q8(t.w, x, c % 2 ? b.data() : nullptr, (c / 2) % 2, 1.0);
+          ++c;
+        }
       }
-    }
+    });
   });
 }
 
@@ -314,12 +354,15 @@ TEST(LinearQ8, ExactWhenActivationsAreInt8) {
   std::mt19937 rng(11);
   std::uniform_int_distribution<int> dist(-127, 127);
   for_each_target([&] {
-    for (int64_t in : {64, 576, 2560}) {
-      TestWeight t = make_quantized(77, in, DType::BF16, 1, rng);
-      std::vector<float> x(in);
-      for (int64_t i = 0; i < in; ++i) x[i] = i % 64 == 5 ? 127.0f : static_cast<float>(dist(rng));
-      check_linear_q8(t.w, x, nullptr, 0, 0.0);
-    }
+    for_each_q8_kernel([&] {
+      for (int64_t in : {64, 576, 2560}) {
+        TestWeight t = make_quantized(77, in, DType::BF16, 1, rng);
+        std::vector<float> x(in);
+        for (int64_t i = 0; i < in; ++i)
+          x[i] = i % 64 == 5 ? 127.0f : static_cast<float>(dist(rng));
+        check_linear_q8(t.w, x, nullptr, 0, 0.0);
+      }
+    });
   });
 }
 
@@ -372,16 +415,18 @@ TEST(LinearQ8, BatchWithinInt8ErrorOfReference) {
                           {333, 192, 2},   {37, 2560, 7}, {19, 10240, 3},
                           {131, 576, 513}, {9, 1152, 64}, {70, 4096, 13}};
   for_each_target([&] {
-    int c = 0;
-    for (const Shape& s : shapes) {
-      for (DType dt : dtypes) {
-        SCOPED_TRACE(dtype_name(dt));
-        TestWeight t = make_quantized(s.out, s.in, dt, c % 2, rng);
-        const std::vector<float> x = randn(s.n * s.in, rng), b = randn(s.out, rng);
-        check_linear_q8_batch(t.w, s.n, x, c % 2 ? b.data() : nullptr, (c / 2) % 2, 1.0);
-        ++c;
+    for_each_q8_kernel([&] {
+      int c = 0;
+      for (const Shape& s : shapes) {
+        for (DType dt : dtypes) {
+          SCOPED_TRACE(dtype_name(dt));
+          TestWeight t = make_quantized(s.out, s.in, dt, c % 2, rng);
+          const std::vector<float> x = randn(s.n * s.in, rng), b = randn(s.out, rng);
+          check_linear_q8_batch(t.w, s.n, x, c % 2 ? b.data() : nullptr, (c / 2) % 2, 1.0);
+          ++c;
+        }
       }
-    }
+    });
   });
 }
 
@@ -403,16 +448,18 @@ TEST(LinearQ8, BatchExactWhenActivationsAreInt8) {
   std::mt19937 rng(14);
   std::uniform_int_distribution<int> dist(-127, 127);
   for_each_target([&] {
-    for (int64_t n : {2, 7, 64}) {
-      for (int64_t in : {64, 576, 2560}) {
-        TestWeight t = make_quantized(77, in, DType::BF16, 1, rng);
-        std::vector<float> x(n * in);
-        for (int64_t i = 0; i < n * in; ++i) {
-          x[i] = i % 64 == 5 ? 127.0f : static_cast<float>(dist(rng));
+    for_each_q8_kernel([&] {
+      for (int64_t n : {2, 7, 64}) {
+        for (int64_t in : {64, 576, 2560}) {
+          TestWeight t = make_quantized(77, in, DType::BF16, 1, rng);
+          std::vector<float> x(n * in);
+          for (int64_t i = 0; i < n * in; ++i) {
+            x[i] = i % 64 == 5 ? 127.0f : static_cast<float>(dist(rng));
+          }
+          check_linear_q8_batch(t.w, n, x, nullptr, 0, 0.0);
         }
-        check_linear_q8_batch(t.w, n, x, nullptr, 0, 0.0);
       }
-    }
+    });
   });
 }
 

@@ -584,10 +584,12 @@ TEST(Server, BinaryServesAndFailsClearly) {
   if (pid == 0) {
     dup2(pipe_fd[1], 2);
     ::close(pipe_fd[0]);
-    const std::string bin = test::bin_path("gemma-server");
-    const std::string model = test::data_path("tiny-mobile");
-    execl(bin.c_str(), bin.c_str(), model.c_str(), "--port", "0", "--threads", "1", "--alias",
-          "mobile", static_cast<char*>(nullptr));
+    // Through the shell: bin_path may be a command (the emulator of a cross build), and exec
+    // keeps the server the process that SIGTERM reaches.
+    const std::string cmd = "exec " + test::bin_path("gemma-server") + " '" +
+                            test::data_path("tiny-mobile") +
+                            "' --port 0 --threads 1 --alias mobile";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   ::close(pipe_fd[1]);

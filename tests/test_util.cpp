@@ -1,22 +1,28 @@
 #include "test_util.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
-#include <sys/wait.h>
 
 namespace gp::test {
 namespace fs = std::filesystem;
 
 std::string data_path(const std::string& rel) { return std::string(GP_TEST_DATA) + "/" + rel; }
-std::string bin_path(const std::string& tool) { return std::string(GP_BIN_DIR) + "/" + tool; }
+std::string bin_path(const std::string& tool) {
+#ifdef GP_TOOL_EMULATOR
+  return std::string(GP_TOOL_EMULATOR) + " " + GP_BIN_DIR + "/" + tool;
+#else
+  return std::string(GP_BIN_DIR) + "/" + tool;
+#endif
+}
 
 namespace {
 struct TempDirs {
@@ -33,8 +39,8 @@ TempDirs g_temp_dirs;
 
 std::string temp_dir(const std::string& tag) {
   static int counter = 0;
-  fs::path p = fs::temp_directory_path() /
-               ("gp-test-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+  fs::path p = fs::temp_directory_path() / ("gp-test-" + tag + "-" + std::to_string(::getpid()) +
+                                            "-" + std::to_string(counter++));
   fs::remove_all(p);
   fs::create_directories(p);
   g_temp_dirs.dirs.push_back(p.string());

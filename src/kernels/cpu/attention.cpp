@@ -178,43 +178,74 @@ HWY_INLINE void PrefetchRow(const T* p, int64_t hd) {
   for (int64_t i = 0; i < hd; i += 64 / sizeof(T)) hwy::Prefetch(p + i);
 }
 
-// out[h] = q[h] · k over n values, for H query heads.
+// out[h] = q[h] · k over n values, for H <= 4 query heads. The accumulators are named locals,
+// not arrays: SVE vectors are sizeless and cannot be array elements.
 template <int H, class T>
 HWY_INLINE void DotHeads(const float* const* q, const T* HWY_RESTRICT k, int64_t n, float* out) {
+  static_assert(H >= 1 && H <= kMaxHeads);
   const hn::ScalableTag<float> df;
+  using V = hn::Vec<decltype(df)>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  hn::Vec<decltype(df)> a[H], b[H];
-  for (int h = 0; h < H; ++h) a[h] = b[h] = hn::Zero(df);
+  const float* q0 = q[0];
+  const float* q1 = H > 1 ? q[1] : q0;
+  const float* q2 = H > 2 ? q[2] : q0;
+  const float* q3 = H > 3 ? q[3] : q0;
+  V a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   int64_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
-    const auto k0 = LoadRow(df, k + i), k1 = LoadRow(df, k + i + N);
-    for (int h = 0; h < H; ++h) {
-      a[h] = hn::MulAdd(hn::LoadU(df, q[h] + i), k0, a[h]);
-      b[h] = hn::MulAdd(hn::LoadU(df, q[h] + i + N), k1, b[h]);
+    const V k0 = LoadRow(df, k + i), k1 = LoadRow(df, k + i + N);
+    a0 = hn::MulAdd(hn::LoadU(df, q0 + i), k0, a0);
+    b0 = hn::MulAdd(hn::LoadU(df, q0 + i + N), k1, b0);
+    if constexpr (H > 1) {
+      a1 = hn::MulAdd(hn::LoadU(df, q1 + i), k0, a1);
+      b1 = hn::MulAdd(hn::LoadU(df, q1 + i + N), k1, b1);
+    }
+    if constexpr (H > 2) {
+      a2 = hn::MulAdd(hn::LoadU(df, q2 + i), k0, a2);
+      b2 = hn::MulAdd(hn::LoadU(df, q2 + i + N), k1, b2);
+    }
+    if constexpr (H > 3) {
+      a3 = hn::MulAdd(hn::LoadU(df, q3 + i), k0, a3);
+      b3 = hn::MulAdd(hn::LoadU(df, q3 + i + N), k1, b3);
     }
   }
   for (; i + N <= n; i += N) {
-    const auto k0 = LoadRow(df, k + i);
-    for (int h = 0; h < H; ++h) a[h] = hn::MulAdd(hn::LoadU(df, q[h] + i), k0, a[h]);
+    const V k0 = LoadRow(df, k + i);
+    a0 = hn::MulAdd(hn::LoadU(df, q0 + i), k0, a0);
+    if constexpr (H > 1) a1 = hn::MulAdd(hn::LoadU(df, q1 + i), k0, a1);
+    if constexpr (H > 2) a2 = hn::MulAdd(hn::LoadU(df, q2 + i), k0, a2);
+    if constexpr (H > 3) a3 = hn::MulAdd(hn::LoadU(df, q3 + i), k0, a3);
   }
-  for (int h = 0; h < H; ++h) {
-    out[h] = hn::GetLane(hn::SumOfLanes(df, hn::Add(a[h], b[h])));
-    for (int64_t r = i; r < n; ++r) out[h] += q[h][r] * ToF32(k[r]);
-  }
+  auto finish = [&](const float* qh, V a, V b) {
+    float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(a, b)));
+    for (int64_t r = i; r < n; ++r) s += qh[r] * ToF32(k[r]);
+    return s;
+  };
+  out[0] = finish(q0, a0, b0);
+  if constexpr (H > 1) out[1] = finish(q1, a1, b1);
+  if constexpr (H > 2) out[2] = finish(q2, a2, b2);
+  if constexpr (H > 3) out[3] = finish(q3, a3, b3);
 }
 
-// o[h][0..n) += p[h] * v over n values, for H query heads.
+// o[h][0..n) += p[h] * v over n values, for H <= 4 query heads (named locals, as in DotHeads).
 template <int H, class T>
 HWY_INLINE void AddRowHeads(float* const* o, const float* p, const T* HWY_RESTRICT v, int64_t n) {
+  static_assert(H >= 1 && H <= kMaxHeads);
   const hn::ScalableTag<float> df;
+  using V = hn::Vec<decltype(df)>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  hn::Vec<decltype(df)> ph[H];
-  for (int h = 0; h < H; ++h) ph[h] = hn::Set(df, p[h]);
+  const V p0 = hn::Set(df, p[0]), p1 = hn::Set(df, p[H > 1 ? 1 : 0]),
+          p2 = hn::Set(df, p[H > 2 ? 2 : 0]), p3 = hn::Set(df, p[H > 3 ? 3 : 0]);
+  auto add = [&](float* oh, int64_t i, V ph, V x) {
+    hn::StoreU(hn::MulAdd(ph, x, hn::LoadU(df, oh + i)), df, oh + i);
+  };
   int64_t i = 0;
   for (; i + N <= n; i += N) {
-    const auto x = LoadRow(df, v + i);
-    for (int h = 0; h < H; ++h)
-      hn::StoreU(hn::MulAdd(ph[h], x, hn::LoadU(df, o[h] + i)), df, o[h] + i);
+    const V x = LoadRow(df, v + i);
+    add(o[0], i, p0, x);
+    if constexpr (H > 1) add(o[1], i, p1, x);
+    if constexpr (H > 2) add(o[2], i, p2, x);
+    if constexpr (H > 3) add(o[3], i, p3, x);
   }
   for (; i < n; ++i) {
     for (int h = 0; h < H; ++h) o[h][i] += p[h] * ToF32(v[i]);

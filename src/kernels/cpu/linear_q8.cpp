@@ -2,7 +2,8 @@
 // inner products are exact integer multiply-adds of nibbles and int8 values:
 //   y = sum_g scale_g * dx_g * (q_g · xq_g) + bias_g * sum(x_g),   x ≈ dx_g * xq_g.
 // One row (decode) streams the weight once with u8 x i8 pair multiply-adds of the nibbles
-// (vpdpbusd on AVX-512 VNNI, pmaddubsw on other x86; 16-bit products elsewhere), several weights
+// (vpdpbusd on AVX-512 VNNI, pmaddubsw on other x86, sdot or smull on 64-bit ARM (q8_arm.cpp);
+// 16-bit products elsewhere), several weights
 // of the same input in one pass over the pool; many rows (prefill) unpack blocks of weight rows
 // into u8 panels for the same multiply-adds, about twice the f32 GEMM's rate. Less precise than
 // linear by the int8 rounding of x.
@@ -15,6 +16,7 @@
 #include "base/thread_pool.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/q8_arm.h"
 #include "kernels/cpu/scratch.h"
 #include "tensor/dtype.h"
 
@@ -76,6 +78,15 @@ HWY_INLINE hn::Vec<DB32> PairSumI16(hn::Vec<DBI16> v) {
 #define GP_Q8_VNNI512 0
 #endif
 
+// 64-bit ARM: the NEON kernels of q8_arm.cpp (sdot or widening multiply-adds, chosen by what
+// the CPU reports), for the NEON and the SVE targets alike.
+#undef GP_Q8_ARM
+#if HWY_ARCH_ARM_A64 && HWY_TARGET != HWY_SCALAR
+#define GP_Q8_ARM 1
+#else
+#define GP_Q8_ARM 0
+#endif
+
 // ---------------------------------------------------------------- one activation row
 
 // Per-group scale of x: x ≈ dx * xq with xq = round(x / dx) in [-127, 127], dx = max|x| / 127.
@@ -95,7 +106,7 @@ HWY_INLINE float RoundQ(float v) {
   return (v + kRound) - kRound;
 }
 
-#if GP_Q8_X86
+#if GP_Q8_X86 || GP_Q8_ARM
 // Byte i of a group's 32 nibble bytes holds elements 2i (low nibble) and 2i+1 (high). Each
 // group of xq is stored as its 32 even elements, then its 32 odd ones, as int8, so that the low
 // and the high nibbles each meet their activations in one u8 x i8 multiply-add.
@@ -130,6 +141,7 @@ void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTR
   }
 }
 
+#if GP_Q8_X86
 // Per-lane int32 partial sums of q_k * xq_k over one group (8 words against its 64 xq).
 HWY_INLINE hn::Vec<DB32> GroupDotQ(const uint32_t* words, const XQ* HWY_RESTRICT xg) {
   const DBU8 du8;
@@ -152,6 +164,7 @@ HWY_INLINE hn::Vec<DB32> GroupDotQ(const uint32_t* words, const XQ* HWY_RESTRICT
   }
   return acc;
 }
+#endif  // GP_Q8_X86
 #else
 // Other targets: 16-bit products. Lane j of u16 word v holds elements 4(v+j) .. 4(v+j)+3 of the
 // group (low nibble first), so (u16 >> 4s) & 15 is element 4(v+j)+s. xq is stored in that
@@ -272,7 +285,9 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
   const size_t ss = dtype_size(w.scale_dtype);
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
   float* sd = thread_scratch(kScratchA, gpr);  // scale_g * dx_g of one row
-#if !GP_Q8_VNNI512
+#if GP_Q8_ARM
+  const arm::Q8Kernels& arm_kernels = arm::q8_kernels();
+#elif !GP_Q8_VNNI512
   auto group = [&](const uint32_t* row, int64_t g, hn::Vec<decltype(df)> acc) {
     return hn::MulAdd(hn::ConvertTo(df, GroupDotQ(row + g * 8, xq + g * kGroup)),
                       hn::Set(df, sd[g]), acc);
@@ -289,6 +304,10 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
     const uint32_t* row = w.q + o * wpr;
 #if GP_Q8_VNNI512
     auto a0 = RowDotVnni(row, xq, sd, gpr), a1 = hn::Zero(df), a2 = a1, a3 = a1;
+#elif GP_Q8_ARM
+    const float dot = arm_kernels.row_dot(row, xq, sd, gpr);  // in lane 0 of a0
+    auto a0 = hn::IfThenElseZero(hn::FirstN(df, 1), hn::Set(df, dot)), a1 = hn::Zero(df), a2 = a1,
+         a3 = a1;
 #else
     const auto* ahead = reinterpret_cast<const uint8_t*>(row) + kPrefetchAhead;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
@@ -356,49 +375,66 @@ constexpr int64_t kQKC = 2048;  // inputs per panel: a multiple of the group siz
 // Panels per task, reused by every x tile while they are in L1: 32 output columns in all.
 constexpr int kQPanels = GP_Q8_VNNI512 ? 1 : 4;
 
+// The int32 lanes of a panel vector are its output columns: those of one DB32 vector, or on ARM
+// the 4 of one NEON vector, as the kernels of q8_arm.cpp read them on every target.
+#if GP_Q8_ARM
+using DP32 = hn::CappedTag<int32_t, arm::kQ8PanelWidth>;
+#else
+using DP32 = DB32;
+#endif
+
 // Output columns of one panel: the int32 lanes of one vector (two 512-bit ones with VNNI).
 HWY_INLINE int64_t QPanelWidth() {
-  return GP_Q8_VNNI512 ? 32 : static_cast<int64_t>(hn::Lanes(DB32()));
+  return GP_Q8_VNNI512 ? 32 : static_cast<int64_t>(hn::Lanes(DP32()));
 }
 
 // panel[k][j] = chunk k of rows[j] (4 bytes each), for k < n_chunks and the NB rows: a
-// transpose of 32-bit words, done in registers 4x4 or 8x8 when NB is 4 or 8.
+// transpose of 32-bit words, done in registers 4x4 or 8x8 when NB is 4 or 8. (Named vectors,
+// no arrays of them: SVE vectors are sizeless.)
 void TransposeChunks(const uint8_t (*rows)[kQKC], int64_t n_chunks, uint8_t* HWY_RESTRICT panel) {
-  constexpr size_t NB = hn::MaxLanes(DB32());
+  constexpr size_t NB = hn::MaxLanes(DP32());
   int64_t k = 0;
 #if HWY_TARGET != HWY_SCALAR
   if constexpr (NB == 4 || NB == 8) {
-    const DB32 d;
-    const hn::Repartition<uint64_t, DB32> d64;
+    const DP32 d;
+    using V = hn::Vec<DP32>;
+    const hn::Repartition<uint64_t, DP32> d64;
     auto row = [&](size_t j, int64_t k) {
       return hn::Load(d, reinterpret_cast<const int32_t*>(rows[j]) + k);
     };
     auto out = [&](int64_t k) { return reinterpret_cast<int32_t*>(panel) + k * NB; };
     for (; k + static_cast<int64_t>(NB) <= n_chunks; k += NB) {
       // Pairs of 32-bit words, then of 64-bit words, within each 128-bit block: block b of
-      // u[i] holds chunk 4b + i of rows 0-3 (w[i]: rows 4-7).
-      auto quad = [&](size_t j0, hn::Vec<DB32>* u) {
+      // u_i holds chunk 4b + i of rows 0-3 (w_i: rows 4-7).
+      auto quad = [&](size_t j0, V& u0, V& u1, V& u2, V& u3) {
         const auto r0 = row(j0, k), r1 = row(j0 + 1, k), r2 = row(j0 + 2, k), r3 = row(j0 + 3, k);
         const auto t0 = hn::BitCast(d64, hn::InterleaveLower(d, r0, r1));
         const auto t1 = hn::BitCast(d64, hn::InterleaveUpper(d, r0, r1));
         const auto t2 = hn::BitCast(d64, hn::InterleaveLower(d, r2, r3));
         const auto t3 = hn::BitCast(d64, hn::InterleaveUpper(d, r2, r3));
-        u[0] = hn::BitCast(d, hn::InterleaveLower(d64, t0, t2));
-        u[1] = hn::BitCast(d, hn::InterleaveUpper(d64, t0, t2));
-        u[2] = hn::BitCast(d, hn::InterleaveLower(d64, t1, t3));
-        u[3] = hn::BitCast(d, hn::InterleaveUpper(d64, t1, t3));
+        u0 = hn::BitCast(d, hn::InterleaveLower(d64, t0, t2));
+        u1 = hn::BitCast(d, hn::InterleaveUpper(d64, t0, t2));
+        u2 = hn::BitCast(d, hn::InterleaveLower(d64, t1, t3));
+        u3 = hn::BitCast(d, hn::InterleaveUpper(d64, t1, t3));
       };
-      hn::Vec<DB32> u[4];
-      quad(0, u);
+      V u0 = hn::Zero(d), u1 = u0, u2 = u0, u3 = u0;
+      quad(0, u0, u1, u2, u3);
       if constexpr (NB == 4) {
-        for (int i = 0; i < 4; ++i) hn::Store(u[i], d, out(k + i));
+        hn::Store(u0, d, out(k));
+        hn::Store(u1, d, out(k + 1));
+        hn::Store(u2, d, out(k + 2));
+        hn::Store(u3, d, out(k + 3));
       } else {
-        hn::Vec<DB32> w[4];
-        quad(4, w);
-        for (int i = 0; i < 4; ++i) {
-          hn::Store(hn::ConcatLowerLower(d, w[i], u[i]), d, out(k + i));
-          hn::Store(hn::ConcatUpperUpper(d, w[i], u[i]), d, out(k + 4 + i));
-        }
+        V w0 = u0, w1 = u0, w2 = u0, w3 = u0;
+        quad(4, w0, w1, w2, w3);
+        auto both = [&](int i, V u, V w) {
+          hn::Store(hn::ConcatLowerLower(d, w, u), d, out(k + i));
+          hn::Store(hn::ConcatUpperUpper(d, w, u), d, out(k + 4 + i));
+        };
+        both(0, u0, w0);
+        both(1, u1, w1);
+        both(2, u2, w2);
+        both(3, u3, w3);
       }
     }
   }
@@ -571,7 +607,7 @@ void PackQ8Panel(const Weight& w, int64_t o, int64_t k0, int64_t kc, uint8_t* HW
   return PackQ8PanelVnni(w, o, k0, kc, panel, sc, bi);
 #endif
   const int64_t NB = QPanelWidth(), wpr = w.in / 8;
-  constexpr int64_t kMaxNB = 8;  // DB32 holds at most 8 lanes
+  constexpr int64_t kMaxNB = 8;  // DP32 holds at most 8 lanes
   HWY_ALIGN uint8_t rows[kMaxNB][kQKC];
   for (int64_t j = 0; j < NB; ++j) {
     const int64_t r = std::min(o + j, w.out - 1);
@@ -610,9 +646,11 @@ void Q8MicroKernel(const int8_t* const* a, const float* const* dx, const float* 
 #if GP_Q8_VNNI512
   return Q8MicroKernelVnni(a, dx, xs, kc, panel, sc, bi, c, first, init);
 #endif
+#if GP_Q8_ARM
+  arm::q8_kernels().micro(a, dx, xs, kc, panel, sc, bi, c, first, init);
+#elif GP_Q8_X86
   const DBF df;
   const int64_t NB = QPanelWidth();
-#if GP_Q8_X86
   const DB32 d32;
   const DBU8 du8;
   const DBI8 di8;
@@ -664,7 +702,7 @@ void Q8MicroKernel(const int8_t* const* a, const float* const* dx, const float* 
   hn::StoreU(acc3, df, c[3]);
 #else
   // Other targets: the same integer arithmetic, one lane at a time.
-  (void)df;
+  const int64_t NB = QPanelWidth();
   for (int r = 0; r < kQMR; ++r) {
     for (int64_t j = 0; j < NB; ++j) {
       float acc = !first ? c[r][j] : init ? init[j] : 0.0f;
