@@ -147,7 +147,7 @@ struct Loaded {
   ModelConfig config;
   explicit Loaded(const std::string& path)
       : dir(path), config(parse_config(dir.config(), nullptr, path + "/config.json")) {}
-  TextWeights load() { return load_text_weights(dir, config, detect_layout(dir, config)); }
+  TextWeights load() { return load_text_weights(dir, config, detect_layout(dir)); }
 };
 
 // A copy of a fixture whose config.json is edited by `edit`.

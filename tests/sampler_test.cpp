@@ -105,8 +105,9 @@ TEST(Sampler, MinPDropsTokensBelowFractionOfTop) {
 }
 
 // Without top-k, top-p and min-p sort only the candidates down to their cut (top-p: logit buckets
-// down to the one holding the mass): over large vocabularies the kept set is still exact.
-TEST(Sampler, TopPAndMinPCutLargeVocabulariesExactly) {
+// down to the one holding the mass): over large vocabularies no draw falls outside the kept set,
+// and the draws reach close to its edge.
+TEST(Sampler, TopPAndMinPDrawOnlyFromTheirKeptSetOverLargeVocabularies) {
   SamplingParams p;
   p.temperature = 1.0f;
   p.top_p = 0.4903f;

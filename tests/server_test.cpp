@@ -542,11 +542,10 @@ TEST(Server, FullQueueGets503) {
     if (r) waiting_status = r->status;
   });
   ASSERT_TRUE(s.wait_health([](const json& h) { return h["waiting"] == 1; }));
-  const auto start = std::chrono::steady_clock::now();
+  // Refused at once: were it queued, it would wait for the endless request this test holds open.
   const auto refused = s.post("/v1/chat/completions", chat_body("Too many", 4, 2));
   expect_error(refused, 503, "server_busy");
   EXPECT_EQ(refused->get_header_value("Retry-After"), "1");
-  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
   running.close();
   waiting.join();
   EXPECT_EQ(waiting_status, 200);

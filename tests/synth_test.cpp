@@ -13,10 +13,12 @@
 
 #include "base/error.h"
 #include "io/model_dir.h"
+#include "io/sp_model_proto.h"
 #include "io/tokenizer.h"
 #include "model/config.h"
 #include "model/tensor_table.h"
 #include "model/text_model.h"
+#include "prune/vocab.h"
 #include "tensor/dtype.h"
 #include "tensor/weight.h"
 #include "test_util.h"
@@ -61,7 +63,7 @@ struct Loaded {
   explicit Loaded(const std::string& path)
       : dir(path),
         config(parse_config(dir.config(), dir.optional_json("generation_config.json"), path)),
-        layout(detect_layout(dir, config)),
+        layout(detect_layout(dir)),
         table(tensor_table(config, layout)) {}
   const TensorSpec& spec(const std::string& name) const {
     auto it =
@@ -350,16 +352,24 @@ TEST(SynthPlan, MobileFollowsSpec) {
   EXPECT_EQ(c.text.n_layers, 31);
   for (int l = 0; l < 31; ++l) EXPECT_EQ(c.text.layer_d_ff[l], l < 14 ? 10240 : 7680) << l;
   EXPECT_EQ(c.text.n_vocab, 262208);
-  EXPECT_EQ(c.compact_vocab, 144257);
+  EXPECT_EQ(c.compact_vocab, 144257);  // SPEC §5's published row count, which synth aims at
   EXPECT_EQ(c.vision.d_ff, 4352);
   EXPECT_EQ(c.vision.image_size, 672);
   EXPECT_EQ(c.mm_tokens_per_image, 144);
   EXPECT_EQ(p.preprocessor_config["image_seq_length"], 144);
   EXPECT_EQ(p.preprocessor_config["size"]["height"], 672);
   EXPECT_EQ(p.token_map.size(), 262208u);
-  EXPECT_EQ(std::count_if(p.token_map.begin(), p.token_map.end(), [](int32_t r) { return r != 0; }),
-            144256);
   EXPECT_EQ(p.pieces.size(), 262144u);
+  // The vocabulary step's own rule (prune/vocab.h), run over the tokenizer synth writes, keeps
+  // exactly the ids synth's token_map keeps, in id order: rows 1..144256 after the zero row.
+  SpModelOptions sp;
+  sp.split_digits = true;  // as gemma-synth writes tokenizer.model
+  const Tokenizer tok = Tokenizer::from_model_proto(build_sp_model_proto(p.pieces, sp), "synth");
+  const std::vector<int32_t> kept = prune::vocab_keep_ids(tok, c, {});
+  ASSERT_EQ(static_cast<int64_t>(kept.size()) + 1, c.compact_vocab);
+  std::vector<int32_t> expect_map(p.token_map.size(), 0);
+  for (size_t r = 0; r < kept.size(); ++r) expect_map[kept[r]] = static_cast<int32_t>(r + 1);
+  EXPECT_TRUE(expect_map == p.token_map);
 
   std::map<std::string, std::pair<DType, std::vector<int64_t>>> e;
   std::map<std::string, std::string> file;

@@ -1,4 +1,6 @@
 // The text decoder against the fixtures' independent float64 reference (and llama.cpp's logits).
+#include "model/text_model.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,7 +9,6 @@
 #include "io/model_dir.h"
 #include "model/config.h"
 #include "model/tensor_table.h"
-#include "model/text_model.h"
 #include "test_util.h"
 
 namespace gp {
@@ -21,7 +22,7 @@ struct Loaded {
   explicit Loaded(const std::string& path, ops::Activations act = ops::Activations::kF32)
       : dir(path),
         config(parse_config(dir.config(), dir.optional_json("generation_config.json"), path)),
-        model(config, load_text_weights(dir, config, detect_layout(dir, config))) {
+        model(config, load_text_weights(dir, config, detect_layout(dir))) {
     model.set_activations(act);
   }
 };
@@ -79,16 +80,15 @@ TEST_P(FixtureLogits, MatchReferenceAtEveryPosition) {
   EXPECT_LT(max_abs_diff(decode_one_by_one(m.model, ids, cache2), exact), 1e-3);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    All, FixtureLogits,
-    ::testing::Combine(::testing::Values("tiny-original", "tiny-mobile"),
-                       ::testing::Values("bos", "seq7", "seq24", "seq40")),
-    [](const auto& info) {
-      std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);
-      for (auto& c : n)
-        if (c == '-') c = '_';
-      return n;
-    });
+INSTANTIATE_TEST_SUITE_P(All, FixtureLogits,
+                         ::testing::Combine(::testing::Values("tiny-original", "tiny-mobile"),
+                                            ::testing::Values("bos", "seq7", "seq24", "seq40")),
+                         [](const auto& info) {
+                           std::string n = std::get<0>(info.param) + "_" + std::get<1>(info.param);
+                           for (auto& c : n)
+                             if (c == '-') c = '_';
+                           return n;
+                         });
 
 // int8 activations (the default) are lossy: each linear's input is rounded to 8 bits per group of
 // 64. On these random tiny models that moves logits by ~0.4 at most (std 2.1) and flips a few
@@ -154,7 +154,8 @@ TEST(TextModel, HiddenStatesMatchReferenceLayerByLayer) {
   const auto ref = test::read_f32(test::data_path("tiny-original/ref/debug/seq7.hidden_exact.f32"));
   const int64_t d = m.config.text.d_model, n = static_cast<int64_t>(ids.size());
   std::vector<float> got;
-  m.model.set_observer([&](int, const float* x, int64_t rows) { got.insert(got.end(), x, x + rows * d); });
+  m.model.set_observer(
+      [&](int, const float* x, int64_t rows) { got.insert(got.end(), x, x + rows * d); });
   KvCache cache(m.config.text, 64);
   TextBatch b;
   b.ids = ids;

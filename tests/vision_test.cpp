@@ -43,7 +43,7 @@ TEST_P(FixtureImage, MatchesReferenceEmbeddingsAndIntermediates) {
   const std::string model_name = GetParam();
   ModelDir dir(test::data_path(model_name));
   const ModelConfig c = config_of(dir);
-  VisionModel model(c, load_vision_weights(dir, c, detect_layout(dir, c)));
+  VisionModel model(c, load_vision_weights(dir, c, detect_layout(dir)));
   model.set_activations(ops::Activations::kF32);  // the reference's arithmetic
   const std::string ref = test::data_path(model_name + "/ref/");
 
@@ -96,7 +96,7 @@ TEST_P(FixtureImage, Int8ActivationsStayCloseToExact) {
   const std::string model_name = GetParam();
   ModelDir dir(test::data_path(model_name));
   const ModelConfig c = config_of(dir);
-  VisionModel model(c, load_vision_weights(dir, c, detect_layout(dir, c)));
+  VisionModel model(c, load_vision_weights(dir, c, detect_layout(dir)));
   const std::string ref = test::data_path(model_name + "/ref/");
   const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
   const std::vector<float> pixels =
@@ -133,7 +133,7 @@ TEST(VisionModel, ProjectorNormIgnoresTheTextEpsilon) {
   const std::vector<float> pixels = preprocess_image(
       load_image(test::data_path("tiny-original/ref/image.png")), c.vision.image_size, mean, std_);
   auto embeddings = [&](const ModelConfig& config) {
-    VisionModel model(config, load_vision_weights(dir, config, detect_layout(dir, config)));
+    VisionModel model(config, load_vision_weights(dir, config, detect_layout(dir)));
     model.set_activations(ops::Activations::kF32);
     std::vector<float> out(static_cast<size_t>(config.mm_tokens_per_image) * config.text.d_model);
     model.encode(pixels.data(), out.data());
@@ -161,7 +161,7 @@ TEST(VisionWeights, PositionGridMismatchNamesBothSizes) {
   ModelDir dir(tmp);
   const ModelConfig c = config_of(dir);
   try {
-    load_vision_weights(dir, c, detect_layout(dir, c));
+    load_vision_weights(dir, c, detect_layout(dir));
     FAIL() << "expected gp::Error";
   } catch (const Error& e) {
     const std::string msg = e.what();
@@ -175,7 +175,7 @@ TEST(VisionWeights, PositionGridMismatchNamesBothSizes) {
 TEST(VisionWeights, TextOnlyCheckpointIsRefused) {
   ModelDir dir(test::data_path("tiny-original"));
   const ModelConfig c = config_of(dir);
-  TableLayout layout = detect_layout(dir, c);
+  TableLayout layout = detect_layout(dir);
   layout.vision = false;
   EXPECT_THROW(load_vision_weights(dir, c, layout), Error);
 }

@@ -135,8 +135,12 @@ void resample_vertical(const uint8_t* src, int w, int in_h, int out_h, uint8_t* 
 // Pillow's ImagingResample for an RGB image: horizontal pass then vertical pass, each skipped when
 // that side keeps its size (so a same-size resize is the identity).
 std::vector<uint8_t> resize_u8(const Image& img, int out_w, int out_h) {
-  assert(img.width > 0 && img.height > 0 && out_w > 0 && out_h > 0);
-  assert(img.rgb.size() == static_cast<size_t>(img.width) * img.height * 3);
+  check(img.width > 0 && img.height > 0 && out_w > 0 && out_h > 0,
+        "cannot resize a " + std::to_string(img.width) + "x" + std::to_string(img.height) +
+            " image to " + std::to_string(out_w) + "x" + std::to_string(out_h));
+  check(img.rgb.size() == static_cast<size_t>(img.width) * img.height * 3,
+        "image of " + std::to_string(img.width) + "x" + std::to_string(img.height) + " holds " +
+            std::to_string(img.rgb.size()) + " bytes, not 3 per pixel");
   std::vector<uint8_t> wide;  // [img.height, out_w, 3]
   const uint8_t* src = img.rgb.data();
   if (out_w != img.width) {

@@ -50,8 +50,10 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c, const TableLayout& la
   const int64_t d = x.d_model, hd = x.head_dim;
   linear(names::text("model.embed_tokens"), embedding_rows(c, layout), d);
   if (layout.token_map)
-    t.push_back({names::text("model.embed_tokens.token_map"), TensorRole::TokenMap, {x.n_vocab}, false});
-  if (layout.lm_head) linear(names::text("lm_head"), layout.head_rows ? layout.head_rows : x.n_vocab, d);
+    t.push_back(
+        {names::text("model.embed_tokens.token_map"), TensorRole::TokenMap, {x.n_vocab}, false});
+  if (layout.lm_head)
+    linear(names::text("lm_head"), layout.head_rows ? layout.head_rows : x.n_vocab, d);
   for (int l = 0; l < x.n_layers; ++l) {
     const int64_t ff = x.layer_d_ff[l];
     linear(names::text_layer(l, "self_attn.q_proj"), x.n_heads * hd, d);
@@ -63,8 +65,8 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c, const TableLayout& la
     linear(names::text_layer(l, "mlp.gate_proj"), ff, d);
     linear(names::text_layer(l, "mlp.up_proj"), ff, d);
     linear(names::text_layer(l, "mlp.down_proj"), d, ff);
-    for (const char* n : {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                          "post_feedforward_layernorm"})
+    for (const char* n : {"input_layernorm", "post_attention_layernorm",
+                          "pre_feedforward_layernorm", "post_feedforward_layernorm"})
       vec(names::weight(names::text_layer(l, n)), {d});
   }
   vec(names::weight(names::text("model.norm")), {d});
@@ -76,7 +78,8 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c, const TableLayout& la
   vec(names::bias(names::vision("embeddings.patch_embedding")), {vd}, true);
   linear(names::vision("embeddings.position_embedding"), v.n_patches(), vd, true, false, true);
   for (int l = 0; l < v.n_layers; ++l) {
-    for (const char* n : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"})
+    for (const char* n :
+         {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"})
       linear(names::vision_layer(l, n), vd, vd, true, true, true);
     for (const char* n : {"layer_norm1", "layer_norm2"}) {
       vec(names::weight(names::vision_layer(l, n)), {vd}, true);
@@ -92,7 +95,7 @@ std::vector<TensorSpec> tensor_table(const ModelConfig& c, const TableLayout& la
   return t;
 }
 
-TableLayout detect_layout(const ModelDir& dir, const ModelConfig& c) {
+TableLayout detect_layout(const ModelDir& dir) {
   TableLayout l;
   const std::string head = names::text("lm_head");
   l.lm_head = dir.has(names::weight(head));
@@ -100,7 +103,6 @@ TableLayout detect_layout(const ModelDir& dir, const ModelConfig& c) {
   l.token_map = dir.has(names::text("model.embed_tokens.token_map"));
   l.fc2_quantized = dir.has(names::scales(names::vision_layer(0, "mlp.fc2")));
   l.vision = dir.has(names::weight(names::vision("embeddings.patch_embedding")));
-  (void)c;
   return l;
 }
 
@@ -119,8 +121,8 @@ namespace {
 void expect_shape(const ModelDir& dir, const TensorInfo& t, const std::vector<int64_t>& shape,
                   const std::string& why) {
   check(t.shape == shape, dir.path() + "/" + dir.file_of(t.name) + ": tensor '" + t.name +
-                              "' has shape " + t.shape_str() + ", expected " + shape_to_string(shape) +
-                              why);
+                              "' has shape " + t.shape_str() + ", expected " +
+                              shape_to_string(shape) + why);
 }
 void expect_float(const ModelDir& dir, const TensorInfo& t) {
   check(t.dtype == DType::BF16 || t.dtype == DType::F16 || t.dtype == DType::F32,
@@ -140,17 +142,18 @@ Weight load_linear(const ModelDir& dir, const TensorSpec& spec, QuantFormat fmt)
   if (dir.has(names::scales(spec.name))) {
     check(wt.dtype == DType::U32, dir.path() + ": tensor '" + wt.name + "' has dtype " +
                                       dtype_name(wt.dtype) + ", expected U32 (MLX 4-bit packed)");
-    check(in % fmt.group_size == 0, dir.path() + ": tensor '" + spec.name + "' has " +
-                                        std::to_string(in) + " input columns, not a multiple of group_size " +
-                                        std::to_string(fmt.group_size));
+    check(in % fmt.group_size == 0,
+          dir.path() + ": tensor '" + spec.name + "' has " + std::to_string(in) +
+              " input columns, not a multiple of group_size " + std::to_string(fmt.group_size));
     expect_shape(dir, wt, {out, in * fmt.bits / 32}, why);
     const TensorInfo& s = dir.tensor(names::scales(spec.name));
     const TensorInfo& b = dir.tensor(names::biases(spec.name));
     expect_float(dir, s);
     expect_shape(dir, s, {out, in / fmt.group_size}, why);
     expect_shape(dir, b, {out, in / fmt.group_size}, why);
-    check(b.dtype == s.dtype, dir.path() + ": tensor '" + b.name + "' has dtype " + dtype_name(b.dtype) +
-                                  ", expected " + dtype_name(s.dtype) + " like its scales");
+    check(b.dtype == s.dtype, dir.path() + ": tensor '" + b.name + "' has dtype " +
+                                  dtype_name(b.dtype) + ", expected " + dtype_name(s.dtype) +
+                                  " like its scales");
     w.quantized = true;
     w.q = reinterpret_cast<const uint32_t*>(wt.data);
     w.scales = s.data;

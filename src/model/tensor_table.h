@@ -20,7 +20,7 @@ enum class TensorRole {
 };
 
 struct TensorSpec {
-  std::string name;            // e.g. "language_model.model.layers.3.mlp.down_proj"
+  std::string name;  // e.g. "language_model.model.layers.3.mlp.down_proj"
   TensorRole role = TensorRole::Linear;
   std::vector<int64_t> shape;  // Linear: logical [out, in]; others: the stored shape
   bool quantized = true;       // how the original 4B checkpoint stores it (Linear only)
@@ -28,7 +28,8 @@ struct TensorSpec {
   bool vision = false;         // part of the vision tower or projector
 };
 
-// What a particular checkpoint holds beyond the config (read from the files, or chosen by a writer).
+// What a particular checkpoint holds beyond the config (read from the files, or chosen by a
+// writer).
 struct TableLayout {
   bool lm_head = true;         // false: tied to the embedding
   int64_t head_rows = 0;       // rows of lm_head (n_vocab, or the compact vocabulary)
@@ -60,11 +61,11 @@ int64_t embedding_rows(const ModelConfig& c, const TableLayout& layout);
 std::vector<TensorSpec> tensor_table(const ModelConfig& c, const TableLayout& layout);
 
 // Reads the layout of an existing checkpoint (lm_head present, token_map present, fc2 quantized).
-TableLayout detect_layout(const ModelDir& dir, const ModelConfig& c);
+TableLayout detect_layout(const ModelDir& dir);
 
-// Checks a Linear spec's tensors in `dir` (dtype, shapes of weight/scales/biases against the logical
-// [out, in] and the config's group size) and returns a view of them. Throws Error naming the tensor,
-// the expected and the found shape.
+// Checks a Linear spec's tensors in `dir` (dtype, shapes of weight/scales/biases against the
+// logical [out, in] and the config's group size) and returns a view of them. Throws Error naming
+// the tensor, the expected and the found shape.
 Weight load_linear(const ModelDir& dir, const TensorSpec& spec, QuantFormat fmt);
 // A float vector/matrix tensor with the expected shape, converted to f32.
 std::vector<float> load_floats(const ModelDir& dir, const std::string& name,

@@ -1,7 +1,6 @@
 #include "model/vision_model.h"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -115,8 +114,13 @@ VisionWeights load_vision_weights(const ModelDir& dir, const ModelConfig& c,
 }
 
 VisionModel::VisionModel(const ModelConfig& c, VisionWeights w) : c_(c), w_(std::move(w)) {
-  assert(static_cast<int>(w_.layers.size()) == c_.vision.n_layers);
-  assert(w_.position_embed.out == c_.vision.n_patches());
+  check(static_cast<int>(w_.layers.size()) == c_.vision.n_layers,
+        "vision weights hold " + std::to_string(w_.layers.size()) + " layers, the config " +
+            std::to_string(c_.vision.n_layers));
+  check(w_.position_embed.out == c_.vision.n_patches(),
+        "vision position embedding has " + std::to_string(w_.position_embed.out) +
+            " rows, the config's image_size gives " + std::to_string(c_.vision.n_patches()) +
+            " patches");
 }
 
 void VisionModel::attention_block(const VisionLayer& L, const float* xn, float* out) const {

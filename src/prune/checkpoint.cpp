@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cassert>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -111,7 +110,7 @@ Checkpoint::Checkpoint(const std::string& dir) {
   const std::string embed = names::weight(names::text("model.embed_tokens"));
   check(dir_->has(embed), dir + ": no tensor '" + embed +
                               "' (not a Gemma 3 checkpoint in MLX layout, or an incomplete one?)");
-  layout_ = detect_layout(*dir_, config_);
+  layout_ = detect_layout(*dir_);
   if (layout_.token_map && config_.compact_vocab == 0)
     config_.compact_vocab = dir_->tensor(embed).shape.at(0);  // SPEC §2: fall back to the rows
   table_ = tensor_table(config_, layout_);
@@ -128,7 +127,7 @@ Checkpoint::Checkpoint(const std::string& dir) {
 
 const TensorSpec& Checkpoint::spec(const std::string& name) const {
   auto it = spec_index_.find(name);
-  assert(it != spec_index_.end());
+  check(it != spec_index_.end(), dir_->path() + ": '" + name + "' is not a tensor of this model");
   return table_[it->second];
 }
 
@@ -173,15 +172,6 @@ void TensorSink::write(const void* data, size_t nbytes) {
   written_ += nbytes;
   done_ += nbytes;
   progress_.update(done_, label_);
-}
-
-void TensorSink::zeros(size_t nbytes) {
-  static const std::vector<uint8_t> zero(1 << 16, 0);
-  while (nbytes > 0) {
-    const size_t n = std::min(nbytes, zero.size());
-    write(zero.data(), n);
-    nbytes -= n;
-  }
 }
 
 void TensorSink::copy(const TensorInfo& t) {
@@ -328,7 +318,9 @@ OutGroup gather_rows(const Checkpoint& in, const TensorSpec& spec, std::vector<i
                      const std::string& out_name, const std::string& file) {
   const std::vector<std::string> sources = in.stored(spec);
   const int64_t n = static_cast<int64_t>(rows.size()), in_rows = spec.shape[0];
-  for (int64_t r : rows) assert(r >= -1 && r < in_rows);
+  for (int64_t r : rows)
+    check(r >= -1 && r < in_rows, out_name + ": row " + std::to_string(r) + " is outside the " +
+                                      std::to_string(in_rows) + " rows of " + spec.name);
   OutGroup g;
   g.file = file;
   for (const auto& name : sources) {
@@ -377,7 +369,9 @@ OutGroup gather_columns_quantized(const Checkpoint& in, const TensorSpec& spec,
   check(n_cols % gs == 0, out_name + ": " + std::to_string(n_cols) +
                               " input columns are not a multiple of the group size " +
                               std::to_string(gs));
-  for (int64_t c : cols) assert(c >= -1 && c < w.in);
+  for (int64_t c : cols)
+    check(c >= -1 && c < w.in, out_name + ": column " + std::to_string(c) + " is outside the " +
+                                   std::to_string(w.in) + " columns of " + spec.name);
   const DType sd = w.quantized ? w.scale_dtype : in.scale_dtype();
   const int64_t groups = n_cols / gs, words = n_cols * fmt.bits / 32;
   OutGroup g;
@@ -454,7 +448,9 @@ OutGroup gather_columns_quantized(const Checkpoint& in, const TensorSpec& spec,
 OutGroup quantized_from_floats(std::shared_ptr<const std::vector<float>> values, int64_t rows,
                                int64_t in, QuantFormat fmt, DType scale_dtype,
                                const std::string& out_name, const std::string& file) {
-  assert(static_cast<int64_t>(values->size()) == rows * in);
+  check(static_cast<int64_t>(values->size()) == rows * in,
+        out_name + ": " + std::to_string(values->size()) + " values for " + std::to_string(rows) +
+            " rows of " + std::to_string(in));
   check(in % fmt.group_size == 0, out_name + ": " + std::to_string(in) +
                                       " columns are not a multiple of the group size " +
                                       std::to_string(fmt.group_size));

@@ -72,7 +72,6 @@ class TensorSink {
   TensorSink(SafeTensorsWriter& writer, Progress& progress, uint64_t& done, std::string label)
       : writer_(writer), progress_(progress), done_(done), label_(std::move(label)) {}
   void write(const void* data, size_t nbytes);
-  void zeros(size_t nbytes);
   // Streams an input tensor's bytes unchanged, dropping its pages as it goes.
   void copy(const TensorInfo& t);
   uint64_t written() const { return written_; }

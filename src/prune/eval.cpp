@@ -27,7 +27,7 @@ struct TextRunner {
   explicit TextRunner(const std::string& path) : dir(std::make_unique<ModelDir>(path)) {
     config = parse_config(dir->config(), dir->optional_json("generation_config.json"),
                           path + "/config.json");
-    const TableLayout layout = detect_layout(*dir, config);
+    const TableLayout layout = detect_layout(*dir);
     if (layout.token_map && config.compact_vocab == 0)
       config.compact_vocab =
           dir->tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
@@ -180,13 +180,22 @@ PerplexityResult perplexity_of_ids(const std::string& model_dir,
 
 CompareResult compare_models(const std::string& a_dir, const std::string& b_dir,
                              const std::string& text, const EvalOptions& options) {
+  const Tokenizer tok = Tokenizer::load(a_dir);
+  const ModelDir dir(a_dir);
+  const ModelConfig c = parse_config(dir.config(), dir.optional_json("generation_config.json"),
+                                     a_dir + "/config.json");
+  return compare_models_of_ids(a_dir, b_dir, windows(tok, c.bos_token, text, options.window),
+                               options);
+}
+
+CompareResult compare_models_of_ids(const std::string& a_dir, const std::string& b_dir,
+                                    const std::vector<std::vector<int32_t>>& ws,
+                                    const EvalOptions& options) {
   TextRunner a(a_dir), b(b_dir);
   const int64_t V = a.config.text.n_vocab;
   check(b.config.text.n_vocab == V,
         b_dir + ": vocabulary of " + std::to_string(b.config.text.n_vocab) + " ids, but " + a_dir +
             " has " + std::to_string(V) + " (not variants of the same model?)");
-  const Tokenizer tok = Tokenizer::load(a_dir);
-  const auto ws = windows(tok, a.config.bos_token, text, options.window);
   size_t total = 0;
   for (const auto& w : ws) total += w.size();
   Progress progress("compare", total, options.progress);

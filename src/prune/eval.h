@@ -47,6 +47,11 @@ struct CompareResult {
 CompareResult compare_models(const std::string& a_dir, const std::string& b_dir,
                              const std::string& text, const EvalOptions& options = {});
 
+// The same over given windows of ids (each run from an empty cache; every position compared).
+CompareResult compare_models_of_ids(const std::string& a_dir, const std::string& b_dir,
+                                    const std::vector<std::vector<int32_t>>& windows,
+                                    const EvalOptions& options = {});
+
 // The same over a chat prompt holding one image followed by `text`: only the positions from
 // <end_of_image> on are compared (they depend on the image), so checkpoints with different image
 // token counts (the resolution step) line up. Measures the vision steps' cost.

@@ -17,7 +17,7 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
   ThreadPool::set_global_threads(options.threads);
   config_ = parse_config(dir_.config(), dir_.optional_json("generation_config.json"),
                          path + "/config.json");
-  layout_ = detect_layout(dir_, config_);
+  layout_ = detect_layout(dir_);
   if (layout_.token_map && config_.compact_vocab == 0)
     config_.compact_vocab =
         dir_.tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
