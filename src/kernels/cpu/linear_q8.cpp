@@ -489,49 +489,43 @@ void PackQ8PanelVnni(const Weight& w, int64_t o, int64_t k0, int64_t kc,
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 32 * NB), _mm512_extracti32x4_epi32(u, 2));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 48 * NB), _mm512_extracti32x4_epi32(u, 3));
   };
-  // Each row's kc/2 bytes are a short stream that the hardware prefetchers barely follow (the
-  // loads stalled 3/4 of the time): the scales and the first eight rows are prefetched at once,
-  // and the rows eight ahead (or those of the next chunk of inputs) while four are unpacked.
-  auto row_bytes = [&](int64_t j, int64_t k) {
-    return reinterpret_cast<const uint8_t*>(w.q + std::min(o + j, w.out - 1) * wpr) + k / 2;
-  };
+  // Group by group, all 32 rows: each 128-byte chunk row of the panel is written whole while it
+  // is in L1 (row by row, every line was written four times, from L2). Each row's kc/2 bytes
+  // are a short stream that the hardware prefetchers barely follow (the loads stalled 3/4 of
+  // the time unprefetched): the lines 4 groups ahead of all rows, then those of the next chunk
+  // of inputs, and the scales, are prefetched.
+  const uint8_t* src[NB];
   for (int64_t j = 0; j < NB; ++j) {
-    const int64_t first = (std::min(o + j, w.out - 1) * gpr + k0 / kGroup) * ss;
+    const int64_t r = std::min(o + j, w.out - 1);
+    src[j] = reinterpret_cast<const uint8_t*>(w.q + r * wpr) + k0 / 2;
+    const int64_t first = (r * gpr + k0 / kGroup) * ss;
     hwy::Prefetch(static_cast<const uint8_t*>(w.scales) + first);
     hwy::Prefetch(static_cast<const uint8_t*>(w.biases) + first);
+    hwy::Prefetch(src[j]);
+    hwy::Prefetch(src[j] + 64);
   }
-  constexpr int64_t kAhead = 8;
-  for (int64_t j = 0; j < kAhead; ++j)
-    for (int64_t i = 0; i < kc / 2; i += 64) hwy::Prefetch(row_bytes(j, k0) + i);
-  for (int64_t j0 = 0; j0 < NB; j0 += 4) {
-    const uint8_t* src[4];
-    const uint8_t* next[4] = {};
-    int64_t next_bytes = 0;
-    for (int64_t j = 0; j < 4; ++j) {
-      src[j] = row_bytes(j0 + j, k0);
-      if (j0 + kAhead < NB) {
-        next[j] = row_bytes(j0 + kAhead + j, k0), next_bytes = kc / 2;
-      } else if (k0 + kc < w.in) {
-        next[j] = row_bytes(j0 + kAhead - NB + j, k0 + kc);
-        next_bytes = std::min(kc, w.in - k0 - kc) / 2;
-      }
+  constexpr int64_t kAhead = 4 * 32;  // bytes of a row
+  const int64_t next_bytes = k0 + kc < w.in ? std::min(kc, w.in - k0 - kc) / 2 : 0;
+  auto unpack = [&](int64_t j, int64_t g) {
+    const __m512i b = _mm512_permutexvar_epi8(
+        dup, _mm512_castsi256_si512(
+                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + g * 32))));
+    return _mm512_and_si512(_mm512_mask_blend_epi8(odd, b, _mm512_srli_epi16(b, 4)), mask);
+  };
+  for (int64_t g = 0; g < kc / kGroup; ++g) {
+    const int64_t ahead = g * 32 + kAhead;
+    if (g % 2 == 0 && ahead - kc / 2 < next_bytes) {
+      // Past the chunk, the same offset into the next one: rows are kc/2 bytes apart there too.
+      for (int64_t j = 0; j < NB; ++j) hwy::Prefetch(src[j] + ahead);
     }
-    auto unpack = [&](int j, int64_t g) {
-      const __m512i b = _mm512_permutexvar_epi8(
-          dup, _mm512_castsi256_si512(
-                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + g * 32))));
-      return _mm512_and_si512(_mm512_mask_blend_epi8(odd, b, _mm512_srli_epi16(b, 4)), mask);
-    };
-    for (int64_t g = 0; g < kc / kGroup; ++g) {
-      if (g % 2 == 0 && g * 32 < next_bytes) {
-        for (int j = 0; j < 4; ++j) hwy::Prefetch(next[j] + g * 32);
-      }
+    const int64_t c = g * (kGroup / 4);
+    for (int64_t j0 = 0; j0 < NB; j0 += 4) {
       // Lane L of v_j holds chunks 4L .. 4L+3 of row j0+j; afterwards lane L of u_i holds
       // chunk 4L+i of the four rows.
-      const __m512i v0 = unpack(0, g), v1 = unpack(1, g), v2 = unpack(2, g), v3 = unpack(3, g);
+      const __m512i v0 = unpack(j0, g), v1 = unpack(j0 + 1, g), v2 = unpack(j0 + 2, g),
+                    v3 = unpack(j0 + 3, g);
       const __m512i t0 = _mm512_unpacklo_epi32(v0, v1), t1 = _mm512_unpackhi_epi32(v0, v1);
       const __m512i t2 = _mm512_unpacklo_epi32(v2, v3), t3 = _mm512_unpackhi_epi32(v2, v3);
-      const int64_t c = g * (kGroup / 4);
       store_lanes(_mm512_unpacklo_epi64(t0, t2), c, j0);
       store_lanes(_mm512_unpackhi_epi64(t0, t2), c + 1, j0);
       store_lanes(_mm512_unpacklo_epi64(t1, t3), c + 2, j0);
