@@ -883,6 +883,10 @@ std::vector<Case> model_cases() {
     if (flag != "--threads") a.insert(a.end(), {"--threads", "1"});
     add({"Flag" + name, kOrig, none(), a, expect});
   }
+  // The reported deadlock when thread creation fails: 256 threads' 8 MB stacks do not fit the
+  // 2 GB cap, so a pthread_create fails and must be reported. Without the cap (ASan) all start.
+  add({"ThreadCreationFails", kOrig, none(), cli({"--threads", "256"}),
+       kCapMemory ? "cannot start worker thread" : ""});
   add({"PromptBeyondContext",
        kOrig,
        none(),
