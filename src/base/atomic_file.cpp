@@ -16,9 +16,11 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
   std::error_code ec;
   // Through a symlink: the file it names is replaced and the link stays.
   fs::path target = path;
-  if (fs::is_symlink(fs::symlink_status(target, ec))) {
-    target = fs::weakly_canonical(target, ec);
-    check(!ec, path + ": cannot resolve the symlink (" + ec.message() + ")");
+  for (int hops = 0; fs::is_symlink(fs::symlink_status(target, ec)); ++hops) {
+    check(hops < 40, path + ": too many levels of symlinks");
+    const fs::path next = fs::read_symlink(target, ec);
+    check(!ec, path + ": cannot read the symlink (" + ec.message() + ")");
+    target = next.is_absolute() ? next : target.parent_path() / next;
   }
   const fs::file_status st = fs::status(target, ec);
   check(st.type() != fs::file_type::directory, path + ": is a directory, expected a file name");
@@ -92,8 +94,8 @@ bool is_replaceable(const fs::path& dir) {
 
 AtomicDir::AtomicDir(const std::string& out, bool replace) {
   check(!out.empty(), "output directory: empty path");
-  fs::path p(out);
-  if (!p.has_filename()) p = p.parent_path();  // "dir/" names "dir"
+  fs::path p = fs::path(out).lexically_normal();  // "x/.." is "."
+  if (!p.has_filename()) p = p.parent_path();     // "dir/" names "dir"
   out_ = p.string();
   std::error_code ec;
   if (fs::exists(fs::symlink_status(p, ec))) {

@@ -56,12 +56,9 @@ ModelDir::ModelDir(const std::string& dir) : dir_(dir) {
       if (e.path().extension() == ".safetensors") files.push_back(e.path().filename().string());
     std::sort(files.begin(), files.end());
     check(!files.empty(), dir + ": no *.safetensors files and no model.safetensors.index.json");
+    // shard() refuses a tensor already placed in an earlier file.
     for (const auto& f : files)
-      for (const auto& [name, t] : shard(f).tensors()) {
-        auto [it, added] = weight_map_.emplace(name, f);
-        check(added, dir + ": tensor '" + name + "' is in both " + it->second + " and " + f +
-                         " (expected each tensor in one shard)");
-      }
+      for (const auto& [name, t] : shard(f).tensors()) weight_map_[name] = f;
   }
 }
 
@@ -81,7 +78,7 @@ const SafeTensorsFile& ModelDir::shard(const std::string& file) const {
       auto it = weight_map_.find(name);
       check(it == weight_map_.end() || it->second == file,
             dir_ + "/" + file + ": tensor '" + name + "' is also in " + it->second +
-                ", where the index places it (expected each tensor in one shard)");
+                " (expected each tensor in exactly one shard)");
     }
     slot = std::move(shard);
   }

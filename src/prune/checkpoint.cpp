@@ -77,8 +77,8 @@ void check_spec(const ModelDir& dir, const ModelConfig& c, const TensorSpec& spe
 }
 
 fs::path normalized(const std::string& dir) {
-  fs::path p(dir);
-  if (!p.has_filename()) p = p.parent_path();  // "dir/" names "dir"
+  fs::path p = fs::path(dir).lexically_normal();  // "x/.." is "."
+  if (!p.has_filename()) p = p.parent_path();     // "dir/" names "dir"
   return p;
 }
 

@@ -65,7 +65,7 @@ std::vector<StepReport> run_pipeline(const std::string& in_dir, const std::strin
                                      const PipelineOptions& options,
                                      const PipelineCallbacks& callbacks) {
   check(!out_dir.empty(), "output directory: empty path");
-  fs::path out(out_dir);
+  fs::path out = fs::path(out_dir).lexically_normal();  // "x/.." is "."
   if (!out.has_filename()) out = out.parent_path();
   const Checkpoint in(in_dir);
   std::error_code ec;

@@ -127,6 +127,11 @@ PrefillResult Session::prefill(const std::vector<int32_t>& ids,
   check(n <= cache_.max_context(), "prompt too long: " + std::to_string(n) +
                                        " tokens exceed the context size of " +
                                        std::to_string(cache_.max_context()) + " (see --ctx-size)");
+  for (int i = 0; i < n; ++i)
+    check(ids[i] >= 0 && ids[i] < c.text.n_vocab, "token id " + std::to_string(ids[i]) +
+                                                      " at prompt position " + std::to_string(i) +
+                                                      " is outside the vocabulary (expected 0 to " +
+                                                      std::to_string(c.text.n_vocab - 1) + ")");
   // Which image fills each soft-token run.
   std::vector<uint64_t> keys(n, 0);
   std::vector<int> run_start(n, -1), image_of(n, -1);  // per soft token: its run's start, its image
