@@ -346,6 +346,8 @@ TEST(Server, BadRequestsGetOpenAiErrors) {
   ASSERT_EQ(s.post(chat, ok)->status, 200);
 
   expect_error(s.post_raw(chat, "{\"messages\": ["), 400, "invalid_json");
+  // Found by fuzz/openai_request_fuzz.cpp: a number beyond double was an internal error (500).
+  expect_error(s.post_raw(chat, "{\"max_tokens\": 1e400}"), 400, "invalid_json");
   expect_error(s.post_raw(chat, "[1, 2]"), 400, "invalid_type", "body");
   auto with = [&](const char* key, const json& v) {
     json b = ok;
