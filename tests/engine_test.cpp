@@ -315,6 +315,31 @@ TEST(Engine, StopTokensComeFromConfigAndTokenizer) {
   EXPECT_EQ(std::count(p.begin(), p.end(), 2), 1);
 }
 
+TEST(Engine, ImageNormalizationIsReadOrNamedWhenMalformed) {
+  float mean[3], std_[3];
+  parse_image_normalization(nullptr, "p.json", mean, std_);
+  EXPECT_EQ(std::vector<float>(mean, mean + 3), (std::vector<float>{0.5f, 0.5f, 0.5f}));
+  parse_image_normalization({{"image_mean", {0.25, 0.5, 1}}, {"image_std", {2, 3, 4}}}, "p.json",
+                            mean, std_);
+  EXPECT_EQ(std::vector<float>(mean, mean + 3), (std::vector<float>{0.25f, 0.5f, 1.0f}));
+  EXPECT_EQ(std::vector<float>(std_, std_ + 3), (std::vector<float>{2.0f, 3.0f, 4.0f}));
+  // A string in the list used to escape as a raw JSON type_error, naming no file.
+  const std::vector<std::pair<nlohmann::json, std::string>> bad = {
+      {{{"image_std", {0.5, "x", 0.5}}},
+       "image_std[1] is \"x\", expected a finite number from 1e-06 to 1000"},
+      {{{"image_std", {0.5, 0, 0.5}}}, "image_std[1] is 0, expected a finite number from 1e-06"},
+      {{{"image_mean", {0.5, 0.5}}}, "image_mean is [0.5,0.5], expected 3 numbers (one per channel)"},
+      {{{"image_mean", 0.5}}, "image_mean is 0.5, expected 3 numbers"}};
+  for (const auto& [json, message] : bad) {
+    try {
+      parse_image_normalization(json, "dir/preprocessor_config.json", mean, std_);
+      FAIL() << "no error for " << json.dump();
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("dir/preprocessor_config.json: " + message));
+    }
+  }
+}
+
 // The CLI.
 std::string cli(const std::string& args, int* rc) {
   std::string out;

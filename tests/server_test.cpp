@@ -54,6 +54,7 @@ class TestServer {
   int port() const { return port_; }
   Engine& engine() { return engine_; }
   const Server& server() const { return *server_; }
+  Server& server() { return *server_; }
 
   httplib::Result post(const std::string& path, const json& body,
                        const httplib::Headers& headers = {}) const {
@@ -345,6 +346,8 @@ TEST(Server, BadRequestsGetOpenAiErrors) {
   ASSERT_EQ(s.post(chat, ok)->status, 200);
 
   expect_error(s.post_raw(chat, "{\"messages\": ["), 400, "invalid_json");
+  // Found by fuzz/openai_request_fuzz.cpp: a number beyond double was an internal error (500).
+  expect_error(s.post_raw(chat, "{\"max_tokens\": 1e400}"), 400, "invalid_json");
   expect_error(s.post_raw(chat, "[1, 2]"), 400, "invalid_type", "body");
   auto with = [&](const char* key, const json& v) {
     json b = ok;
@@ -406,6 +409,51 @@ TEST(Server, ApiKey) {
   EXPECT_EQ(s.get("/v1/models", {{"Authorization", "Bearer sesame"}})->status, 200);
   EXPECT_EQ(s.get("/health")->status, 200);  // open, as is the page
   EXPECT_EQ(s.get("/")->status, 200);
+}
+
+// The answers of Server::serve_bytes (one in-memory connection, as the fuzzer drives it): each
+// response of a keep-alive connection, split by its Content-Length.
+std::vector<std::pair<std::string, std::string>> split_responses(const std::string& bytes) {
+  std::vector<std::pair<std::string, std::string>> out;  // status line, body
+  size_t at = 0;
+  while (at < bytes.size()) {
+    const size_t head_end = bytes.find("\r\n\r\n", at);
+    if (head_end == std::string::npos) break;
+    const std::string head = bytes.substr(at, head_end - at);
+    const size_t cl = head.find("Content-Length: ");
+    const size_t n = cl == std::string::npos ? 0 : std::stoul(head.substr(cl + 16));
+    out.emplace_back(head.substr(0, head.find("\r\n")), bytes.substr(head_end + 4, n));
+    at = head_end + 4 + n;
+  }
+  return out;
+}
+
+TEST(Server, ServeBytesAnswersAsASocketConnectionDoes) {
+  TestServer s;
+  const json body = {{"prompt", "Hello"}, {"max_tokens", 3}, {"temperature", 0}};
+  const auto socket_answer = s.post("/v1/completions", body);
+  ASSERT_EQ(socket_answer->status, 200) << socket_answer->body;
+  const std::string b = body.dump();
+  const std::string request =
+      "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+      std::to_string(b.size()) + "\r\n\r\n" + b +
+      "GET /nowhere HTTP/1.1\r\nConnection: close\r\n\r\n"
+      "GET /health HTTP/1.1\r\n\r\n";  // after close: not read
+  Server& server = s.server();
+  const auto answers = split_responses(server.serve_bytes(request));
+  ASSERT_EQ(answers.size(), 3u);
+  EXPECT_EQ(answers[0].first, "HTTP/1.1 200 OK");
+  EXPECT_EQ(json::parse(answers[0].second)["status"], "ok");
+  EXPECT_EQ(answers[1].first, "HTTP/1.1 200 OK");
+  EXPECT_EQ(json::parse(answers[1].second)["choices"][0]["text"],
+            json::parse(socket_answer->body)["choices"][0]["text"]);
+  EXPECT_EQ(answers[2].first, "HTTP/1.1 404 Not Found");
+  EXPECT_EQ(json::parse(answers[2].second)["error"]["code"], "not_found");
+
+  const auto bad = split_responses(server.serve_bytes("NOT HTTP\r\n"));
+  ASSERT_EQ(bad.size(), 1u);
+  EXPECT_EQ(bad[0].first, "HTTP/1.1 400 Bad Request");
 }
 
 TEST(Server, EightConcurrentClientsAllAnswered) {

@@ -40,26 +40,30 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
     if (id >= 0 && std::find(stop_tokens_.begin(), stop_tokens_.end(), id) == stop_tokens_.end())
       stop_tokens_.push_back(id);
 
-  const auto pre = dir_.optional_json("preprocessor_config.json");
-  if (pre.is_object()) {
-    // (x - mean) / std per channel: a std of 0 or a NaN would turn every image into NaNs.
-    const std::string where = dir_.path() + "/preprocessor_config.json: ";
-    for (auto [key, out, lo] :
-         {std::tuple{"image_mean", image_mean_, -1e3}, std::tuple{"image_std", image_std_, 1e-6}}) {
-      if (!pre.contains(key) || pre[key].is_null()) continue;
-      const auto& v = pre[key];
-      check(v.is_array() && v.size() == 3, where + key + " is " + v.dump().substr(0, 80) +
-                                               ", expected 3 numbers (one per channel)");
-      for (int c = 0; c < 3; ++c) {
-        const double x = v[c].is_number() ? v[c].get<double>() : std::nan("");
-        check(std::isfinite(x) && x >= lo && x <= 1e3,
-              where + key + "[" + std::to_string(c) + "] is " + v[c].dump() +
-                  ", expected a finite number from " + (lo > 0 ? "1e-06" : "-1000") + " to 1000");
-        out[c] = static_cast<float>(x);
-      }
+  parse_image_normalization(dir_.optional_json("preprocessor_config.json"),
+                            dir_.path() + "/preprocessor_config.json", image_mean_, image_std_);
+  load_s_ = timer.seconds();
+}
+
+void parse_image_normalization(const nlohmann::json& pre, const std::string& path, float mean[3],
+                               float std_[3]) {
+  for (int c = 0; c < 3; ++c) mean[c] = std_[c] = 0.5f;
+  if (!pre.is_object()) return;
+  // (x - mean) / std per channel: a std of 0 or a NaN would turn every image into NaNs.
+  const std::string where = path + ": ";
+  for (auto [key, out, lo] : {std::tuple{"image_mean", mean, -1e3}, std::tuple{"image_std", std_, 1e-6}}) {
+    if (!pre.contains(key) || pre[key].is_null()) continue;
+    const auto& v = pre[key];
+    check(v.is_array() && v.size() == 3, where + key + " is " + v.dump().substr(0, 80) +
+                                             ", expected 3 numbers (one per channel)");
+    for (int c = 0; c < 3; ++c) {
+      const double x = v[c].is_number() ? v[c].get<double>() : std::nan("");
+      check(std::isfinite(x) && x >= lo && x <= 1e3,
+            where + key + "[" + std::to_string(c) + "] is " + v[c].dump() +
+                ", expected a finite number from " + (lo > 0 ? "1e-06" : "-1000") + " to 1000");
+      out[c] = static_cast<float>(x);
     }
   }
-  load_s_ = timer.seconds();
 }
 
 Engine::~Engine() = default;

@@ -69,6 +69,12 @@ class Engine {
   double load_s_ = 0;
 };
 
+// The per-channel image_mean and image_std of preprocessor_config.json (`pre`, null when the file
+// is absent: 0.5 each). Throws Error naming `path` and the key when a value is not 3 finite
+// numbers in range (a std above 0).
+void parse_image_normalization(const nlohmann::json& pre, const std::string& path, float mean[3],
+                               float std_[3]);
+
 // Receives logits rows [n, n_vocab] for consecutive prompt positions (for --logits-out).
 using LogitsSink = std::function<void(const float* rows, int64_t n)>;
 

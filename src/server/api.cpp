@@ -209,7 +209,7 @@ CompletionRequest parse_completion_request(const std::string& body, bool chat,
   json j;
   try {
     j = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number beyond double
     throw invalid_request(std::string("the body is not valid JSON: ") + e.what(), "",
                           "invalid_json");
   }

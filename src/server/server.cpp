@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <filesystem>
@@ -129,6 +130,48 @@ Completion completion_of(const GenerateResult& r) {
 class HttpServer : public httplib::Server {
  public:
   void raise_backlog() { ::listen(svr_sock_, SOMAXCONN); }
+
+  // One connection's requests answered as listen() answers them, from and into memory.
+  std::string serve_bytes(const std::string& request) {
+    MemoryStream stream(request);
+    bool closed = false;
+    for (size_t n = 0; n < keep_alive_max_count_ && !closed && stream.is_readable(); ++n)
+      if (!process_request(stream, false, closed, [](httplib::Request&) {})) break;
+    return stream.written;
+  }
+
+ private:
+  // A connection whose client sent `in` and then waits for the answer.
+  class MemoryStream : public httplib::Stream {
+   public:
+    explicit MemoryStream(const std::string& in) : in_(in) {}
+    bool is_readable() const override { return pos_ < in_.size(); }
+    bool is_writable() const override { return true; }
+    ssize_t read(char* ptr, size_t size) override {
+      const size_t n = std::min(size, in_.size() - pos_);
+      std::memcpy(ptr, in_.data() + pos_, n);
+      pos_ += n;
+      return static_cast<ssize_t>(n);
+    }
+    ssize_t write(const char* ptr, size_t size) override {
+      written.append(ptr, size);
+      return static_cast<ssize_t>(size);
+    }
+    void get_remote_ip_and_port(std::string& ip, int& port) const override {
+      ip = "127.0.0.1";
+      port = 0;
+    }
+    void get_local_ip_and_port(std::string& ip, int& port) const override {
+      ip = "127.0.0.1";
+      port = 0;
+    }
+    socket_t socket() const override { return INVALID_SOCKET; }
+    std::string written;
+
+   private:
+    const std::string& in_;
+    size_t pos_ = 0;
+  };
 };
 
 // httplib's ThreadPool has a fixed number of threads and an unbounded queue: slow clients that
@@ -520,6 +563,10 @@ int Server::bind() {
 void Server::listen() { impl_->http.listen_after_bind(); }
 
 void Server::stop() { impl_->http.stop(); }
+
+std::string Server::serve_bytes(const std::string& request) {
+  return impl_->http.serve_bytes(request);
+}
 
 const std::string& Server::model_name() const { return impl_->model; }
 

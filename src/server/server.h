@@ -38,6 +38,9 @@ class Server {
   void listen();
   // Makes listen() return; safe from any thread.
   void stop();
+  // The bytes a client sending `request` on one connection gets back, without a socket: each
+  // request in it is parsed, routed and answered as listen() does (for tests and fuzz/).
+  std::string serve_bytes(const std::string& request);
 
   const std::string& model_name() const;
   GeneratorStats stats() const;
