@@ -260,16 +260,18 @@ GP_VNNI_ATTR hn::Vec<hn::ScalableTag<float>> RowDotVnni(const uint32_t* row_word
     a0 = _mm512_fmadd_ps(pair(row + g * 32, xq + g * kGroup), _mm512_permutexvar_ps(pick01, s), a0);
     g += 2;
   }
-  if (g < gpr) {  // a last unpaired group: 32 bytes, its xq in the order of the other targets
-    const __m256i m = _mm256_set1_epi8(0x0F);
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * 32));
-    const auto* x = reinterpret_cast<const __m256i*>(xq + g * kGroup);
-    __m256i d =
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(v, m), _mm256_loadu_si256(x));
-    d = _mm256_dpbusd_epi32(d, _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
-                            _mm256_loadu_si256(x + 1));
-    const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(sd[g]));
-    a1 = _mm512_add_ps(a1, _mm512_zextps256_ps512(p));
+  if (g < gpr) {
+    // A last unpaired group: 32 bytes, its xq in the order of the other targets, zero-extended
+    // to 512 bits. (At 256 bits the compiler picks the VEX form, which needs AVX-VNNI: Ice Lake
+    // and Tiger Lake have AVX512-VNNI without it.)
+    auto load32 = [](const void* p) {
+      return _mm512_zextsi256_si512(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
+    };
+    const __m512i v = load32(row + g * 32);
+    const __m512i d = _mm512_dpbusd_epi32(zero, _mm512_and_si512(v, mask), load32(xq + g * kGroup));
+    const __m512i e = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask),
+                                          load32(xq + g * kGroup + kGroup / 2));
+    a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(e), _mm512_set1_ps(sd[g]), a1);
   }
   return hn::Vec<hn::ScalableTag<float>>{_mm512_add_ps(a0, a1)};
 }
