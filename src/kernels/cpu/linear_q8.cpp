@@ -243,21 +243,22 @@ GP_VNNI_ATTR hn::Vec<hn::ScalableTag<float>> RowDotVnni(const uint32_t* row_word
   // Lanes 0-7 take scale 0 (or 2), lanes 8-15 scale 1 (or 3) of four broadcast scales.
   const __m512i pick01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i pick23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-  auto pair = [&](const uint8_t* w, const XQ* x) { return PairDotVnni(w, x, mask, zero); };
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
   int64_t g = 0;
   for (; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
     hwy::Prefetch(ahead + g * 32);
     hwy::Prefetch(ahead + g * 32 + 64);
     const __m512 s = _mm512_broadcast_f32x4(_mm_loadu_ps(sd + g));
-    a0 = _mm512_fmadd_ps(pair(row + g * 32, xq + g * kGroup), _mm512_permutexvar_ps(pick01, s), a0);
-    a1 = _mm512_fmadd_ps(pair(row + g * 32 + 64, xq + g * kGroup + 128),
+    a0 = _mm512_fmadd_ps(PairDotVnni(row + g * 32, xq + g * kGroup, mask, zero),
+                         _mm512_permutexvar_ps(pick01, s), a0);
+    a1 = _mm512_fmadd_ps(PairDotVnni(row + g * 32 + 64, xq + g * kGroup + 128, mask, zero),
                          _mm512_permutexvar_ps(pick23, s), a1);
   }
   if (g + 2 <= gpr) {
     const __m512 s = _mm512_broadcast_f32x4(
         _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sd + g))));  // sd[g], sd[g+1]
-    a0 = _mm512_fmadd_ps(pair(row + g * 32, xq + g * kGroup), _mm512_permutexvar_ps(pick01, s), a0);
+    a0 = _mm512_fmadd_ps(PairDotVnni(row + g * 32, xq + g * kGroup, mask, zero),
+                         _mm512_permutexvar_ps(pick01, s), a0);
     g += 2;
   }
   if (g < gpr) {
