@@ -5,11 +5,7 @@
 namespace gp {
 
 Generator::Generator(Engine& engine, int ctx_size, int max_queue, bool log)
-    : engine_(engine),
-      session_(engine, ctx_size),
-      max_queue_(max_queue),
-      log_(log),
-      thread_([this] { loop(); }) {}
+    : session_(engine, ctx_size), max_queue_(max_queue), log_(log), thread_([this] { loop(); }) {}
 
 Generator::~Generator() {
   std::deque<std::shared_ptr<Job>> left;

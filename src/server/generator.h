@@ -66,7 +66,6 @@ class Generator {
   void loop();
   void run(Job& job);
 
-  Engine& engine_;
   Session session_;
   const int max_queue_;
   const bool log_;
