@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A fuzzing campaign of one target: fuzz/campaign.sh TARGET [SECONDS [RUNS]] runs
+# A fuzzing campaign of one target: fuzz/campaign.sh TARGET [SECONDS [RUNS [LIBFUZZER_FLAGS...]]] runs
 # build-fuzz/bin/TARGET_fuzz until SECONDS (default 1800) or RUNS executions (default 10 million),
 # whichever comes first, at low priority. The corpus it grows stays in build-fuzz/campaign/TARGET/
 # corpus, crash inputs in .../artifacts, the log in build-fuzz/campaign/TARGET.log; the last lines
@@ -8,9 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . fuzz/targets.sh
 t=$1 seconds=${2:-1800} runs=${3:-10000000}
+extra="${*:4}"
 work=build-fuzz/campaign/$t
 mkdir -p "$work"
-nice -n 10 bash -c ". fuzz/targets.sh; gp_fuzz_run $t $work -max_total_time=$seconds -runs=$runs" \
+nice -n 10 bash -c ". fuzz/targets.sh; gp_fuzz_run $t $work -max_total_time=$seconds -runs=$runs $extra" \
   >"$work.log" 2>&1 || true
 grep -E "^#[0-9]+.*(DONE|cov:)" "$work.log" | tail -1
 grep -E "stat::|ERROR|SUMMARY|Test unit written" "$work.log" || true

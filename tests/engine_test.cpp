@@ -328,7 +328,8 @@ TEST(Engine, ImageNormalizationIsReadOrNamedWhenMalformed) {
       {{{"image_std", {0.5, "x", 0.5}}},
        "image_std[1] is \"x\", expected a finite number from 1e-06 to 1000"},
       {{{"image_std", {0.5, 0, 0.5}}}, "image_std[1] is 0, expected a finite number from 1e-06"},
-      {{{"image_mean", {0.5, 0.5}}}, "image_mean is [0.5,0.5], expected 3 numbers (one per channel)"},
+      {{{"image_mean", {0.5, 0.5}}},
+       "image_mean is [0.5,0.5], expected 3 numbers (one per channel)"},
       {{{"image_mean", 0.5}}, "image_mean is 0.5, expected 3 numbers"}};
   for (const auto& [json, message] : bad) {
     try {

@@ -199,6 +199,21 @@ TEST(SpModelProto, BuiltModelEncodesByScore) {
   EXPECT_EQ(tok.decode({2, 270, 261, 273, 1}), " the cab");
 }
 
+// Found by fuzz/tokenizer_model_fuzz.cpp: a unigram model whose pieces sentencepiece's trie
+// builder refuses made it throw its own exception, which named no file.
+TEST(SpModelProto, PiecesTheLibraryRefusesAreANamedError) {
+  const std::string bytes = test::read_text(
+      test::data_path("../../fuzz/regressions/tokenizer_model/sentencepiece_trie_throws"));
+  try {
+    Tokenizer::from_model_proto(bytes, "dir/tokenizer.model");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("dir/tokenizer.model: sentencepiece cannot load it (", 0),
+              0u)
+        << e.what();
+  }
+}
+
 TEST(SpModelProto, ReadsBackWhatItWrites) {
   const std::vector<SpPiece> pieces = small_vocab();
   const std::string proto = build_sp_model_proto(pieces);

@@ -90,7 +90,13 @@ Tokenizer Tokenizer::from_model_proto(const std::string& serialized, const std::
   t.types_.reserve(pieces.size());
   for (const SpPiece& p : pieces) t.types_.push_back(static_cast<uint8_t>(p.type));
   t.sp_ = std::make_shared<sentencepiece::SentencePieceProcessor>();
-  const auto status = t.sp_->LoadFromSerializedProto(serialized);
+  sentencepiece::util::Status status;
+  try {
+    status = t.sp_->LoadFromSerializedProto(serialized);
+  } catch (const std::exception& e) {  // its trie builder throws on some piece sets
+    throw Error(source + ": sentencepiece cannot load it (" + e.what() +
+                "; corrupt or not a SentencePiece model?)");
+  }
   check(status.ok(), source + ": sentencepiece cannot load it (" + status.ToString() +
                          "; corrupt or not a SentencePiece model?)");
   check(t.sp_->GetPieceSize() == t.vocab_size(),

@@ -51,11 +51,12 @@ void parse_image_normalization(const nlohmann::json& pre, const std::string& pat
   if (!pre.is_object()) return;
   // (x - mean) / std per channel: a std of 0 or a NaN would turn every image into NaNs.
   const std::string where = path + ": ";
-  for (auto [key, out, lo] : {std::tuple{"image_mean", mean, -1e3}, std::tuple{"image_std", std_, 1e-6}}) {
+  for (auto [key, out, lo] :
+       {std::tuple{"image_mean", mean, -1e3}, std::tuple{"image_std", std_, 1e-6}}) {
     if (!pre.contains(key) || pre[key].is_null()) continue;
     const auto& v = pre[key];
-    check(v.is_array() && v.size() == 3, where + key + " is " + v.dump().substr(0, 80) +
-                                             ", expected 3 numbers (one per channel)");
+    check(v.is_array() && v.size() == 3,
+          where + key + " is " + v.dump().substr(0, 80) + ", expected 3 numbers (one per channel)");
     for (int c = 0; c < 3; ++c) {
       const double x = v[c].is_number() ? v[c].get<double>() : std::nan("");
       check(std::isfinite(x) && x >= lo && x <= 1e3,
