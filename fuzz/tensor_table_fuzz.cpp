@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     gp::ModelDir d(dir);
     gp::ModelConfig c = gp::parse_config(d.config(), nullptr, dir + "/config.json");
-    const gp::TableLayout layout = gp::detect_layout(d, c);
+    const gp::TableLayout layout = gp::detect_layout(d);
     gp::load_text_weights(d, c, layout);
     if (layout.vision) gp::load_vision_weights(d, c, layout);
   } catch (const gp::Error&) {

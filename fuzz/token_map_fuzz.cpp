@@ -45,7 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     gp::ModelDir d(dir);
     gp::ModelConfig c = gp::parse_config(d.config(), nullptr, dir + "/config.json");
-    const gp::TableLayout layout = gp::detect_layout(d, c);
+    const gp::TableLayout layout = gp::detect_layout(d);
     gp::TextModel model(c, gp::load_text_weights(d, c, layout));
     std::vector<float> x(c.text.d_model), logits(c.text.n_vocab);
     for (int32_t id = 0; id < c.text.n_vocab; ++id) model.embed(id, x.data());
