@@ -576,6 +576,22 @@ TEST(Server, ClientLeavingMidStreamStopsItsGenerationOnly) {
   EXPECT_LT(s.health()["generated_tokens"], 40000);
 }
 
+// A request holds its place in the queue while it is parsed (images decoded, text tokenized), so
+// that a full queue refuses that work too.
+TEST(Server, QueuePlacesAreTakenBeforeParsing) {
+  Engine engine(test::data_path("tiny-mobile"), EngineOptions{1, false});
+  Generator g(engine, 64, 2, false);
+  EXPECT_TRUE(g.reserve());
+  EXPECT_TRUE(g.reserve());
+  EXPECT_FALSE(g.reserve());
+  EXPECT_EQ(g.stats().rejected, 1);
+  g.unreserve();
+  EXPECT_TRUE(g.reserve());
+  g.unreserve();
+  g.unreserve();
+  EXPECT_EQ(g.stats().waiting, 0);
+}
+
 TEST(Server, FullQueueGets503) {
   ServerOptions o;
   o.ctx_size = 20016;

@@ -25,10 +25,27 @@ Generator::~Generator() {
   }
 }
 
-bool Generator::submit(const std::shared_ptr<Job>& job) {
+bool Generator::reserve() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (static_cast<int>(queue_.size()) + reserved_ >= max_queue_) {
+    ++stats_.rejected;
+    return false;
+  }
+  ++reserved_;
+  return true;
+}
+
+void Generator::unreserve() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  --reserved_;
+}
+
+bool Generator::submit(const std::shared_ptr<Job>& job, bool reserved) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (static_cast<int>(queue_.size()) >= max_queue_) {
+    if (reserved) {
+      --reserved_;
+    } else if (static_cast<int>(queue_.size()) + reserved_ >= max_queue_) {
       ++stats_.rejected;
       return false;
     }

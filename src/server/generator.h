@@ -58,8 +58,14 @@ class Generator {
   Generator(const Generator&) = delete;
   Generator& operator=(const Generator&) = delete;
 
-  // Queues a job; false (counted as rejected) when max_queue jobs already wait.
-  bool submit(const std::shared_ptr<Job>& job);
+  // Holds a place in the queue for a request still being parsed (its images decoded, its text
+  // tokenized), so that this work counts against max_queue too; false (counted as rejected) when
+  // max_queue jobs already wait or hold places.
+  bool reserve();
+  void unreserve();  // gives a place back without a job
+  // Queues a job; false (counted as rejected) when max_queue jobs already wait. A job submitted
+  // with `reserved` takes the place reserve() held and is never refused.
+  bool submit(const std::shared_ptr<Job>& job, bool reserved = false);
   GeneratorStats stats() const;
 
  private:
@@ -73,6 +79,7 @@ class Generator {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Job>> queue_;
+  int reserved_ = 0;  // places held by requests being parsed
   std::shared_ptr<Job> running_;
   bool stopping_ = false;
   GeneratorStats stats_;

@@ -364,6 +364,21 @@ std::vector<int32_t> Server::Impl::prompt_ids(const CompletionRequest& r) const 
 
 void Server::Impl::completions(const httplib::Request& req, httplib::Response& res, bool chat) {
   check_key(req);
+  // The place in the queue is taken before the body is parsed: decoding its images and
+  // tokenizing its text are work that a full queue must refuse too.
+  auto busy = [&] {
+    return ApiError(503, "server_error", "server_busy",
+                    "the server is busy: " + std::to_string(options.max_queue) +
+                        " requests already wait (--max-queue); retry later");
+  };
+  if (!generator.reserve()) throw busy();
+  struct Place {
+    Generator& g;
+    bool held = true;
+    ~Place() {
+      if (held) g.unreserve();
+    }
+  } place{generator};
   CompletionRequest r = parse_completion_request(req.body, chat, model, sampling);
   auto job = std::make_shared<Job>();
   job->prompt = prompt_ids(r);
@@ -378,10 +393,8 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   const ResponseHead head{chat, (chat ? "chatcmpl-" : "cmpl-") + std::to_string(++next_id), model,
                           static_cast<int64_t>(std::time(nullptr))};
   job->tag = head.id;
-  if (!generator.submit(job))
-    throw ApiError(503, "server_error", "server_busy",
-                   "the server is busy: " + std::to_string(options.max_queue) +
-                       " requests already wait (--max-queue); retry later");
+  place.held = false;
+  generator.submit(job, true);
   const int fd = connection_fd(req);
   if (r.stream) return stream(res, job, head, r.include_usage, fd);
 
