@@ -29,10 +29,13 @@ TEST(Chat, MultiTurnAlternates) {
 TEST(Chat, ImagesGoBeforeTheTextWithTheirPlaceholder) {
   ChatPieces p;
   p.mm_tokens_per_image = 3;
-  const std::string img = "\n\n<start_of_image><image_soft_token><image_soft_token><image_soft_token><end_of_image>\n\n";
+  const std::string img =
+      "\n\n<start_of_image><image_soft_token><image_soft_token><image_soft_token><end_of_image>"
+      "\n\n";
   EXPECT_EQ(image_placeholder(p), img);
-  EXPECT_EQ(format_chat({{"user", "What is this?", 2}}, p),
-            "<start_of_turn>user\n" + img + img + "What is this?<end_of_turn>\n<start_of_turn>model\n");
+  EXPECT_EQ(
+      format_chat({{"user", "What is this?", 2}}, p),
+      "<start_of_turn>user\n" + img + img + "What is this?<end_of_turn>\n<start_of_turn>model\n");
 }
 
 TEST(Chat, RejectsBadRoleOrder) {

@@ -22,7 +22,8 @@ class Timer {
 // Resident-set high-water mark of this process, in MB (VmHWM).
 double peak_rss_mb();
 
-// A one-line progress display on stderr, redrawn at most a few times a second; silent when disabled.
+// A one-line progress display on stderr, redrawn at most a few times a second; silent when
+// disabled.
 class Progress {
  public:
   Progress(std::string label, uint64_t total, bool enabled = true);

@@ -1,4 +1,5 @@
-// The model configuration: config.json with the defaults of SPEC §2 for the keys the 4B config omits.
+// The model configuration: config.json with the defaults of SPEC §2 for the keys the 4B config
+// omits.
 #pragma once
 
 #include <cstdint>
@@ -12,8 +13,8 @@ namespace gp {
 
 struct TextConfig {
   int d_model = 2560;
-  int d_ff = 10240;               // intermediate_size (the largest layer width)
-  std::vector<int> layer_d_ff;    // per layer; all d_ff unless per_layer_intermediate_sizes
+  int d_ff = 10240;             // intermediate_size (the largest layer width)
+  std::vector<int> layer_d_ff;  // per layer; all d_ff unless per_layer_intermediate_sizes
   int n_layers = 34;
   int n_heads = 8;
   int n_kv_heads = 4;
@@ -24,9 +25,9 @@ struct TextConfig {
   float rope_local_base = 1e4f;
   float rope_global_scale = 1.0f / 8;  // 1 / rope_scaling.factor (linear), global layers only
   int sliding_window = 1024;
-  std::vector<bool> is_global;    // per layer
-  int64_t n_vocab = 262208;       // rows of the logical embedding and of the logits
-  int max_context = 131072;       // max_position_embeddings
+  std::vector<bool> is_global;  // per layer
+  int64_t n_vocab = 262208;     // rows of the logical embedding and of the logits
+  int max_context = 131072;     // max_position_embeddings
 };
 
 struct VisionConfig {

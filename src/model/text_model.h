@@ -19,19 +19,19 @@ struct TextLayer {
   Weight q_proj, k_proj, v_proj;  // [n_heads*head_dim, d_model], [n_kv_heads*head_dim, d_model] x2
   Weight o_proj;                  // [d_model, n_heads*head_dim]
   std::vector<float> q_norm, k_norm;  // [head_dim]
-  Weight gate_proj, up_proj;      // [d_ff(layer), d_model]
-  Weight down_proj;               // [d_model, d_ff(layer)]
+  Weight gate_proj, up_proj;          // [d_ff(layer), d_model]
+  Weight down_proj;                   // [d_model, d_ff(layer)]
   std::vector<float> input_norm, post_attn_norm, pre_ffw_norm, post_ffw_norm;  // [d_model]
   bool is_global = false;
   int d_ff = 0;
 };
 
 struct TextWeights {
-  Weight embed;                       // [embedding rows, d_model]: n_vocab, or compact rows
-  const int32_t* token_map = nullptr; // [n_vocab] -> embedding row (0: pruned id), or null
-  Weight lm_head;                     // [n_vocab or compact rows, d_model]; empty: tied to embed
+  Weight embed;                        // [embedding rows, d_model]: n_vocab, or compact rows
+  const int32_t* token_map = nullptr;  // [n_vocab] -> embedding row (0: pruned id), or null
+  Weight lm_head;                      // [n_vocab or compact rows, d_model]; empty: tied to embed
   std::vector<TextLayer> layers;
-  std::vector<float> final_norm;      // [d_model]
+  std::vector<float> final_norm;  // [d_model]
 };
 
 // Loads and checks every text tensor against the config (shapes, dtypes, per-layer widths,
@@ -62,7 +62,7 @@ class KvCache {
     int capacity = 0;
     // [n_kv_heads, capacity, head_dim] values of dtype_, untouched until written
     std::unique_ptr<std::byte[]> k, v;
-    std::vector<int32_t> pos;       // [capacity]
+    std::vector<int32_t> pos;  // [capacity]
   };
   // True when every ring still holds the window of keys that position n attends to: a ring of
   // capacity C holds positions [n_past - C, n_past).
@@ -78,8 +78,8 @@ class KvCache {
 // One batch for the forward pass: token ids in the original vocabulary at positions
 // n_past .. n_past+n-1; rows with an image embedding use it instead of the token's embedding.
 struct TextBatch {
-  std::vector<int32_t> ids;              // [n]
-  std::vector<int32_t> group;            // [n] image id of each soft token, -1 otherwise; empty: none
+  std::vector<int32_t> ids;    // [n]
+  std::vector<int32_t> group;  // [n] image id of each soft token, -1 otherwise; empty: none
   std::vector<const float*> embeddings;  // [n] per row: [d_model] to use, or null; empty: none
 };
 
@@ -118,8 +118,8 @@ class TextModel {
  private:
   // rope: the RoPE table (ops::rope_angles) of this layer's kind, local or global.
   void attention_block(const TextLayer& L, int layer, const float* xn, int64_t n, int n_past,
-                       const int32_t* pos, const int32_t* group, const float* rope,
-                       KvCache& cache, float* out);
+                       const int32_t* pos, const int32_t* group, const float* rope, KvCache& cache,
+                       float* out);
 
   ModelConfig c_;
   TextWeights w_;

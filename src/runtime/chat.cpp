@@ -36,8 +36,9 @@ std::string format_chat(const std::vector<ChatMessage>& messages, const ChatPiec
     const bool is_model = m.role == "assistant" || m.role == "model";
     check(is_user || is_model, "chat: message " + std::to_string(i) + " has role '" + m.role +
                                    "', expected user or assistant (system only first)");
-    check(is_user == expect_user, "chat: message " + std::to_string(i) + " has role '" + m.role +
-                                      "', but roles must alternate user/assistant starting with user");
+    check(is_user == expect_user,
+          "chat: message " + std::to_string(i) + " has role '" + m.role +
+              "', but roles must alternate user/assistant starting with user");
     out += p.start_of_turn + (is_user ? "user\n" : "model\n");
     if (is_user && first_user && !system.empty()) out += system + "\n\n";
     for (int k = 0; k < m.n_images; ++k) out += image_placeholder(p);

@@ -1,5 +1,5 @@
-// The engine: one loaded checkpoint (config, tokenizer, text decoder; the vision tower mapped on the
-// first image), and sessions that evaluate prompts over a KV cache and generate tokens.
+// The engine: one loaded checkpoint (config, tokenizer, text decoder; the vision tower mapped on
+// the first image), and sessions that evaluate prompts over a KV cache and generate tokens.
 #pragma once
 
 #include <cstdint>
@@ -79,10 +79,10 @@ void parse_image_normalization(const nlohmann::json& pre, const std::string& pat
 using LogitsSink = std::function<void(const float* rows, int64_t n)>;
 
 struct PrefillResult {
-  int n_tokens = 0;   // prompt length
-  int n_reused = 0;   // positions taken from the cache
-  int n_images = 0;   // images encoded
-  double image_s = 0; // time spent encoding images
+  int n_tokens = 0;      // prompt length
+  int n_reused = 0;      // positions taken from the cache
+  int n_images = 0;      // images encoded
+  double image_s = 0;    // time spent encoding images
   double prefill_s = 0;  // time spent running new positions (images excluded)
 };
 
@@ -116,9 +116,10 @@ class Session {
 
   Engine& engine_;
   KvCache cache_;
-  std::vector<int32_t> ids_;          // what the cache holds
-  std::vector<uint64_t> image_keys_;  // per position: hash of the image of a soft token, 0 otherwise
-  std::vector<float> logits_;         // [n_vocab]
+  std::vector<int32_t> ids_;  // what the cache holds
+  std::vector<uint64_t>
+      image_keys_;             // per position: hash of the image of a soft token, 0 otherwise
+  std::vector<float> logits_;  // [n_vocab]
   std::map<uint64_t, std::vector<float>> image_cache_;  // recent image embeddings by content hash
 };
 
@@ -131,13 +132,14 @@ struct GenerateOptions {
 
 struct GenerateResult {
   PrefillResult prefill;
-  std::vector<int32_t> ids;    // generated ids (stop token excluded)
+  std::vector<int32_t> ids;  // generated ids (stop token excluded)
   std::string text;
-  std::string finish_reason;   // "stop" or "length" (or "cancelled")
-  double gen_s = 0;     // time from the first sample to the end
-  int n_decoded = 0;    // tokens run through the model after the prompt (generated - 1, or fewer)
-  double prompt_tps() const;  // new prompt positions (image tokens included) per second, image encoding counted
-  double gen_tps() const;     // decode steps per second
+  std::string finish_reason;  // "stop" or "length" (or "cancelled")
+  double gen_s = 0;           // time from the first sample to the end
+  int n_decoded = 0;  // tokens run through the model after the prompt (generated - 1, or fewer)
+  double prompt_tps()
+      const;  // new prompt positions (image tokens included) per second, image encoding counted
+  double gen_tps() const;  // decode steps per second
 };
 
 // Evaluates the prompt, then samples up to max_tokens tokens, calling on_text with each newly

@@ -9,12 +9,14 @@ namespace gp {
 
 size_t Weight::bytes() const {
   if (!quantized) return static_cast<size_t>(out * in) * dtype_size(dtype);
-  return static_cast<size_t>(out) * (in * fmt.bits / 8 + 2 * groups_per_row() * dtype_size(scale_dtype));
+  return static_cast<size_t>(out) *
+         (in * fmt.bits / 8 + 2 * groups_per_row() * dtype_size(scale_dtype));
 }
 
 void weight_row(const Weight& w, int64_t r, float* out) {
   if (!w.quantized) {
-    to_f32(w.dtype, static_cast<const uint8_t*>(w.data) + r * w.in * dtype_size(w.dtype), w.in, out);
+    to_f32(w.dtype, static_cast<const uint8_t*>(w.data) + r * w.in * dtype_size(w.dtype), w.in,
+           out);
     return;
   }
   const int bits = w.fmt.bits, per_word = 32 / bits;
@@ -33,7 +35,8 @@ void weight_row(const Weight& w, int64_t r, float* out) {
 
 namespace {
 // One group, given the scale and bias it will be stored with.
-void pack_group(const float* w, int gs, int bits, float scale, float bias, uint32_t* q, int64_t k0) {
+void pack_group(const float* w, int gs, int bits, float scale, float bias, uint32_t* q,
+                int64_t k0) {
   const int per_word = 32 / bits;
   const float qmax = static_cast<float>((1 << bits) - 1);
   for (int k = 0; k < gs; ++k) {

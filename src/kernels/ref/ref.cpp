@@ -63,7 +63,8 @@ void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, fl
 
 static float gelu_tanh_scalar(float v) {
   const double x = v;
-  return static_cast<float>(0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))));
+  return static_cast<float>(0.5 * x *
+                            (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))));
 }
 
 void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out) {
