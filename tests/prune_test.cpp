@@ -1118,6 +1118,10 @@ void prune_with_file_limit(const std::string& out) {
 }
 
 TEST_F(BadInput, FullDiskLeavesNothingBehind) {
+#ifdef GP_TOOL_EMULATOR
+  GTEST_SKIP() << "native only: the death test re-executes the test binary, which the host "
+               << "cannot run outside the emulator";
+#endif
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   const std::string parent = test::temp_dir("full-disk"), out = parent + "/out";
   // A file-size limit makes writes fail with EFBIG partway through, as a full disk would.
@@ -1140,6 +1144,10 @@ void prune_cancelled(const std::string& out) {
 }
 
 TEST_F(BadInput, InterruptLeavesNothingBehind) {
+#ifdef GP_TOOL_EMULATOR
+  GTEST_SKIP() << "native only: the death test re-executes the test binary, which the host "
+               << "cannot run outside the emulator";
+#endif
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   const std::string parent = test::temp_dir("interrupt"), out = parent + "/out";
   EXPECT_EXIT(prune_cancelled(out), ::testing::ExitedWithCode(3), "interrupted");
@@ -1148,7 +1156,7 @@ TEST_F(BadInput, InterruptLeavesNothingBehind) {
 
 TEST(Tool, ReportsErrorsAndExitsNonZero) {
   const std::string bin = test::bin_path("gemma-prune");
-  if (!fs::exists(bin)) GTEST_SKIP() << bin << " is not built";
+  if (!fs::exists(test::bin_file("gemma-prune"))) GTEST_SKIP() << bin << " is not built";
   const std::string parent = test::temp_dir("tool");
   std::string output;
   EXPECT_EQ(test::run_command(bin + " " + original() + " " + parent +

@@ -16,11 +16,12 @@ namespace gp::test {
 namespace fs = std::filesystem;
 
 std::string data_path(const std::string& rel) { return std::string(GP_TEST_DATA) + "/" + rel; }
+std::string bin_file(const std::string& tool) { return std::string(GP_BIN_DIR) + "/" + tool; }
 std::string bin_path(const std::string& tool) {
 #ifdef GP_TOOL_EMULATOR
-  return std::string(GP_TOOL_EMULATOR) + " " + GP_BIN_DIR + "/" + tool;
+  return std::string(GP_TOOL_EMULATOR) + " " + bin_file(tool);
 #else
-  return std::string(GP_BIN_DIR) + "/" + tool;
+  return bin_file(tool);
 #endif
 }
 

@@ -12,6 +12,8 @@ std::string data_path(const std::string& rel);
 // The shell command that runs build/bin/<tool>: its path, behind the emulator (qemu) in a
 // cross build.
 std::string bin_path(const std::string& tool);
+// build/bin/<tool>, the file.
+std::string bin_file(const std::string& tool);
 // A fresh empty directory under the system temp dir, removed when the process exits.
 std::string temp_dir(const std::string& tag);
 
