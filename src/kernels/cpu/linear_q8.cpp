@@ -73,7 +73,7 @@ HWY_INLINE hn::Vec<DB32> PairSumI16(hn::Vec<DBI16> v) {
 // the VEX form (avxvnni), so the functions using it add avx512vnni; Highway picks AVX3_DL only on
 // CPUs that have AVX512-VNNI.
 #define GP_Q8_VNNI512 1
-#define GP_VNNI_ATTR __attribute__((target("avx512vnni")))
+#define GP_VNNI_ATTR __attribute__((target(HWY_TARGET_STR ",avx512vnni")))
 #else
 #define GP_Q8_VNNI512 0
 #endif
