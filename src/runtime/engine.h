@@ -1,7 +1,8 @@
-// The engine: one loaded checkpoint (config, tokenizer, text decoder; the vision tower mapped on the
-// first image), and sessions that evaluate prompts over a KV cache and generate tokens.
+// The engine: one loaded checkpoint (config, tokenizer, text decoder; the vision tower mapped on
+// the first image), and sessions that evaluate prompts over a KV cache and generate tokens.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -47,8 +48,13 @@ class Engine {
   // The chat pieces and stop ids of this checkpoint, read from its tokenizer and config.
   const ChatPieces& chat_pieces() const { return pieces_; }
   const std::vector<int32_t>& stop_tokens() const { return stop_tokens_; }
+  // True for the ids of the template's markers (template_markers): never printed as text.
+  bool is_template_token(int32_t id) const {
+    return std::find(template_ids_.begin(), template_ids_.end(), id) != template_ids_.end();
+  }
 
-  // Prompt ids of a chat: BOS + the formatted conversation.
+  // Prompt ids of a chat: BOS + the formatted conversation. The template's markers are control
+  // tokens; the same text inside a message's content is ordinary text.
   std::vector<int32_t> chat_prompt(const std::vector<ChatMessage>& messages) const;
 
   // Projected embeddings [mm_tokens_per_image, d_model] of an image; maps the vision weights on
@@ -65,6 +71,7 @@ class Engine {
   std::unique_ptr<VisionModel> vision_;
   ChatPieces pieces_;
   std::vector<int32_t> stop_tokens_;
+  std::vector<int32_t> template_ids_;
   float image_mean_[3] = {0.5f, 0.5f, 0.5f}, image_std_[3] = {0.5f, 0.5f, 0.5f};
   double load_s_ = 0;
 };
@@ -79,10 +86,10 @@ void parse_image_normalization(const nlohmann::json& pre, const std::string& pat
 using LogitsSink = std::function<void(const float* rows, int64_t n)>;
 
 struct PrefillResult {
-  int n_tokens = 0;   // prompt length
-  int n_reused = 0;   // positions taken from the cache
-  int n_images = 0;   // images encoded
-  double image_s = 0; // time spent encoding images
+  int n_tokens = 0;      // prompt length
+  int n_reused = 0;      // positions taken from the cache
+  int n_images = 0;      // images encoded
+  double image_s = 0;    // time spent encoding images
   double prefill_s = 0;  // time spent running new positions (images excluded)
 };
 
@@ -116,9 +123,10 @@ class Session {
 
   Engine& engine_;
   KvCache cache_;
-  std::vector<int32_t> ids_;          // what the cache holds
-  std::vector<uint64_t> image_keys_;  // per position: hash of the image of a soft token, 0 otherwise
-  std::vector<float> logits_;         // [n_vocab]
+  std::vector<int32_t> ids_;  // what the cache holds
+  std::vector<uint64_t>
+      image_keys_;             // per position: hash of the image of a soft token, 0 otherwise
+  std::vector<float> logits_;  // [n_vocab]
   std::map<uint64_t, std::vector<float>> image_cache_;  // recent image embeddings by content hash
 };
 
@@ -131,13 +139,14 @@ struct GenerateOptions {
 
 struct GenerateResult {
   PrefillResult prefill;
-  std::vector<int32_t> ids;    // generated ids (stop token excluded)
+  std::vector<int32_t> ids;  // generated ids (stop token excluded)
   std::string text;
-  std::string finish_reason;   // "stop" or "length" (or "cancelled")
-  double gen_s = 0;     // time from the first sample to the end
-  int n_decoded = 0;    // tokens run through the model after the prompt (generated - 1, or fewer)
-  double prompt_tps() const;  // new prompt positions (image tokens included) per second, image encoding counted
-  double gen_tps() const;     // decode steps per second
+  std::string finish_reason;  // "stop" or "length" (or "cancelled")
+  double gen_s = 0;           // time from the first sample to the end
+  int n_decoded = 0;  // tokens run through the model after the prompt (generated - 1, or fewer)
+  double prompt_tps()
+      const;  // new prompt positions (image tokens included) per second, image encoding counted
+  double gen_tps() const;  // decode steps per second
 };
 
 // Evaluates the prompt, then samples up to max_tokens tokens, calling on_text with each newly
