@@ -19,16 +19,19 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "io/image.h"
+#include "server/chat_page.h"
 #include "test_util.h"
 
 namespace gp {
 namespace {
 using nlohmann::json;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 // A server on a free loopback port, listening on its own thread. Its engine uses exact f32
@@ -895,7 +898,8 @@ TEST(Server, ChatPageShowsAStreamedAnswerInHeadlessChromium) {
 
   const std::string dir = test::temp_dir("chromium");
   const std::string url = "'http://127.0.0.1:" + std::to_string(s.port()) +
-                          "/?prompt=Hello&autosend=1&seed=5&temperature=0.7&max_tokens=12'";
+                          "/?prompt=Hello&autosend=1&seed=5&temperature=0.7&max_tokens=12"
+                          "&markdown=0'";
   const std::string cmd = "timeout 60 " + chromium +
                           " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
                           " --disable-background-networking --disable-component-update"
@@ -906,7 +910,7 @@ TEST(Server, ChatPageShowsAStreamedAnswerInHeadlessChromium) {
   ASSERT_EQ(test::run_command("{ " + cmd + " --dump-dom " + url + " 2>/dev/null; }", &dom), 0)
       << dom;
   EXPECT_THAT(dom, HasSubstr("data-state=\"done\""));
-  EXPECT_THAT(dom, HasSubstr("<div class=\"text\">" + html_escape(answer) + "</div>"));
+  EXPECT_THAT(dom, HasSubstr("<div class=\"text plain\">" + html_escape(answer) + "</div>"));
   EXPECT_THAT(dom, HasSubstr("tokens/s"));
 
   const std::string png = dir + "/page.png";
@@ -920,6 +924,92 @@ TEST(Server, ChatPageShowsAStreamedAnswerInHeadlessChromium) {
   EXPECT_GT(differing, shot.rgb.size() / 20) << "a blank screenshot";
   // Both page loads asked the server; their answers went out in full.
   EXPECT_EQ(s.health()["completed"], 3);
+}
+
+// The chat page against a stand-in server whose reply the test writes: Markdown rendering and
+// sanitizing, a pasted image in the request, the conversation kept across a reload.
+TEST(Server, ChatPageRendersMarkdownKeepsChatsAndSendsPastedImages) {
+  const std::string chromium = "/usr/bin/chromium";
+  if (!std::filesystem::exists(chromium))
+    GTEST_SKIP() << chromium << " is not installed (apt-get install chromium); the chat page "
+                 << "is not tested in a browser";
+  const std::string reply =
+      "Here:\n\n```cpp\nint x = 1;\n```\n\n<img src=\"x\" "
+      "onerror=\"boom()\"><script>boom()</script>";
+  httplib::Server fake;
+  std::mutex mutex;
+  std::vector<std::string> bodies, pages;
+  fake.Get("/", [&](const httplib::Request& req, httplib::Response& res) {
+    std::lock_guard<std::mutex> lock(mutex);
+    pages.push_back(req.target);
+    res.set_content(chat_page(), "text/html; charset=utf-8");
+  });
+  fake.Get("/assets/(marked|purify)\\.js", [](const httplib::Request& req, httplib::Response& res) {
+    const char* script = chat_asset(std::string(req.matches[1]) + ".js");
+    if (script)
+      res.set_content(script, "text/javascript");
+    else
+      res.status = 404;
+  });
+  fake.Post("/v1/chat/completions", [&](const httplib::Request& req, httplib::Response& res) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      bodies.push_back(req.body);
+    }
+    const json head = {{"object", "chat.completion.chunk"}};
+    json first = head, text = head, last = head;
+    first["choices"] = {{{"index", 0},
+                         {"delta", {{"role", "assistant"}, {"content", ""}}},
+                         {"finish_reason", nullptr}}};
+    text["choices"] = {{{"index", 0}, {"delta", {{"content", reply}}}, {"finish_reason", nullptr}}};
+    last["choices"] = {{{"index", 0}, {"delta", json::object()}, {"finish_reason", "stop"}}};
+    res.set_content("data: " + first.dump() + "\n\ndata: " + text.dump() +
+                        "\n\ndata: " + last.dump() + "\n\ndata: [DONE]\n\n",
+                    "text/event-stream");
+  });
+  const int port = fake.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port, 0);
+  std::thread server([&] { fake.listen_after_bind(); });
+
+  const std::string dir = test::temp_dir("chromium-md");
+  const std::string cmd =
+      "timeout 60 " + chromium +
+      " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+      " --disable-background-networking --disable-component-update --disable-sync"
+      " --virtual-time-budget=20000 --window-size=900,600 --user-data-dir=" +
+      dir + "/profile --dump-dom 'http://127.0.0.1:" + std::to_string(port) +
+      "/?prompt=Show%20me&paste=1&autosend=1&reload=1' 2>/dev/null";
+  std::string dom;
+  const int rc = test::run_command("{ " + cmd + "; }", &dom);
+  fake.stop();
+  server.join();
+  ASSERT_EQ(rc, 0) << dom;
+
+  // The request carried the pasted image before the text.
+  ASSERT_EQ(bodies.size(), 1u);
+  const json body = json::parse(bodies[0]);
+  const json& content = body["messages"].back()["content"];
+  ASSERT_EQ(content.size(), 2u) << body.dump();
+  EXPECT_EQ(content[0]["type"], "image_url");
+  EXPECT_THAT(content[0]["image_url"]["url"].get<std::string>(),
+              StartsWith("data:image/png;base64,iVBORw0KGgo"));
+  EXPECT_EQ(content[1]["text"], "Show me");
+
+  // The page was loaded again without the query, and shows the kept conversation.
+  ASSERT_EQ(pages.size(), 2u);
+  EXPECT_EQ(pages[1], "/");
+  EXPECT_THAT(dom, HasSubstr("<span>Show me</span>"));  // its title in the list
+  EXPECT_THAT(dom, HasSubstr("<img src=\"data:image/png;base64,iVBORw0KGgo"));
+  if (chat_page_has_markdown()) {
+    EXPECT_THAT(dom, HasSubstr("<pre><code class=\"language-cpp\">int x = 1;\n</code></pre>"));
+    EXPECT_THAT(dom, HasSubstr("<p>Here:</p>"));
+    // DOMPurify removed the handler and the script; the image stays.
+    EXPECT_THAT(dom, HasSubstr("<img src=\"x\">"));
+    EXPECT_THAT(dom, Not(HasSubstr("boom")));
+  } else {
+    EXPECT_THAT(dom, HasSubstr("Markdown is off"));
+    EXPECT_THAT(dom, HasSubstr("```cpp\nint x = 1;"));
+  }
 }
 
 }  // namespace

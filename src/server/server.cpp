@@ -500,6 +500,13 @@ void Server::Impl::routes() {
   http.Get("/", [](const httplib::Request&, httplib::Response& res) {
     res.set_content(chat_page(), "text/html; charset=utf-8");
   });
+  for (const char* name : {"marked.js", "purify.js"})
+    if (const char* script = chat_asset(name))
+      http.Get(std::string("/assets/") + name,
+               [script](const httplib::Request&, httplib::Response& res) {
+                 res.set_header("Cache-Control", "max-age=86400");
+                 res.set_content(script, "text/javascript; charset=utf-8");
+               });
   http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(dump(health()), "application/json");
   });
