@@ -289,13 +289,15 @@ function addImage(url) {
   span.append(img, x);
   $("thumbs").appendChild(span);
 }
+let reading = Promise.resolve();  // settles when the images being read are attached
 function addFiles(files) {
-  for (const file of files) {
-    if (!file.type.startsWith("image/")) continue;
-    const reader = new FileReader();
-    reader.onload = () => addImage(reader.result);
-    reader.readAsDataURL(file);
-  }
+  reading = Promise.all([...files].filter((f) => f.type.startsWith("image/")).map((file) =>
+    new Promise((done) => {
+      const reader = new FileReader();
+      reader.onload = () => { addImage(reader.result); done(); };
+      reader.onerror = () => done();
+      reader.readAsDataURL(file);
+    })));
 }
 
 $("file").onchange = () => { addFiles($("file").files); $("file").value = ""; };
@@ -476,7 +478,7 @@ async function scriptedPaste() {
   const dt = new DataTransfer();
   dt.items.add(new File([blob], "pasted.png", {type: "image/png"}));
   $("input").dispatchEvent(new ClipboardEvent("paste", {clipboardData: dt, bubbles: true, cancelable: true}));
-  while (!attached.length) await new Promise((ok) => setTimeout(ok, 10));
+  await reading;
 }
 
 async function main() {
