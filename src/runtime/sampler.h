@@ -12,8 +12,7 @@ struct SamplingParams {
   int top_k = 0;             // 0: off
   float top_p = 1.0f;        // 1: off
   float min_p = 0.0f;        // 0: off; keeps tokens with p >= min_p * p_max
-  float repetition_penalty =
-      1.0f;  // 1: off; divides positive, multiplies negative logits of seen ids
+  float repetition_penalty = 1.0f;  // 1: off; divides positive, multiplies negative logits of seen ids
   uint64_t seed = 0;
 };
 
