@@ -20,7 +20,20 @@ std::string image_placeholder(const ChatPieces& p) {
 }
 
 std::string format_chat(const std::vector<ChatMessage>& messages, const ChatPieces& p) {
+  return format_chat(messages, p, nullptr);
+}
+
+std::vector<std::string> template_markers(const ChatPieces& p) {
+  return {p.start_of_turn, p.end_of_turn, p.start_of_image, p.end_of_image, p.image_soft_token};
+}
+
+std::string format_chat(const std::vector<ChatMessage>& messages, const ChatPieces& p,
+                        std::vector<std::pair<size_t, size_t>>* content) {
   std::string out, system;
+  auto add_content = [&](const std::string& text) {
+    if (content && !text.empty()) content->emplace_back(out.size(), out.size() + text.size());
+    out += text;
+  };
   size_t i = 0;
   if (!messages.empty() && messages[0].role == "system") {
     check(messages[0].n_images == 0, "chat: a system message cannot hold images");
@@ -40,9 +53,13 @@ std::string format_chat(const std::vector<ChatMessage>& messages, const ChatPiec
           "chat: message " + std::to_string(i) + " has role '" + m.role +
               "', but roles must alternate user/assistant starting with user");
     out += p.start_of_turn + (is_user ? "user\n" : "model\n");
-    if (is_user && first_user && !system.empty()) out += system + "\n\n";
+    if (is_user && first_user && !system.empty()) {
+      add_content(system);
+      out += "\n\n";
+    }
     for (int k = 0; k < m.n_images; ++k) out += image_placeholder(p);
-    out += trim(m.text) + p.end_of_turn + "\n";
+    add_content(trim(m.text));
+    out += p.end_of_turn + "\n";
     if (is_user) first_user = false;
     expect_user = !expect_user;
   }

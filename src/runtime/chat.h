@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace gp {
@@ -29,5 +30,12 @@ std::string image_placeholder(const ChatPieces& p);
 // message (first only) is prepended to the first user turn; roles must alternate user/assistant,
 // starting with user. Throws Error otherwise.
 std::string format_chat(const std::vector<ChatMessage>& messages, const ChatPieces& p);
+// The same, with the byte ranges [begin, end) of the text that came from message content: there
+// the template's pieces are ordinary text, so that a message cannot forge a turn boundary.
+std::string format_chat(const std::vector<ChatMessage>& messages, const ChatPieces& p,
+                        std::vector<std::pair<size_t, size_t>>* content);
+
+// The template's own markers (turn and image pieces): the only text tokenized as control tokens.
+std::vector<std::string> template_markers(const ChatPieces& p);
 
 }  // namespace gp

@@ -35,6 +35,8 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
     check(tokenizer_->piece_to_id(name) >= 0, path + ": the tokenizer has no '" +
                                                   std::string(name) +
                                                   "' piece (not a Gemma 3 tokenizer?)");
+  for (const auto& m : template_markers(pieces_))
+    if (const int32_t id = tokenizer_->piece_to_id(m); id >= 0) template_ids_.push_back(id);
   stop_tokens_ = config_.eos_tokens;
   for (int32_t id : {tokenizer_->eos_id(), tokenizer_->piece_to_id(pieces_.end_of_turn)})
     if (id >= 0 && std::find(stop_tokens_.begin(), stop_tokens_.end(), id) == stop_tokens_.end())
@@ -75,9 +77,25 @@ void Engine::set_activations(ops::Activations a) {
 }
 
 std::vector<int32_t> Engine::chat_prompt(const std::vector<ChatMessage>& messages) const {
+  std::vector<std::pair<size_t, size_t>> content;
+  const std::string text = format_chat(messages, pieces_, &content);
+  // A marker spelled inside message content is encoded in two parts (its first byte, the rest),
+  // so the tokenizer never sees it whole and it becomes ordinary text pieces.
+  std::vector<size_t> cuts = {0, text.size()};
+  for (const auto& [begin, end] : content)
+    for (const auto& m : template_markers(pieces_))
+      for (size_t at = m.empty() ? std::string::npos : text.find(m, begin);
+           at != std::string::npos && at + m.size() <= end; at = text.find(m, at + 1)) {
+        cuts.push_back(at);
+        cuts.push_back(at + 1);
+      }
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
   std::vector<int32_t> ids = {config_.bos_token};
-  const auto body = tokenizer_->encode(format_chat(messages, pieces_));
-  ids.insert(ids.end(), body.begin(), body.end());
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+    const auto part = tokenizer_->encode(text.substr(cuts[i], cuts[i + 1] - cuts[i]));
+    ids.insert(ids.end(), part.begin(), part.end());
+  }
   return ids;
 }
 
@@ -266,7 +284,9 @@ GenerateResult generate(Session& session, const std::vector<int32_t>& prompt,
     r.ids.push_back(id);
     history.push_back(id);
     // Ids past the tokenizer's pieces (the embedding's padding rows) have no text.
-    if (id < engine.tokenizer().vocab_size()) pending += streamer.push(id);
+    // Nor do the template's markers: a sampled <start_of_image> is not part of the answer.
+    if (id < engine.tokenizer().vocab_size() && !engine.is_template_token(id))
+      pending += streamer.push(id);
     // Stop strings: cut at the first match; otherwise release the text that cannot start one.
     size_t cut = std::string::npos;
     for (const auto& s : options.stop_strings)

@@ -2,6 +2,7 @@
 // the first image), and sessions that evaluate prompts over a KV cache and generate tokens.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -47,8 +48,13 @@ class Engine {
   // The chat pieces and stop ids of this checkpoint, read from its tokenizer and config.
   const ChatPieces& chat_pieces() const { return pieces_; }
   const std::vector<int32_t>& stop_tokens() const { return stop_tokens_; }
+  // True for the ids of the template's markers (template_markers): never printed as text.
+  bool is_template_token(int32_t id) const {
+    return std::find(template_ids_.begin(), template_ids_.end(), id) != template_ids_.end();
+  }
 
-  // Prompt ids of a chat: BOS + the formatted conversation.
+  // Prompt ids of a chat: BOS + the formatted conversation. The template's markers are control
+  // tokens; the same text inside a message's content is ordinary text.
   std::vector<int32_t> chat_prompt(const std::vector<ChatMessage>& messages) const;
 
   // Projected embeddings [mm_tokens_per_image, d_model] of an image; maps the vision weights on
@@ -65,6 +71,7 @@ class Engine {
   std::unique_ptr<VisionModel> vision_;
   ChatPieces pieces_;
   std::vector<int32_t> stop_tokens_;
+  std::vector<int32_t> template_ids_;
   float image_mean_[3] = {0.5f, 0.5f, 0.5f}, image_std_[3] = {0.5f, 0.5f, 0.5f};
   double load_s_ = 0;
 };

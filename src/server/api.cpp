@@ -153,10 +153,11 @@ ChatMessage parse_message(const json& m, const std::string& name, std::vector<Im
   if (!m.is_object()) throw wrong_type(name, "an object", m);
   ChatMessage out;
   for (const auto& [key, v] : m.items())
-    if (key != "role" && key != "content" && key != "name")
+    if (!v.is_null() && key != "role" && key != "content" && key != "name")
       throw invalid_request("'" + name + "." + key + "' is not supported (expected role, content)",
                             name + "." + key, "unknown_parameter");
-  if (!m.contains("role")) throw invalid_request("'" + name + ".role' is required", name + ".role");
+  if (!m.contains("role") || m["role"].is_null())
+    throw invalid_request("'" + name + ".role' is required", name + ".role");
   out.role = string(m["role"], name + ".role");
   if (out.role == "developer") out.role = "system";  // OpenAI's newer name for it
   if (out.role != "system" && out.role != "user" && out.role != "assistant")
@@ -235,6 +236,9 @@ CompletionRequest parse_completion_request(const std::string& body, bool chat,
                                                "user",
                                                "ignore_eos"};
   for (const auto& [key, v] : j.items()) {
+    if (v.is_null()) continue;  // null means absent, for any field
+    // The default answer format, which is what the server gives anyway.
+    if (key == "response_format" && v == json{{"type", "text"}}) continue;
     const bool known =
         common.count(key) || (chat ? key == "messages" || key == "max_completion_tokens"
                                    : key == "prompt" || key == "echo");
@@ -294,6 +298,7 @@ CompletionRequest parse_completion_request(const std::string& body, bool chat,
   if (const json* v = get("stream_options")) {
     if (!v->is_object()) throw wrong_type("stream_options", "an object", *v);
     for (const auto& [key, o] : v->items()) {
+      if (o.is_null()) continue;
       if (key != "include_usage")
         throw invalid_request("unknown parameter 'stream_options." + key + "'",
                               "stream_options." + key, "unknown_parameter");

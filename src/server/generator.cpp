@@ -1,5 +1,6 @@
 #include "server/generator.h"
 
+#include <algorithm>
 #include <cstdio>
 
 namespace gp {
@@ -53,6 +54,21 @@ bool Generator::submit(const std::shared_ptr<Job>& job, bool reserved) {
   }
   wake_.notify_one();
   return true;
+}
+
+void Generator::cancel(const std::shared_ptr<Job>& job) {
+  job->cancel = true;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = std::find(queue_.begin(), queue_.end(), job);
+    if (it == queue_.end()) return;  // running (it stops at its next token) or done
+    queue_.erase(it);
+    ++stats_.cancelled;
+  }
+  std::lock_guard<std::mutex> lock(job->mutex);
+  job->result.finish_reason = "cancelled";
+  job->done = true;
+  job->changed.notify_all();
 }
 
 GeneratorStats Generator::stats() const {

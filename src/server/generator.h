@@ -67,6 +67,10 @@ class Generator {
   // with `reserved` takes the place reserve() held and is never refused.
   bool submit(const std::shared_ptr<Job>& job, bool reserved = false);
   GeneratorStats stats() const;
+  // The client of `job` has gone: a waiting job leaves the queue at once (its slot is free for
+  // the next request, and it is done with finish_reason "cancelled"); a running one stops at its
+  // next token.
+  void cancel(const std::shared_ptr<Job>& job);
 
  private:
   void loop();

@@ -4,6 +4,7 @@
 #include <httplib.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -294,7 +295,10 @@ struct Server::Impl {
 
 void Server::Impl::check_key(const httplib::Request& req) const {
   if (options.api_key.empty()) return;
-  const std::string auth = req.get_header_value("Authorization");
+  std::string auth = req.get_header_value("Authorization");
+  // HTTP auth schemes are case-insensitive: "bearer KEY" is "Bearer KEY".
+  if (auth.size() > 7 && strncasecmp(auth.c_str(), "Bearer ", 7) == 0)
+    auth.replace(0, 7, "Bearer ");
   if (auth.empty())
     throw ApiError(401, "invalid_request_error", "invalid_api_key",
                    "missing API key: send the header 'Authorization: Bearer KEY' (the server "
@@ -364,6 +368,15 @@ std::vector<int32_t> Server::Impl::prompt_ids(const CompletionRequest& r) const 
 
 void Server::Impl::completions(const httplib::Request& req, httplib::Response& res, bool chat) {
   check_key(req);
+  // Only JSON: a browser page on another origin may POST text/plain (or a form) without asking
+  // first (a "simple" request), but never application/json.
+  const std::string type = req.get_header_value("Content-Type");
+  std::string media = type.substr(0, type.find(';'));
+  media.erase(media.find_last_not_of(" \t") + 1);
+  if (strcasecmp(media.c_str(), "application/json") != 0)
+    throw ApiError(415, "invalid_request_error", "unsupported_media_type",
+                   "the body must be JSON sent with 'Content-Type: application/json' (got " +
+                       (type.empty() ? std::string("no Content-Type") : "'" + type + "'") + ")");
   // The place in the queue is taken before the body is parsed: decoding its images and
   // tokenizing its text are work that a full queue must refuse too.
   auto busy = [&] {
@@ -400,8 +413,11 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
 
   std::unique_lock<std::mutex> lock(job->mutex);
   while (!job->done)
-    if (!job->changed.wait_for(lock, kPoll, [&] { return job->done; }) && peer_closed(fd))
-      job->cancel = true;
+    if (!job->changed.wait_for(lock, kPoll, [&] { return job->done; }) && peer_closed(fd)) {
+      lock.unlock();
+      generator.cancel(job);
+      lock.lock();
+    }
   if (!job->error.empty())
     throw ApiError(500, "server_error", "internal_error", "generation failed: " + job->error);
   res.set_content(dump(completion_response(head, completion_of(job->result))), "application/json");
@@ -411,9 +427,10 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Job> job,
                           const ResponseHead& head, bool include_usage, int fd) {
   res.set_header("Cache-Control", "no-cache");
   auto first = std::make_shared<bool>(true);
+  Generator* generator = &this->generator;
   res.set_chunked_content_provider(
       "text/event-stream",
-      [job, head, include_usage, fd, first](size_t, httplib::DataSink& sink) {
+      [job, head, include_usage, fd, first, generator](size_t, httplib::DataSink& sink) {
         std::string text, error;
         bool done;
         {
@@ -437,14 +454,14 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Job> job,
           out += "data: [DONE]\n\n";
         }
         if (peer_closed(fd) || (!out.empty() && !sink.write(out.data(), out.size()))) {
-          job->cancel = true;
+          generator->cancel(job);
           return false;
         }
         if (done) sink.done();
         return true;
       },
-      [job](bool success) {
-        if (!success) job->cancel = true;
+      [job, generator](bool success) {
+        if (!success) generator->cancel(job);
       });
 }
 
@@ -483,6 +500,13 @@ void Server::Impl::routes() {
   http.Get("/", [](const httplib::Request&, httplib::Response& res) {
     res.set_content(chat_page(), "text/html; charset=utf-8");
   });
+  for (const char* name : {"marked.js", "purify.js"})
+    if (const char* script = chat_asset(name))
+      http.Get(std::string("/assets/") + name,
+               [script](const httplib::Request&, httplib::Response& res) {
+                 res.set_header("Cache-Control", "max-age=86400");
+                 res.set_content(script, "text/javascript; charset=utf-8");
+               });
   http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(dump(health()), "application/json");
   });
