@@ -65,9 +65,6 @@ void AtomicFile::commit() {
 namespace gp {
 namespace fs = std::filesystem;
 
-namespace {
-
-// True when `inner` is `outer` or lies inside it (paths made absolute, symlinks resolved).
 bool is_inside(const fs::path& inner, const fs::path& outer) {
   std::error_code ec;
   const fs::path a = fs::weakly_canonical(inner, ec), b = fs::weakly_canonical(outer, ec);
@@ -76,6 +73,8 @@ bool is_inside(const fs::path& inner, const fs::path& outer) {
     if (ia == a.end() || *ia != *ib) return false;
   return true;
 }
+
+namespace {
 
 // An earlier output of these tools: an empty directory, or one holding config.json and a
 // *.safetensors file. Anything else is somebody's data, which --force must not delete.

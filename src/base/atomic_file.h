@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 namespace gp {
@@ -28,6 +29,10 @@ class AtomicFile {
 }  // namespace gp
 
 namespace gp {
+
+// True when `inner` is `outer` or lies inside it (made absolute, symlinks resolved; either may not
+// exist yet).
+bool is_inside(const std::filesystem::path& inner, const std::filesystem::path& outer);
 
 // An output directory built as OUT.tmp-XXXXXX beside OUT and renamed into place when complete: an
 // error or an interruption never leaves a partial OUT, and an existing OUT survives until then.

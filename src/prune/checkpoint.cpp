@@ -82,16 +82,6 @@ fs::path normalized(const std::string& dir) {
   return p;
 }
 
-// True when `inner` is `outer` or lies inside it (both existing or not).
-bool inside(const fs::path& inner, const fs::path& outer) {
-  std::error_code ec;
-  const fs::path a = fs::weakly_canonical(inner, ec), b = fs::weakly_canonical(outer, ec);
-  auto ia = a.begin(), ib = b.begin();
-  for (; ib != b.end(); ++ia, ++ib)
-    if (ia == a.end() || *ia != *ib) return false;
-  return true;
-}
-
 }  // namespace
 
 // ---- Checkpoint
@@ -219,7 +209,7 @@ void write_checkpoint(const Checkpoint& in, const OutputPlan& plan, const std::s
                       const WriteOptions& options) {
   check(!out_dir.empty(), "output directory: empty path");
   const fs::path out = normalized(out_dir);
-  check(!inside(in.path(), out),
+  check(!is_inside(in.path(), out),
         out.string() + ": is (or contains) the input checkpoint " + in.path() +
             "; the input is never modified (choose another output directory)");
   AtomicDir dir(out.string(), options.replace);
