@@ -53,7 +53,7 @@ TEST_P(Fixture, GreedyContinuationMatchesReference) {
   opt.max_tokens = static_cast<int>(expected.size());
   const GenerateResult r = generate(session, prompt, {}, opt);
   EXPECT_EQ(r.ids, expected);
-  EXPECT_EQ(r.finish_reason, "length");
+  EXPECT_EQ(r.finish_reason, FinishReason::kLength);
 }
 
 // The default path (int8 activations, f16 cache) on the same continuation: int8 moves these
@@ -361,6 +361,70 @@ TEST(Cli, LogitsOutMatchesReference) {
   const auto got = test::read_f32(out), exact = test::read_f32(ref + "seq40.logits_exact.f32");
   ASSERT_EQ(got.size(), exact.size());
   EXPECT_LT(max_abs_diff(got.data(), exact.data(), got.size()), 1e-3);
+}
+
+// --kv is the cache's own choice: with --exact activations an f16 cache moves the logits, a
+// little (keys and values rounded to 11 bits), away from the f32 cache's.
+TEST(Cli, KvOptionSetsTheCacheTypeBesideExact) {
+  const std::string ref = test::data_path("tiny-mobile/ref/");
+  const std::string dir = test::temp_dir("kv");
+  std::string ids = test::read_text(ref + "seq40.tokens.txt");
+  ids.erase(std::remove(ids.begin(), ids.end(), '\n'), ids.end());
+  int rc;
+  for (const char* kv : {"f32", "f16"}) {
+    const std::string log =
+        cli(test::data_path("tiny-mobile") + " --tokens " + ids + " --logits-out " + dir + "/" +
+                kv + ".f32 --max-tokens 0 " + "--exact --kv " + kv,
+            &rc);
+    ASSERT_EQ(rc, 0) << log;
+  }
+  const auto exact = test::read_f32(ref + "seq40.logits_exact.f32");
+  const auto f32 = test::read_f32(dir + "/f32.f32"), f16 = test::read_f32(dir + "/f16.f32");
+  ASSERT_EQ(f32.size(), exact.size());
+  ASSERT_EQ(f16.size(), exact.size());
+  EXPECT_LT(max_abs_diff(f32.data(), exact.data(), exact.size()), 1e-3);
+  const double d16 = max_abs_diff(f16.data(), f32.data(), exact.size());
+  EXPECT_GT(d16, 0);
+  EXPECT_LT(d16, 2e-2);
+}
+
+TEST(Engine, KvTypeIsF16UnlessExactOrAsked) {
+  EXPECT_EQ(parse_kv_dtype("f16"), DType::F16);
+  EXPECT_EQ(parse_kv_dtype("f32"), DType::F32);
+  for (const char* bad : {"F16", "f8", "bf16", ""}) {
+    try {
+      parse_kv_dtype(bad);
+      ADD_FAILURE() << bad;
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()),
+                "'" + std::string(bad) + "' is not a KV cache type (expected f16 or f32)");
+    }
+  }
+  struct Case {
+    bool exact;
+    std::optional<DType> kv;
+    DType expect;
+  };
+  for (const Case& c : {Case{false, std::nullopt, DType::F16}, Case{true, std::nullopt, DType::F32},
+                        Case{false, DType::F32, DType::F32}, Case{true, DType::F16, DType::F16}}) {
+    Engine e(test::data_path("tiny-original"), {0, false, c.exact, c.kv});
+    Session s(e, 64);
+    EXPECT_EQ(s.cache().dtype(), c.expect) << c.exact;
+    EXPECT_EQ(s.cache().bytes(), KvCache::bytes_for(e.config().text, 64, c.expect));
+  }
+}
+
+// Each tool refuses a bad --kv before loading anything, with one line naming it.
+TEST(Cli, BadKvValueIsRefusedByEveryTool) {
+  for (const char* tool : {"gemma-cli", "gemma-bench", "gemma-server"}) {
+    std::string out;
+    const int rc = test::run_command(
+        test::bin_path(tool) + " " + test::data_path("tiny-original") + " --kv f8", &out);
+    EXPECT_NE(rc, 0) << tool;
+    EXPECT_THAT(out, HasSubstr("--kv: 'f8' is not a KV cache type (expected f16 or f32)"))
+        << tool << "\n"
+        << out;
+  }
 }
 
 TEST(Cli, ImageTokensAndEmbeddingsOut) {

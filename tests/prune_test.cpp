@@ -30,6 +30,7 @@
 #include "prune/profile.h"
 #include "prune/steps.h"
 #include "prune/vocab.h"
+#include "runtime/kv_cache.h"
 #include "tensor/dtype.h"
 #include "test_util.h"
 
@@ -54,12 +55,12 @@ struct Model {
   explicit Model(const std::string& path) : dir(std::make_unique<ModelDir>(path)) {
     c = parse_config(dir->config(), dir->optional_json("generation_config.json"), path);
     layout = detect_layout(*dir);
-    text = std::make_unique<TextModel>(c, load_text_weights(*dir, c, layout));
+    text =
+        std::make_unique<TextModel>(c, load_text_weights(*dir, c, layout), ops::Activations::kF32);
   }
   std::vector<float> logits(const std::vector<int32_t>& ids) { return run(*text, c, ids); }
-  static std::vector<float> run(TextModel& m, const ModelConfig& c,
+  static std::vector<float> run(const TextModel& m, const ModelConfig& c,
                                 const std::vector<int32_t>& ids) {
-    m.set_activations(ops::Activations::kF32);
     KvCache cache(c.text, static_cast<int>(ids.size()));
     TextBatch b;
     b.ids = ids;
@@ -69,8 +70,8 @@ struct Model {
   }
   // Projected embeddings of the fixture image, resized to this checkpoint's resolution.
   std::vector<float> image_embeddings(VisionWeights* replace = nullptr) {
-    VisionModel vm(c, replace ? std::move(*replace) : load_vision_weights(*dir, c, layout));
-    vm.set_activations(ops::Activations::kF32);
+    VisionModel vm(c, replace ? std::move(*replace) : load_vision_weights(*dir, c, layout),
+                   ops::Activations::kF32);
     const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
     const Image img = load_image(test::data_path("tiny-original/ref/image.png"));
     const auto pixels = preprocess_image(img, c.vision.image_size, mean, std_);
@@ -521,7 +522,7 @@ TEST(Layers, EqualToRunningTheInputWithThoseLayersSkipped) {
   c.text.n_layers = 5;
   c.text.is_global = {false, false, false, true, false};
   c.text.layer_d_ff.resize(5);
-  TextModel skipped(c, std::move(w));
+  TextModel skipped(c, std::move(w), ops::Activations::kF32);
   for (const char* seq : {"seq7", "seq40"}) {
     const auto ids =
         test::read_ids(test::data_path(std::string("tiny-original/ref/") + seq + ".tokens.txt"));
@@ -723,7 +724,7 @@ TEST(Neurons, PruningScatteredZeroNeuronsChangesOnlyDownProjRequantization) {
     f.data = down[l].data();
     f.dtype = DType::F32;
   }
-  TextModel ref(a.c, std::move(w));
+  TextModel ref(a.c, std::move(w), ops::Activations::kF32);
   const auto ids = test::read_ids(test::data_path("tiny-original/ref/seq40.tokens.txt"));
   const auto la = a.logits(ids), lb = b.logits(ids), lr = Model::run(ref, a.c, ids);
   const double d_quant = max_abs_diff(la, lb), d_ref = max_abs_diff(lr, lb);

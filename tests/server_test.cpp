@@ -192,7 +192,7 @@ TEST(Server, AnswersMatchTheEngineAndStreamingMatchesNonStreaming) {
 
     const GenerateResult ref = direct_answer(s.engine(), body, {});
     EXPECT_EQ(choice["message"]["content"], ref.text);
-    EXPECT_EQ(choice["finish_reason"], ref.finish_reason);
+    EXPECT_EQ(choice["finish_reason"], finish_reason_name(ref.finish_reason));
     EXPECT_EQ(j["usage"]["prompt_tokens"], ref.prefill.n_tokens);
     EXPECT_EQ(j["usage"]["completion_tokens"], ref.ids.size());
     EXPECT_EQ(j["usage"]["total_tokens"], ref.prefill.n_tokens + ref.ids.size());

@@ -19,6 +19,7 @@
 #include "model/tensor_table.h"
 #include "model/text_model.h"
 #include "prune/vocab.h"
+#include "runtime/kv_cache.h"
 #include "tensor/dtype.h"
 #include "tensor/weight.h"
 #include "test_util.h"

@@ -9,6 +9,7 @@
 #include "io/model_dir.h"
 #include "model/config.h"
 #include "model/tensor_table.h"
+#include "runtime/kv_cache.h"
 #include "test_util.h"
 
 namespace gp {
@@ -22,9 +23,7 @@ struct Loaded {
   explicit Loaded(const std::string& path, ops::Activations act = ops::Activations::kF32)
       : dir(path),
         config(parse_config(dir.config(), dir.optional_json("generation_config.json"), path)),
-        model(config, load_text_weights(dir, config, detect_layout(dir))) {
-    model.set_activations(act);
-  }
+        model(config, load_text_weights(dir, config, detect_layout(dir)), act) {}
 };
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {

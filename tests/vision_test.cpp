@@ -43,8 +43,8 @@ TEST_P(FixtureImage, MatchesReferenceEmbeddingsAndIntermediates) {
   const std::string model_name = GetParam();
   ModelDir dir(test::data_path(model_name));
   const ModelConfig c = config_of(dir);
-  VisionModel model(c, load_vision_weights(dir, c, detect_layout(dir)));
-  model.set_activations(ops::Activations::kF32);  // the reference's arithmetic
+  // f32 activations: the reference's arithmetic
+  VisionModel model(c, load_vision_weights(dir, c, detect_layout(dir)), ops::Activations::kF32);
   const std::string ref = test::data_path(model_name + "/ref/");
 
   const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
@@ -133,8 +133,8 @@ TEST(VisionModel, ProjectorNormIgnoresTheTextEpsilon) {
   const std::vector<float> pixels = preprocess_image(
       load_image(test::data_path("tiny-original/ref/image.png")), c.vision.image_size, mean, std_);
   auto embeddings = [&](const ModelConfig& config) {
-    VisionModel model(config, load_vision_weights(dir, config, detect_layout(dir)));
-    model.set_activations(ops::Activations::kF32);
+    VisionModel model(config, load_vision_weights(dir, config, detect_layout(dir)),
+                      ops::Activations::kF32);
     std::vector<float> out(static_cast<size_t>(config.mm_tokens_per_image) * config.text.d_model);
     model.encode(pixels.data(), out.data());
     return out;

@@ -32,6 +32,7 @@ struct Args {
   int reps = 3, threads = 0, pp = 512, tg = 128, depth = 0, text_tokens = 100, image_tokens = 200;
   std::vector<int> pp_short = {16, 64};
   bool json_out = false, skip_image = false;
+  std::optional<DType> kv;  // --kv; unset: f16 with int8 activations, f32 with --exact ones
 };
 
 // The 1-minute load average: the machine's own load around a run (foreign load skews a timing).
@@ -114,7 +115,7 @@ Image test_image() {
 }
 
 json generation_test(const Args& a, const std::string& prompt, int n_tokens, bool with_image) {
-  Engine engine(a.model, {a.threads, false});
+  Engine engine(a.model, {a.threads, false, false, a.kv});
   Image img;
   std::vector<const Image*> images;
   if (with_image) {
@@ -134,7 +135,10 @@ json generation_test(const Args& a, const std::string& prompt, int n_tokens, boo
 }
 
 json pp_tg_test(const Args& a) {
-  Engine engine(a.model, {a.threads, false, false});
+  // The default int8 activations, and --exact's f32 ones in an engine of their own (precision is
+  // fixed when an engine is built; the weights' pages are shared).
+  Engine engine(a.model, {a.threads, false, false, a.kv});
+  Engine exact(a.model, {a.threads, false, true, a.kv});
   const ModelConfig& c = engine.config();
   // Deterministic ids from the upper half of the tokenizer's pieces (ordinary text, no specials).
   const int32_t hi =
@@ -164,20 +168,19 @@ json pp_tg_test(const Args& a) {
   const double weight_bytes = static_cast<double>(engine.text().weight_bytes_per_token());
   // A warm-up before timing, as llama-bench's: the weights' pages, the pool's threads and the
   // kernels' scratch buffers are touched once.
-  auto warm_up = [&] {
-    Session warm(engine, ctx);
+  auto warm_up = [&](Engine& e) {
+    Session warm(e, ctx);
     warm.prefill(std::vector<int32_t>(ids.begin(), ids.begin() + std::min<size_t>(ids.size(), 64)),
                  {});
     warm.decode(tg_ids[0]);
   };
   // pp and tg with the default int8 activations, then the same with --exact, side by side.
-  auto run = [&](ops::Activations act) {
-    engine.set_activations(act);
-    warm_up();
-    Session pp_session(engine, ctx);
+  auto run = [&](Engine& e) {
+    warm_up(e);
+    Session pp_session(e, ctx);
     if (a.depth > 0) pp_session.prefill(context, {});
     const double pp_s = pp_session.prefill(ids, {}).prefill_s;  // runs the pp new positions
-    Session tg_session(engine, ctx);
+    Session tg_session(e, ctx);
     tg_session.prefill(context, {});
     const double kv_first = static_cast<double>(tg_session.kv_bytes_per_step());
     const double bw_before = bandwidth();
@@ -191,8 +194,7 @@ json pp_tg_test(const Args& a) {
   // Short prompts (a chat turn) with int8 activations: the median of 5 timed prefills of n new
   // positions each after the context.
   json short_pp;
-  engine.set_activations(ops::Activations::kInt8);
-  warm_up();
+  warm_up(engine);
   for (int n : a.pp_short) {
     std::vector<int32_t> more = context;
     for (int32_t id : take(n - (a.depth == 0 ? 1 : 0))) more.push_back(id);
@@ -205,9 +207,8 @@ json pp_tg_test(const Args& a) {
     std::sort(tps.begin(), tps.end());
     short_pp["pp" + std::to_string(n) + "_tps"] = tps[tps.size() / 2];
   }
-  const auto [pp_tps, tg_tps, bw, bytes] = run(ops::Activations::kInt8);
-  const auto [pp_exact_tps, tg_exact_tps, bw_exact, bytes_exact] = run(ops::Activations::kF32);
-  engine.set_activations(ops::Activations::kInt8);
+  const auto [pp_tps, tg_tps, bw, bytes] = run(engine);
+  const auto [pp_exact_tps, tg_exact_tps, bw_exact, bytes_exact] = run(exact);
   json out = {{"pp_tps", pp_tps},
               {"pp_exact_tps", pp_exact_tps},
               {"tg_tps", tg_tps},
@@ -387,6 +388,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_flag("--skip-image", a.skip_image, "skip the image test");
   app.add_flag("--json", a.json_out, "print JSON");
+  gp::add_kv_option(app, a.kv);
   CLI11_PARSE(app, argc, argv);
   try {
     return run(a);

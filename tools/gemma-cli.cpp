@@ -39,6 +39,7 @@ struct Args {
   GenerateOptions gen;
   int threads = 0, ctx_size = 4096;
   bool chat = false, json = false, exact = false;
+  std::optional<DType> kv;
 };
 
 void print_stats(const Engine& engine, const GenerateResult& r) {
@@ -50,7 +51,7 @@ void print_stats(const Engine& engine, const GenerateResult& r) {
   std::fprintf(stderr, "prompt:     %d tokens (%d cached), %.2f tokens/s\n", r.prefill.n_tokens,
                r.prefill.n_reused, r.prompt_tps());
   std::fprintf(stderr, "generation: %zu tokens, %.2f tokens/s (%s)\n", r.ids.size(), r.gen_tps(),
-               r.finish_reason.c_str());
+               finish_reason_name(r.finish_reason));
   std::fprintf(stderr, "peak RSS:   %.0f MB\n", peak_rss_mb());
 }
 
@@ -124,7 +125,7 @@ int run_chat(Engine& engine, const Args& a, std::vector<Image> images) {
 
 int run(const Args& a) {
   if (!a.json) std::fprintf(stderr, "loading %s ...\n", a.model.c_str());
-  Engine engine(a.model, EngineOptions{a.threads, !a.json, a.exact});
+  Engine engine(a.model, EngineOptions{a.threads, !a.json, a.exact, a.kv});
   std::vector<Image> images = load_images(a.images);
   if (!a.embeddings_out.empty()) {
     check(!images.empty(), "--embeddings-out needs at least one --image");
@@ -172,7 +173,7 @@ int run(const Args& a) {
     nlohmann::json j = {{"prompt_tokens", r.prefill.n_tokens},
                         {"generated_ids", r.ids},
                         {"text", r.text},
-                        {"finish_reason", r.finish_reason},
+                        {"finish_reason", finish_reason_name(r.finish_reason)},
                         {"prompt_tps", r.prompt_tps()},
                         {"gen_tps", r.gen_tps()},
                         {"image_s", r.prefill.image_s},
@@ -216,9 +217,10 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--ctx-size", a.ctx_size, "context size in tokens")->check(CLI::PositiveNumber);
   app.add_flag("--exact", a.exact,
-               "f32 activations in every linear and an f32 KV cache (default: int8 per group "
-               "of 64 and an f16 cache, as llama.cpp): slower, matches the float reference to "
-               "1e-3");
+               "f32 activations in every linear and an f32 KV cache unless --kv says otherwise "
+               "(default: int8 per group of 64 and an f16 cache, as llama.cpp): slower, matches "
+               "the float reference to 1e-3");
+  gp::add_kv_option(app, a.kv);
   app.add_flag("--chat", a.chat, "interactive multi-turn chat (/image PATH attaches an image)");
   app.add_flag("--json", a.json, "print one JSON object instead of streaming text");
   app.add_option("--tokens", a.tokens, "prompt as comma-separated token ids, no template");

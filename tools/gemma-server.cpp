@@ -17,9 +17,10 @@ bool loopback(const std::string& host) {
   return host == "127.0.0.1" || host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
 }
 
-int run(const std::string& model, int threads, bool exact, const ServerOptions& options) {
+int run(const std::string& model, const EngineOptions& engine_options,
+        const ServerOptions& options) {
   std::fprintf(stderr, "loading %s ...\n", model.c_str());
-  Engine engine(model, EngineOptions{threads, true, exact});
+  Engine engine(model, engine_options);
   Server server(engine, options);
   const int port = server.bind();
   if (!loopback(options.host) && options.api_key.empty())
@@ -40,13 +41,13 @@ int main(int argc, char** argv) {
       "gemma-server: an OpenAI-compatible server (/v1/chat/completions, /v1/completions, "
       "/v1/models, /health) and a chat page at /, for a Gemma 3 checkpoint"};
   std::string model;
-  int threads = 0;
+  EngineOptions eo;
   ServerOptions o;
   app.add_option("model", model, "checkpoint directory")->required();
   app.add_option("--host", o.host, "address to listen on (loopback by default)");
   app.add_option("--port", o.port, "port (0: any free port, printed at start)")
       ->check(CLI::Range(0, 65535));
-  app.add_option("--threads", threads, "worker threads (0: all cores)")
+  app.add_option("--threads", eo.threads, "worker threads (0: all cores)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--ctx-size", o.ctx_size, "context size in tokens")->check(CLI::PositiveNumber);
   app.add_option("--max-queue", o.max_queue,
@@ -57,17 +58,19 @@ int main(int argc, char** argv) {
   app.add_option("--max-body", o.max_body, "largest request body in bytes (413 beyond)")
       ->check(CLI::PositiveNumber);
   app.add_option("--alias", o.model_name, "model id clients see (default: the directory name)");
-  bool quiet = false, exact = false;
+  bool quiet = false;
   app.add_flag("-q,--quiet", quiet, "no log line per request");
-  app.add_flag("--exact", exact,
-               "f32 activations (default: int8, faster): answers then do not depend on how much "
-               "of a prompt came from the cache");
+  app.add_flag("--exact", eo.exact,
+               "f32 activations and an f32 KV cache unless --kv says otherwise (default: int8 "
+               "and f16, faster): answers then do not depend on how much of a prompt came from "
+               "the cache");
+  gp::add_kv_option(app, eo.kv);
   CLI11_PARSE(app, argc, argv);
   o.log = !quiet;
   // A client that goes away mid-answer must not end the server.
   std::signal(SIGPIPE, SIG_IGN);
   try {
-    return run(model, threads, exact, o);
+    return run(model, eo, o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", gp::error_message(e).c_str());
     return 1;

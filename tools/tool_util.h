@@ -6,7 +6,11 @@
 #include <cstdlib>
 #include <exception>
 #include <new>
+#include <optional>
 #include <string>
+
+#include "base/error.h"
+#include "runtime/engine.h"
 
 namespace gp {
 
@@ -20,6 +24,26 @@ inline const CLI::Validator kFinite(
       return "";
     },
     "FINITE");
+
+// --kv f16|f32: how the KV cache stores keys and values (EngineOptions::kv); refused at parse
+// time with parse_kv_dtype's message otherwise.
+inline CLI::Option* add_kv_option(CLI::App& app, std::optional<DType>& kv) {
+  const CLI::Validator valid(
+      [](std::string& s) -> std::string {
+        try {
+          parse_kv_dtype(s);
+          return "";
+        } catch (const Error& e) {
+          return e.what();
+        }
+      },
+      "f16|f32");
+  return app
+      .add_option_function<std::string>(
+          "--kv", [&kv](const std::string& s) { kv = parse_kv_dtype(s); },
+          "KV cache values: f16 (half the memory; the default) or f32 (the default with --exact)")
+      ->check(valid);
+}
 
 // The one line a tool prints for an exception that escaped the input checks: an allocation
 // failure says what it means instead of "std::bad_alloc".

@@ -12,12 +12,6 @@
 
 namespace gp {
 
-namespace {
-// Extra ring slots on local layers beyond the window, so a cache can step back this many tokens
-// (a server request that rewrites the end of the previous one) without recomputing.
-constexpr int kRewindSlack = 64;
-}  // namespace
-
 TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c,
                               const TableLayout& layout) {
   TextWeights w;
@@ -79,61 +73,8 @@ TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c,
   return w;
 }
 
-KvCache::KvCache(const TextConfig& c, int max_context, DType dtype)
-    : max_context_(max_context),
-      n_kv_heads_(c.n_kv_heads),
-      head_dim_(c.head_dim),
-      window_(c.sliding_window),
-      dtype_(dtype) {
-  check(dtype == DType::F32 || dtype == DType::F16, "the KV cache holds F32 or F16 values");
-  // 2^20 tokens is 8x Gemma 3's context; sizes below stay far from overflow with config bounds.
-  check(max_context > 0 && max_context <= (1 << 20),
-        "--ctx-size is " + std::to_string(max_context) + ", expected 1 to 1048576 tokens");
-  for (int l = 0; l < c.n_layers; ++l) {
-    Layer L;
-    L.capacity =
-        c.is_global[l] ? max_context : std::min(max_context, c.sliding_window + kRewindSlack);
-    const size_t n = static_cast<size_t>(n_kv_heads_) * L.capacity * head_dim_ * dtype_size(dtype);
-    L.k.reset(new std::byte[n]);  // not value-initialized: pages stay unmapped until used
-    L.v.reset(new std::byte[n]);
-    L.pos.assign(L.capacity, -1);
-    layers_.push_back(std::move(L));
-  }
-}
-
-void KvCache::clear() { truncate(0); }
-
-int KvCache::truncate(int n) {
-  n = std::clamp(n, 0, n_past_);
-  if (!ring_holds_window_before(n)) n = 0;
-  for (auto& L : layers_)
-    for (auto& p : L.pos)
-      if (p >= n) p = -1;
-  n_past_ = n;
-  return n;
-}
-
-bool KvCache::ring_holds_window_before(int n) const {
-  const int oldest_needed = std::max(0, n - window_ + 1);
-  for (const auto& L : layers_)
-    if (L.capacity < max_context_ && oldest_needed < std::max(0, n_past_ - L.capacity))
-      return false;
-  return true;
-}
-
-size_t KvCache::bytes() const {
-  size_t b = 0;
-  for (const auto& L : layers_) b += position_bytes() * L.capacity;
-  return b;
-}
-
-size_t KvCache::bytes_attended() const {
-  size_t b = 0;
-  for (const auto& L : layers_) b += position_bytes() * std::min(n_past_, L.capacity);
-  return b;
-}
-
-TextModel::TextModel(const ModelConfig& c, TextWeights w) : c_(c), w_(std::move(w)) {
+TextModel::TextModel(const ModelConfig& c, TextWeights w, ops::Activations act)
+    : c_(c), w_(std::move(w)), act_(act) {
   embed_scale_ = bf16_to_f32(f32_to_bf16(std::sqrt(static_cast<float>(c_.text.d_model))));
 }
 
@@ -173,8 +114,8 @@ void TextModel::logits(const float* x, int64_t n, float* out) const {
 }
 
 void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, int64_t n,
-                                int n_past, const int32_t* pos, const int32_t* group,
-                                const float* rope, KvCache& cache, float* out) {
+                                std::span<const SequenceRows> seqs, const int32_t* pos,
+                                const int32_t* group, const float* rope, float* out) const {
   const TextConfig& x = c_.text;
   const int hd = x.head_dim, nh = x.n_heads, nkv = x.n_kv_heads;
   std::vector<float> q(n * nh * hd), k(n * nkv * hd), v(n * nkv * hd);  // [n, heads, head_dim]
@@ -185,48 +126,48 @@ void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, 
   ops::rope(q.data(), n, nh, hd, rope);
   ops::rope(k.data(), n, nkv, hd, rope);
 
-  KvCache::Layer& C = cache.layers_[layer];
-  const int64_t head_stride_c = static_cast<int64_t>(C.capacity) * hd;
-  ops::KvSegment segs[2];
-  int n_segs = 0;
-  // Positions below n_past sit in slot pos (global) or pos % capacity (a ring): while the ring
-  // is not full, its slots from n_past on hold nothing and are not read.
-  const int n_cached = L.is_global ? n_past : std::min(n_past, C.capacity);
-  if (n_cached > 0) {
-    segs[n_segs++] = {C.k.get(),     C.v.get(),    n_cached, hd,
-                      head_stride_c, C.pos.data(), nullptr,  cache.dtype_};
-  }
-  segs[n_segs++] = {k.data(), v.data(), n, nkv * hd, hd, pos, group, DType::F32};
-  ops::AttentionMask mask{true, L.is_global ? 0 : x.sliding_window};
+  // Each sequence attends to its cache and to its own new rows, then appends them.
   std::vector<float> att(n * nh * hd);  // [n, n_heads, head_dim]
-  ops::attention(q.data(), n, nh, nkv, hd, pos, group, std::span(segs, n_segs), mask,
-                 1.0f / std::sqrt(x.query_pre_attn_scalar), att.data());
-  // Append this batch's keys and values (positions are slots on global layers, a ring on local
-  // ones).
-  const size_t es = dtype_size(cache.dtype_);
-  for (int64_t t = 0; t < n; ++t) {
-    const int slot = L.is_global ? pos[t] : pos[t] % C.capacity;
-    for (int h = 0; h < nkv; ++h) {
-      const size_t at = (h * head_stride_c + slot * hd) * es;
-      from_f32(cache.dtype_, k.data() + (t * nkv + h) * hd, hd, C.k.get() + at);
-      from_f32(cache.dtype_, v.data() + (t * nkv + h) * hd, hd, C.v.get() + at);
-    }
-    C.pos[slot] = pos[t];
+  const ops::AttentionMask mask{true, L.is_global ? 0 : x.sliding_window};
+  int64_t t0 = 0;
+  for (const SequenceRows& s : seqs) {
+    const int m = static_cast<int>(s.rows->ids.size());
+    const float *ks = &k[t0 * nkv * hd], *vs = &v[t0 * nkv * hd];
+    const int32_t* g = group ? group + t0 : nullptr;
+    ops::KvSegment segs[2] = {s.cache->cached(layer),
+                              {ks, vs, m, nkv * hd, hd, pos + t0, g, DType::F32}};
+    const int first = segs[0].n > 0 ? 0 : 1;
+    ops::attention(&q[t0 * nh * hd], m, nh, nkv, hd, pos + t0, g,
+                   std::span(segs + first, 2 - first), mask,
+                   1.0f / std::sqrt(x.query_pre_attn_scalar), &att[t0 * nh * hd]);
+    s.cache->append(layer, ks, vs, m);
+    t0 += m;
   }
   ops::linear_many({{&L.o_proj, out}}, att.data(), n, act_);
 }
 
-void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_out,
-                        int n_logit_rows) {
+void TextModel::forward(std::span<const SequenceRows> seqs) const {
   const TextConfig& x = c_.text;
-  const int64_t n = static_cast<int64_t>(batch.ids.size()), d = x.d_model;
-  const int n_past = cache.n_past_;
-  check(n_past + n <= cache.max_context(), "prompt too long: " + std::to_string(n_past + n) +
-                                               " tokens exceed the context size of " +
-                                               std::to_string(cache.max_context()));
-  std::vector<int32_t> pos(n);
-  for (int64_t t = 0; t < n; ++t) pos[t] = static_cast<int32_t>(n_past + t);
-  const int32_t* group = batch.group.empty() ? nullptr : batch.group.data();
+  const int64_t d = x.d_model;
+  // Rows of every sequence in order: positions continue each cache, image groups stay per sequence.
+  std::vector<int32_t> ids, pos, group;  // [n]
+  std::vector<const float*> embeddings;  // [n]
+  bool any_image = false;
+  for (const SequenceRows& s : seqs) {
+    const TextBatch& b = *s.rows;
+    const int m = static_cast<int>(b.ids.size()), n_past = s.cache->n_past();
+    check(n_past + m <= s.cache->max_context(), "prompt too long: " + std::to_string(n_past + m) +
+                                                    " tokens exceed the context size of " +
+                                                    std::to_string(s.cache->max_context()));
+    for (int t = 0; t < m; ++t) {
+      ids.push_back(b.ids[t]);
+      pos.push_back(n_past + t);
+      group.push_back(b.group.empty() ? -1 : b.group[t]);
+      embeddings.push_back(b.embeddings.empty() ? nullptr : b.embeddings[t]);
+      any_image |= group.back() >= 0;
+    }
+  }
+  const int64_t n = static_cast<int64_t>(ids.size());
   std::vector<float> rope_local(n * x.head_dim), rope_global(n * x.head_dim);
   ops::rope_angles(pos.data(), n, x.head_dim, x.rope_local_base, 1.0f, rope_local.data());
   ops::rope_angles(pos.data(), n, x.head_dim, x.rope_global_base, x.rope_global_scale,
@@ -234,14 +175,13 @@ void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_ou
 
   std::vector<float> h(n * d), xn(n * d), tmp(n * d);  // [n, d_model]
   for (int64_t t = 0; t < n; ++t) {
-    const float* e = batch.embeddings.empty() ? nullptr : batch.embeddings[t];
-    if (e) {
-      std::memcpy(&h[t * d], e, d * 4);  // image soft tokens are not scaled
+    if (embeddings[t]) {
+      std::memcpy(&h[t * d], embeddings[t], d * 4);  // image soft tokens are not scaled
     } else {
-      check(batch.ids[t] >= 0 && batch.ids[t] < x.n_vocab,
-            "token id " + std::to_string(batch.ids[t]) + " is outside the vocabulary of " +
-                std::to_string(x.n_vocab));
-      embed(batch.ids[t], &h[t * d]);
+      check(ids[t] >= 0 && ids[t] < x.n_vocab, "token id " + std::to_string(ids[t]) +
+                                                   " is outside the vocabulary of " +
+                                                   std::to_string(x.n_vocab));
+      embed(ids[t], &h[t * d]);
     }
   }
   if (observer_) observer_(-1, h.data(), n);
@@ -253,8 +193,9 @@ void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_ou
     const TextLayer& L = w_.layers[l];
     // h = h + post_attention_norm(attn(input_norm(h)))
     ops::rms_norm(h.data(), L.input_norm.data(), n, d, x.rms_norm_eps, xn.data());
-    attention_block(L, static_cast<int>(l), xn.data(), n, n_past, pos.data(), group,
-                    (L.is_global ? rope_global : rope_local).data(), cache, tmp.data());
+    attention_block(L, static_cast<int>(l), xn.data(), n, seqs, pos.data(),
+                    any_image ? group.data() : nullptr,
+                    (L.is_global ? rope_global : rope_local).data(), tmp.data());
     ops::rms_norm(tmp.data(), L.post_attn_norm.data(), n, d, x.rms_norm_eps, tmp.data());
     ops::add(h.data(), tmp.data(), n * d);
     // h = h + post_feedforward_norm(down(gelu_tanh(gate(y)) * up(y))), y = pre_feedforward_norm(h)
@@ -271,12 +212,31 @@ void TextModel::forward(const TextBatch& batch, KvCache& cache, float* logits_ou
     ops::add(h.data(), tmp.data(), n * d);
     if (observer_) observer_(static_cast<int>(l), h.data(), n);
   }
-  cache.n_past_ = n_past + static_cast<int>(n);
-  if (!logits_out) return;
-  n_logit_rows = static_cast<int>(std::min<int64_t>(n_logit_rows, n));
-  const float* last = h.data() + (n - n_logit_rows) * d;
-  ops::rms_norm(last, w_.final_norm.data(), n_logit_rows, d, x.rms_norm_eps, xn.data());
-  logits(xn.data(), n_logit_rows, logits_out);
+
+  // Logits: the wanted rows of every sequence through the head at once, then back to each.
+  std::vector<int64_t> rows;  // batch row of each logits row
+  int64_t t0 = 0;
+  for (const SequenceRows& s : seqs) {
+    const int64_t m = static_cast<int64_t>(s.rows->ids.size());
+    s.cache->commit(static_cast<int>(m));
+    const int64_t k = s.logits ? std::min<int64_t>(s.n_logit_rows, m) : 0;
+    for (int64_t r = m - k; r < m; ++r) rows.push_back(t0 + r);
+    t0 += m;
+  }
+  if (rows.empty()) return;
+  const int64_t n_out = static_cast<int64_t>(rows.size());
+  for (int64_t r = 0; r < n_out; ++r)  // final norm of the wanted rows, packed
+    ops::rms_norm(&h[rows[r] * d], w_.final_norm.data(), 1, d, x.rms_norm_eps, &xn[r * d]);
+  const bool one = seqs.size() == 1;
+  std::vector<float> all(one ? 0 : static_cast<size_t>(n_out) * x.n_vocab);  // [n_out, n_vocab]
+  logits(xn.data(), n_out, one ? seqs[0].logits : all.data());
+  if (one) return;
+  int64_t r = 0;
+  for (const SequenceRows& s : seqs) {
+    const int64_t k = s.logits ? std::min<int64_t>(s.n_logit_rows, s.rows->ids.size()) : 0;
+    std::copy(all.begin() + r * x.n_vocab, all.begin() + (r + k) * x.n_vocab, s.logits);
+    r += k;
+  }
 }
 
 }  // namespace gp

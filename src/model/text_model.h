@@ -5,11 +5,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "io/model_dir.h"
 #include "kernels/ops.h"
 #include "model/config.h"
+#include "model/kv_store.h"
 #include "model/tensor_table.h"
 #include "tensor/weight.h"
 
@@ -38,60 +40,44 @@ struct TextWeights {
 // token_map range). Maps only the files holding language tensors.
 TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c, const TableLayout& layout);
 
-// Keys and values of every layer: global layers keep every position, local layers a ring of
-// sliding_window slots. K and V are [n_kv_heads][capacity][head_dim]; pos[slot] < 0 marks empty.
-class KvCache {
- public:
-  // dtype: how keys and values are stored, F32 or F16 (half the memory, and half the bytes a
-  // long-context decode step reads for attention).
-  KvCache(const TextConfig& c, int max_context, DType dtype = DType::F32);
-  int max_context() const { return max_context_; }
-  int n_past() const { return n_past_; }
-  void clear();
-  // Forgets positions >= n. Local layers keep a few slots beyond the window, so the cache can step
-  // back a little; when a ring no longer holds the window before n, everything is dropped.
-  // Returns the positions kept (n or 0).
-  int truncate(int n);
-  size_t bytes() const;
-  // Bytes of keys and values the next decode step reads (every cached position it attends to).
-  size_t bytes_attended() const;
-
- private:
-  friend class TextModel;
-  struct Layer {
-    int capacity = 0;
-    // [n_kv_heads, capacity, head_dim] values of dtype_, untouched until written
-    std::unique_ptr<std::byte[]> k, v;
-    std::vector<int32_t> pos;  // [capacity]
-  };
-  // True when every ring still holds the window of keys that position n attends to: a ring of
-  // capacity C holds positions [n_past - C, n_past).
-  bool ring_holds_window_before(int n) const;
-  // Bytes of one position's keys and values in one layer.
-  size_t position_bytes() const { return 2 * dtype_size(dtype_) * n_kv_heads_ * head_dim_; }
-
-  std::vector<Layer> layers_;
-  int max_context_ = 0, n_past_ = 0, n_kv_heads_ = 0, head_dim_ = 0, window_ = 0;
-  DType dtype_ = DType::F32;
-};
-
-// One batch for the forward pass: token ids in the original vocabulary at positions
-// n_past .. n_past+n-1; rows with an image embedding use it instead of the token's embedding.
+// Rows of one sequence for the forward pass: token ids in the original vocabulary at positions
+// n_past .. n_past+n-1 of its cache; rows with an image embedding use it instead of the token's.
 struct TextBatch {
   std::vector<int32_t> ids;    // [n]
   std::vector<int32_t> group;  // [n] image id of each soft token, -1 otherwise; empty: none
   std::vector<const float*> embeddings;  // [n] per row: [d_model] to use, or null; empty: none
 };
 
+// One sequence's part of a forward over several: its rows, the cache they extend, and where the
+// logits of its last n_logit_rows rows go ([n_logit_rows, n_vocab]; null: none wanted).
+struct SequenceRows {
+  const TextBatch* rows = nullptr;
+  KvStore* cache = nullptr;
+  float* logits = nullptr;
+  int n_logit_rows = 0;
+};
+
 class TextModel {
  public:
-  TextModel(const ModelConfig& c, TextWeights w);
+  // act: how the linears treat activations. kInt8 (the default, as llama.cpp's 4-bit formats
+  // do): each row is quantized to int8 per group of 64 and multiplied by the nibbles with integer
+  // multiply-adds, faster prefill and decode; kF32: exact f32 products, which the float reference
+  // matches to 1e-3.
+  TextModel(const ModelConfig& c, TextWeights w, ops::Activations act = ops::Activations::kInt8);
   const ModelConfig& config() const { return c_; }
   const TextWeights& weights() const { return w_; }
+  ops::Activations activations() const { return act_; }
 
-  // Runs the batch, appending its keys and values to the cache. When logits is non-null it
-  // receives [n_logit_rows, n_vocab] for the last n_logit_rows rows of the batch.
-  void forward(const TextBatch& batch, KvCache& cache, float* logits, int n_logit_rows = 1);
+  // Runs the rows of several sequences as one batch: the linears once over all rows (the weights
+  // read once), attention of each sequence over its own cache, to which its keys and values are
+  // appended. Each sequence appears once; its caches are distinct.
+  void forward(std::span<const SequenceRows> seqs) const;
+  // One sequence. When logits is non-null it receives [n_logit_rows, n_vocab] for the last
+  // n_logit_rows rows of the batch.
+  void forward(const TextBatch& batch, KvStore& cache, float* logits, int n_logit_rows = 1) const {
+    const SequenceRows s{&batch, &cache, logits, logits ? n_logit_rows : 0};
+    forward(std::span(&s, 1));
+  }
 
   // Called with (layer, residual stream [n, d_model]) after each layer, and with layer -1 for the
   // scaled embeddings: lets tests and the profiler observe intermediates.
@@ -105,21 +91,16 @@ class TextModel {
   void embed(int32_t id, float* out) const;
   // Logits over the full vocabulary from final hidden states x [n, d_model].
   void logits(const float* x, int64_t n, float* out) const;
-  // How the linears treat activations. kInt8 (the default, as llama.cpp's 4-bit formats do):
-  // each row is quantized to int8 per group of 64 and multiplied by the nibbles with integer
-  // multiply-adds, about 1.6x faster prefill and 1.3x faster decode; kF32: exact f32 products,
-  // which the float reference matches to 1e-3.
-  void set_activations(ops::Activations a) { act_ = a; }
-  ops::Activations activations() const { return act_; }
 
   // Weight bytes one decode step reads: every layer, the output head and one embedding row.
   size_t weight_bytes_per_token() const;
 
  private:
-  // rope: the RoPE table (ops::rope_angles) of this layer's kind, local or global.
-  void attention_block(const TextLayer& L, int layer, const float* xn, int64_t n, int n_past,
-                       const int32_t* pos, const int32_t* group, const float* rope, KvCache& cache,
-                       float* out);
+  // xn [n, d_model] holds the rows of every sequence, seqs in order; pos, group [n] (group null:
+  // no images); rope: the RoPE table (ops::rope_angles) of this layer's kind, local or global.
+  void attention_block(const TextLayer& L, int layer, const float* xn, int64_t n,
+                       std::span<const SequenceRows> seqs, const int32_t* pos, const int32_t* group,
+                       const float* rope, float* out) const;
 
   ModelConfig c_;
   TextWeights w_;

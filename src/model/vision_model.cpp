@@ -113,7 +113,8 @@ VisionWeights load_vision_weights(const ModelDir& dir, const ModelConfig& c,
   return w;
 }
 
-VisionModel::VisionModel(const ModelConfig& c, VisionWeights w) : c_(c), w_(std::move(w)) {
+VisionModel::VisionModel(const ModelConfig& c, VisionWeights w, ops::Activations act)
+    : c_(c), w_(std::move(w)), act_(act) {
   check(static_cast<int>(w_.layers.size()) == c_.vision.n_layers,
         "vision weights hold " + std::to_string(w_.layers.size()) + " layers, the config " +
             std::to_string(c_.vision.n_layers));

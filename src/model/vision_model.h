@@ -57,7 +57,9 @@ VisionWeights load_vision_weights(const ModelDir& dir, const ModelConfig& c,
 
 class VisionModel {
  public:
-  VisionModel(const ModelConfig& c, VisionWeights w);
+  // act: activations of the 4-bit linears, as TextModel's.
+  VisionModel(const ModelConfig& c, VisionWeights w,
+              ops::Activations act = ops::Activations::kInt8);
   const ModelConfig& config() const { return c_; }
   const VisionWeights& weights() const { return w_; }
 
@@ -69,9 +71,6 @@ class VisionModel {
   // embeddings, 0..n_layers-1 after each layer, n_layers after post_layernorm.
   using Observer = std::function<void(int stage, const float* x, int64_t n)>;
   void set_observer(Observer obs) { observer_ = std::move(obs); }
-
-  // Activations of the 4-bit linears, as TextModel::set_activations (default kInt8).
-  void set_activations(ops::Activations a) { act_ = a; }
 
  private:
   void attention_block(const VisionLayer& L, const float* xn, float* out) const;

@@ -13,6 +13,7 @@
 #include "model/text_model.h"
 #include "prune/checkpoint.h"
 #include "runtime/engine.h"
+#include "runtime/kv_cache.h"
 
 namespace gp::prune {
 
@@ -31,10 +32,10 @@ struct TextRunner {
     if (layout.token_map && config.compact_vocab == 0)
       config.compact_vocab =
           dir->tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
-    model = std::make_unique<TextModel>(config, load_text_weights(*dir, config, layout));
     // Quality is measured with exact f32 activations: the weights' effect, without the int8
     // rounding of the fast path (which depends on how the text is split into batches).
-    model->set_activations(ops::Activations::kF32);
+    model = std::make_unique<TextModel>(config, load_text_weights(*dir, config, layout),
+                                        ops::Activations::kF32);
   }
 };
 

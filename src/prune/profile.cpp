@@ -9,6 +9,7 @@
 #include "base/error.h"
 #include "io/tokenizer.h"
 #include "model/text_model.h"
+#include "runtime/kv_cache.h"
 
 namespace gp::prune {
 
@@ -92,8 +93,8 @@ ModelProfile profile_model(const Checkpoint& in, const std::vector<std::string>&
                            const ProfileOptions& options) {
   const ModelConfig& c = in.config();
   const Tokenizer tokenizer = Tokenizer::load(in.path());
-  TextModel model(c, load_text_weights(in.dir(), c, in.layout()));
-  model.set_activations(ops::Activations::kF32);  // statistics of the weights, as prune::eval
+  // f32 activations: statistics of the weights, as prune::eval
+  TextModel model(c, load_text_weights(in.dir(), c, in.layout()), ops::Activations::kF32);
   const int n_layers = c.text.n_layers;
   const int64_t d = c.text.d_model;
 

@@ -12,7 +12,14 @@
 
 namespace gp {
 
-Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(path) {
+DType parse_kv_dtype(const std::string& s) {
+  if (s == "f16") return DType::F16;
+  if (s == "f32") return DType::F32;
+  throw Error("'" + s + "' is not a KV cache type (expected f16 or f32)");
+}
+
+Engine::Engine(const std::string& path, const EngineOptions& options)
+    : dir_(path), options_(options) {
   Timer timer;
   ThreadPool::set_global_threads(options.threads);
   config_ = parse_config(dir_.config(), dir_.optional_json("generation_config.json"),
@@ -22,8 +29,8 @@ Engine::Engine(const std::string& path, const EngineOptions& options) : dir_(pat
     config_.compact_vocab =
         dir_.tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(path));
-  text_ = std::make_unique<TextModel>(config_, load_text_weights(dir_, config_, layout_));
-  set_activations(options.exact ? ops::Activations::kF32 : ops::Activations::kInt8);
+  text_ = std::make_unique<TextModel>(config_, load_text_weights(dir_, config_, layout_),
+                                      options.activations());
 
   // Chat pieces: the template's markers as the tokenizer spells the config's ids.
   pieces_.mm_tokens_per_image = config_.mm_tokens_per_image;
@@ -71,11 +78,6 @@ void parse_image_normalization(const nlohmann::json& pre, const std::string& pat
 
 Engine::~Engine() = default;
 
-void Engine::set_activations(ops::Activations a) {
-  text_->set_activations(a);
-  if (vision_) vision_->set_activations(a);
-}
-
 std::vector<int32_t> Engine::chat_prompt(const std::vector<ChatMessage>& messages) const {
   std::vector<std::pair<size_t, size_t>> content;
   const std::string text = format_chat(messages, pieces_, &content);
@@ -102,8 +104,8 @@ std::vector<int32_t> Engine::chat_prompt(const std::vector<ChatMessage>& message
 std::vector<float> Engine::encode_image(const Image& image) {
   if (!vision_) {
     check(layout_.vision, dir_.path() + ": this checkpoint has no vision tower (text-only)");
-    vision_ = std::make_unique<VisionModel>(config_, load_vision_weights(dir_, config_, layout_));
-    vision_->set_activations(text_->activations());
+    vision_ = std::make_unique<VisionModel>(config_, load_vision_weights(dir_, config_, layout_),
+                                            options_.activations());
   }
   const auto pixels = preprocess_image(image, config_.vision.image_size, image_mean_, image_std_);
   std::vector<float> out(static_cast<size_t>(config_.mm_tokens_per_image) * config_.text.d_model);
@@ -124,11 +126,14 @@ uint64_t image_hash(const Image& img) {
 }
 }  // namespace
 
-Session::Session(Engine& engine, int max_context)
+Session::Session(Engine& engine, int max_context, int prefill_chunk)
     : engine_(engine),
-      cache_(engine.config().text, max_context,
-             engine.text().activations() == ops::Activations::kInt8 ? DType::F16 : DType::F32),
-      logits_(engine.config().text.n_vocab) {}
+      cache_(engine.config().text, max_context, engine.options().kv_dtype()),
+      prefill_chunk_(prefill_chunk),
+      logits_(engine.config().text.n_vocab) {
+  check(prefill_chunk > 0, "the prefill chunk is " + std::to_string(prefill_chunk) +
+                               " positions, expected at least 1");
+}
 
 const std::vector<float>& Session::image_embeddings(const Image& img, uint64_t hash,
                                                     PrefillResult& r) {
@@ -142,22 +147,25 @@ const std::vector<float>& Session::image_embeddings(const Image& img, uint64_t h
   return e;
 }
 
-PrefillResult Session::prefill(const std::vector<int32_t>& ids,
-                               const std::vector<const Image*>& images, const LogitsSink& sink) {
-  const ModelConfig& c = engine_.config();
-  const int n = static_cast<int>(ids.size());
+void Session::check_prompt_ids(const std::vector<int32_t>& ids) const {
+  const int n = static_cast<int>(ids.size()), n_vocab = engine_.config().text.n_vocab;
   check(n > 0, "empty prompt");
   check(n <= cache_.max_context(), "prompt too long: " + std::to_string(n) +
                                        " tokens exceed the context size of " +
                                        std::to_string(cache_.max_context()) + " (see --ctx-size)");
   for (int i = 0; i < n; ++i)
-    check(ids[i] >= 0 && ids[i] < c.text.n_vocab, "token id " + std::to_string(ids[i]) +
-                                                      " at prompt position " + std::to_string(i) +
-                                                      " is outside the vocabulary (expected 0 to " +
-                                                      std::to_string(c.text.n_vocab - 1) + ")");
-  // Which image fills each soft-token run.
-  std::vector<uint64_t> keys(n, 0);
-  std::vector<int> run_start(n, -1), image_of(n, -1);  // per soft token: its run's start, its image
+    check(ids[i] >= 0 && ids[i] < n_vocab,
+          "token id " + std::to_string(ids[i]) + " at prompt position " + std::to_string(i) +
+              " is outside the vocabulary (expected 0 to " + std::to_string(n_vocab - 1) + ")");
+}
+
+Session::ImageRuns Session::ImageRuns::of(const ModelConfig& c, const std::vector<int32_t>& ids,
+                                          const std::vector<const Image*>& images) {
+  const int n = static_cast<int>(ids.size());
+  ImageRuns r;
+  r.keys.assign(n, 0);
+  r.start.assign(n, -1);
+  r.image.assign(n, -1);
   size_t next_image = 0;
   for (int i = 0; i < n; ++i) {
     if (ids[i] != c.image_token) continue;
@@ -166,87 +174,146 @@ PrefillResult Session::prefill(const std::vector<int32_t>& ids,
                                             std::to_string(images.size()) + " image(s) given");
       ++next_image;
     }
-    image_of[i] = static_cast<int>(next_image - 1);
-    keys[i] =
-        (i > 0 && image_of[i - 1] == image_of[i]) ? keys[i - 1] : image_hash(*images[image_of[i]]);
-    run_start[i] = (i > 0 && ids[i - 1] == c.image_token) ? run_start[i - 1] : i;
+    r.image[i] = static_cast<int>(next_image - 1);
+    const bool continues = i > 0 && ids[i - 1] == c.image_token;
+    r.keys[i] = continues ? r.keys[i - 1] : image_hash(*images[r.image[i]]);
+    r.start[i] = continues ? r.start[i - 1] : i;
   }
   check(next_image == images.size(), std::to_string(images.size()) +
                                          " image(s) given but the prompt has " +
                                          std::to_string(next_image) + " run(s) of image tokens");
   for (int i = 0; i < n; ++i)
-    if (run_start[i] >= 0 && (i + 1 == n || ids[i + 1] != c.image_token))
-      check(i - run_start[i] + 1 == c.mm_tokens_per_image,
+    if (r.start[i] >= 0 && (i + 1 == n || ids[i + 1] != c.image_token))
+      check(i - r.start[i] + 1 == c.mm_tokens_per_image,
             "an image needs exactly " + std::to_string(c.mm_tokens_per_image) +
-                " image tokens in a row, the prompt has " + std::to_string(i - run_start[i] + 1));
-
-  // Longest cached prefix, never ending inside an image, always leaving one position to run.
-  int keep = 0;
-  if (!sink)
-    while (keep < n && keep < static_cast<int>(ids_.size()) && ids_[keep] == ids[keep] &&
-           image_keys_[keep] == keys[keep])
-      ++keep;
-  if (keep == n) --keep;
-  if (keep > 0 && keep < n && run_start[keep] >= 0) keep = run_start[keep];
-  keep = cache_.truncate(keep);
-  ids_.assign(ids.begin(), ids.begin() + keep);
-  image_keys_.assign(keys.begin(), keys.begin() + keep);
-
-  PrefillResult r;
-  r.n_tokens = n;
-  r.n_reused = keep;
-  const int64_t n_vocab = c.text.n_vocab;
-  const int chunk = sink ? 32 : kChunk;
-  std::vector<float> rows;
-  for (int start = keep; start < n;) {
-    int end = std::min(n, start + chunk);
-    if (end < n && image_of[end] >= 0 &&
-        image_of[end] == image_of[end - 1]) {  // never split an image
-      if (run_start[end] > start) {
-        end = run_start[end];  // stop before it
-      } else {
-        while (end < n && image_of[end] == image_of[start])
-          ++end;  // it started the chunk: take it whole
-      }
-    }
-    TextBatch b;
-    b.ids.assign(ids.begin() + start, ids.begin() + end);
-    b.group.assign(end - start, -1);
-    b.embeddings.assign(end - start, nullptr);
-    bool any_image = false;
-    for (int i = start; i < end; ++i) {
-      if (run_start[i] < 0) continue;
-      any_image = true;
-      const auto& e = image_embeddings(*images[image_of[i]], keys[i], r);
-      b.group[i - start] = run_start[i];
-      b.embeddings[i - start] = e.data() + static_cast<size_t>(i - run_start[i]) * c.text.d_model;
-    }
-    if (!any_image) {
-      b.group.clear();
-      b.embeddings.clear();
-    }
-    Timer t;
-    const int n_rows = sink ? end - start : (end == n ? 1 : 0);
-    rows.resize(static_cast<size_t>(n_rows) * n_vocab);
-    engine_.text().forward(b, cache_, n_rows ? rows.data() : nullptr, n_rows);
-    r.prefill_s += t.seconds();
-    if (sink) sink(rows.data(), n_rows);
-    if (end == n) std::copy(rows.end() - n_vocab, rows.end(), logits_.begin());
-    ids_.insert(ids_.end(), ids.begin() + start, ids.begin() + end);
-    image_keys_.insert(image_keys_.end(), keys.begin() + start, keys.begin() + end);
-    start = end;
-  }
+                " image tokens in a row, the prompt has " + std::to_string(i - r.start[i] + 1));
   return r;
 }
 
-void Session::decode(int32_t id) {
+int Session::reuse_prefix(const std::vector<int32_t>& ids, const std::vector<uint64_t>& keys) {
+  const int n = static_cast<int>(ids.size());
+  int keep = 0;
+  while (keep < n && keep < static_cast<int>(ids_.size()) && ids_[keep] == ids[keep] &&
+         image_keys_[keep] == keys[keep])
+    ++keep;
+  if (keep == n) --keep;
+  if (keep > 0 && prompt_.runs.start[keep] >= 0) keep = prompt_.runs.start[keep];
+  return keep;
+}
+
+int Session::chunk_end(int start, int chunk) const {
+  const int n = static_cast<int>(prompt_.ids.size());
+  const auto& image = prompt_.runs.image;
+  int end = std::min(n, start + chunk);
+  if (end < n && image[end] >= 0 && image[end] == image[end - 1]) {  // never split an image
+    if (prompt_.runs.start[end] > start) {
+      end = prompt_.runs.start[end];  // stop before it
+    } else {
+      while (end < n && image[end] == image[start]) ++end;  // it started the chunk: take it whole
+    }
+  }
+  return end;
+}
+
+TextBatch Session::assemble(int start, int end) {
+  const ImageRuns& runs = prompt_.runs;
+  TextBatch b;
+  b.ids.assign(prompt_.ids.begin() + start, prompt_.ids.begin() + end);
+  bool any_image = false;
+  for (int i = start; i < end && !any_image; ++i) any_image = runs.start[i] >= 0;
+  if (!any_image) return b;
+  b.group.assign(end - start, -1);
+  b.embeddings.assign(end - start, nullptr);
+  const int64_t d = engine_.config().text.d_model;
+  for (int i = start; i < end; ++i) {
+    if (runs.start[i] < 0) continue;
+    const auto& e = image_embeddings(*prompt_.images[runs.image[i]], runs.keys[i], prompt_.result);
+    b.group[i - start] = runs.start[i];
+    b.embeddings[i - start] = e.data() + (i - runs.start[i]) * d;
+  }
+  return b;
+}
+
+void Session::begin_prompt(const std::vector<int32_t>& ids, const std::vector<const Image*>& images,
+                           bool every_logit) {
+  check_prompt_ids(ids);
+  prompt_ = Prompt{};
+  prompt_.runs = ImageRuns::of(engine_.config(), ids, images);
+  prompt_.ids = ids;
+  prompt_.images = images;
+  prompt_.every_logit = every_logit;
+  // With every logit wanted, every position runs: nothing is reused.
+  const int keep = cache_.truncate(every_logit ? 0 : reuse_prefix(ids, prompt_.runs.keys));
+  ids_.assign(ids.begin(), ids.begin() + keep);
+  image_keys_.assign(prompt_.runs.keys.begin(), prompt_.runs.keys.begin() + keep);
+  prompt_.next = keep;
+  prompt_.result.n_tokens = static_cast<int>(ids.size());
+  prompt_.result.n_reused = keep;
+}
+
+SequenceRows Session::prompt_rows() {
+  check(prompt_pending(), "no prompt to evaluate");
+  const int n = static_cast<int>(prompt_.ids.size()), start = prompt_.next;
+  const int end = chunk_end(
+      start, prompt_.every_logit ? std::min(kLogitsChunk, prefill_chunk_) : prefill_chunk_);
+  rows_ = assemble(start, end);
+  rows_keys_.assign(prompt_.runs.keys.begin() + start, prompt_.runs.keys.begin() + end);
+  prompt_.next = end;
+  if (prompt_.every_logit) {
+    chunk_logits_.resize(static_cast<size_t>(end - start) * engine_.config().text.n_vocab);
+    return {&rows_, &cache_, chunk_logits_.data(), end - start};
+  }
+  return {&rows_, &cache_, end == n ? logits_.data() : nullptr, end == n ? 1 : 0};
+}
+
+SequenceRows Session::decode_rows(int32_t id) {
+  check(!prompt_pending(), "a prompt is still being evaluated");
   check(cache_.n_past() + 1 <= cache_.max_context(),
         "context full: " + std::to_string(cache_.max_context()) + " tokens (see --ctx-size)");
-  TextBatch b;
-  b.ids = {id};
-  engine_.text().forward(b, cache_, logits_.data(), 1);
-  ids_.push_back(id);
-  image_keys_.push_back(0);
+  rows_ = TextBatch{};
+  rows_.ids = {id};
+  rows_keys_ = {0};
+  return {&rows_, &cache_, logits_.data(), 1};
+}
+
+void Session::rows_ran() {
+  ids_.insert(ids_.end(), rows_.ids.begin(), rows_.ids.end());
+  image_keys_.insert(image_keys_.end(), rows_keys_.begin(), rows_keys_.end());
+  if (prompt_.every_logit && !prompt_pending())
+    std::copy(chunk_logits_.end() - logits_.size(), chunk_logits_.end(), logits_.begin());
+}
+
+PrefillResult Session::prefill(const std::vector<int32_t>& ids,
+                               const std::vector<const Image*>& images, const LogitsSink& sink) {
+  begin_prompt(ids, images, sink != nullptr);
+  const int64_t n_vocab = engine_.config().text.n_vocab;
+  while (prompt_pending()) {
+    const SequenceRows rows = prompt_rows();
+    Timer t;
+    engine_.text().forward(std::span(&rows, 1));
+    prompt_.result.prefill_s += t.seconds();
+    rows_ran();
+    if (sink) sink(chunk_logits_.data(), static_cast<int64_t>(chunk_logits_.size()) / n_vocab);
+  }
+  return prompt_.result;
+}
+
+void Session::decode(int32_t id) {
+  const SequenceRows rows = decode_rows(id);
+  engine_.text().forward(std::span(&rows, 1));
+  rows_ran();
+}
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+  }
+  return "?";
 }
 
 double GenerateResult::prompt_tps() const {
@@ -256,69 +323,103 @@ double GenerateResult::prompt_tps() const {
 }
 double GenerateResult::gen_tps() const { return gen_s > 0 ? n_decoded / gen_s : 0; }
 
+std::string StopStringFilter::push(const std::string& text) {
+  if (stopped_) return "";
+  held_ += text;
+  // Cut at the first stop string.
+  size_t cut = std::string::npos;
+  for (const auto& s : stops_)
+    if (!s.empty()) cut = std::min(cut, held_.find(s));
+  if (cut != std::string::npos) {
+    held_.resize(cut);
+    stopped_ = true;
+    return flush();
+  }
+  // Otherwise hold the longest end that begins a stop string.
+  size_t hold = 0;
+  for (const auto& s : stops_)
+    for (size_t k = std::min(s.size() - 1, held_.size()); k > hold; --k)
+      if (held_.compare(held_.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+  std::string out = held_.substr(0, held_.size() - hold);
+  held_.erase(0, out.size());
+  return out;
+}
+
+std::string StopStringFilter::flush() {
+  std::string out;
+  out.swap(held_);
+  return out;
+}
+
+Generation::Generation(const Engine& engine, const std::vector<int32_t>& prompt,
+                       const GenerateOptions& options)
+    : engine_(engine),
+      options_(options),
+      sampler_(options.sampling),
+      streamer_(engine.tokenizer()),
+      stops_(options.stop_strings),
+      history_(prompt) {
+  done_ = options.max_tokens <= 0;
+}
+
+std::string Generation::step(float* logits) {
+  check(!done_, "the generation has ended");
+  const auto& stop_ids = engine_.stop_tokens();
+  const int32_t id = sampler_.sample(logits, engine_.config().text.n_vocab, history_);
+  if (!options_.ignore_stop_tokens &&
+      std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end()) {
+    result_.finish_reason = FinishReason::kStop;
+    done_ = true;
+    return stops_.push(streamer_.flush()) + stops_.flush();
+  }
+  result_.ids.push_back(id);
+  history_.push_back(id);
+  // Ids past the tokenizer's pieces (the embedding's padding rows) have no text. Nor do the
+  // template's markers: a sampled <start_of_image> is not part of the answer.
+  std::string text;
+  if (id < engine_.tokenizer().vocab_size() && !engine_.is_template_token(id))
+    text = stops_.push(streamer_.push(id));
+  if (stops_.stopped()) {
+    result_.finish_reason = FinishReason::kStop;
+    done_ = true;
+  } else if (static_cast<int>(result_.ids.size()) >= options_.max_tokens) {
+    result_.finish_reason = FinishReason::kLength;
+    done_ = true;
+    text += stops_.push(streamer_.flush()) + stops_.flush();
+  }
+  result_.text += text;
+  return text;
+}
+
+void Generation::cancel() {
+  result_.finish_reason = FinishReason::kCancelled;
+  done_ = true;
+}
+
 GenerateResult generate(Session& session, const std::vector<int32_t>& prompt,
                         const std::vector<const Image*>& images, const GenerateOptions& options,
                         const std::function<bool(const std::string&)>& on_text) {
-  Engine& engine = session.engine();
-  GenerateResult r;
-  r.prefill = session.prefill(prompt, images);
-  Sampler sampler(options.sampling);
-  TokenStreamer streamer(engine.tokenizer());
-  const auto& stops = engine.stop_tokens();
-  std::vector<int32_t> history = prompt;
-  std::string pending;  // text held back while it could still become a stop string
-  r.finish_reason = "length";
+  const PrefillResult prefill = session.prefill(prompt, images);
+  Generation gen(session.engine(), prompt, options);
   Timer t;
-  auto emit = [&](const std::string& s) { return !on_text || s.empty() || on_text(s); };
-  for (int i = 0; i < options.max_tokens; ++i) {
-    if (i > 0) {
-      session.decode(r.ids.back());
-      ++r.n_decoded;
-    }
-    const int32_t id =
-        sampler.sample(session.last_logits().data(), engine.config().text.n_vocab, history);
-    if (!options.ignore_stop_tokens && std::find(stops.begin(), stops.end(), id) != stops.end()) {
-      r.finish_reason = "stop";
+  while (!gen.done()) {
+    const std::string text = gen.step(session.last_logits().data());
+    if (gen.done()) {
+      if (on_text && !text.empty()) on_text(text);
       break;
     }
-    r.ids.push_back(id);
-    history.push_back(id);
-    // Ids past the tokenizer's pieces (the embedding's padding rows) have no text.
-    // Nor do the template's markers: a sampled <start_of_image> is not part of the answer.
-    if (id < engine.tokenizer().vocab_size() && !engine.is_template_token(id))
-      pending += streamer.push(id);
-    // Stop strings: cut at the first match; otherwise release the text that cannot start one.
-    size_t cut = std::string::npos;
-    for (const auto& s : options.stop_strings)
-      if (!s.empty()) cut = std::min(cut, pending.find(s));
-    if (cut != std::string::npos) {
-      pending.resize(cut);
-      r.text += pending;
-      emit(pending);
-      pending.clear();
-      r.finish_reason = "stop";
+    if (on_text && !text.empty() && !on_text(text)) {
+      gen.cancel();
       break;
     }
-    size_t hold = 0;
-    for (const auto& s : options.stop_strings)
-      for (size_t k = std::min(s.size() - 1, pending.size()); k > hold; --k)
-        if (pending.compare(pending.size() - k, k, s, 0, k) == 0) {
-          hold = k;
-          break;
-        }
-    const std::string out = pending.substr(0, pending.size() - hold);
-    pending.erase(0, out.size());
-    r.text += out;
-    if (!emit(out)) {
-      r.finish_reason = "cancelled";
-      break;
-    }
+    session.decode(gen.next_id());
+    ++gen.result().n_decoded;
   }
-  if (r.finish_reason != "cancelled") {
-    pending += streamer.flush();
-    r.text += pending;
-    emit(pending);
-  }
+  GenerateResult r = std::move(gen.result());
+  r.prefill = prefill;
   r.gen_s = t.seconds();
   return r;
 }

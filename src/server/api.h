@@ -65,7 +65,7 @@ CompletionRequest parse_completion_request(const std::string& body, bool chat,
 // What a generation produced, as the answer reports it.
 struct Completion {
   std::string text;
-  std::string finish_reason;  // "stop" or "length"
+  std::string finish_reason;  // finish_reason_name: "stop" or "length"
   int prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0;
   double prompt_ms = 0, predicted_ms = 0;  // prompt evaluation (images included), generation
   double prompt_per_second = 0, predicted_per_second = 0;  // as GenerateResult counts them

@@ -66,7 +66,7 @@ void Generator::cancel(const std::shared_ptr<Job>& job) {
     ++stats_.cancelled;
   }
   std::lock_guard<std::mutex> lock(job->mutex);
-  job->result.finish_reason = "cancelled";
+  job->result.finish_reason = FinishReason::kCancelled;
   job->done = true;
   job->changed.notify_all();
 }
@@ -99,7 +99,7 @@ void Generator::run(Job& job) {
   GenerateResult r;
   std::string error;
   if (job.cancel) {
-    r.finish_reason = "cancelled";
+    r.finish_reason = FinishReason::kCancelled;
   } else {
     std::vector<const Image*> images;
     for (const auto& img : job.images) images.push_back(&img);
@@ -121,7 +121,7 @@ void Generator::run(Job& job) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!error.empty())
       ++stats_.failed;
-    else if (r.finish_reason == "cancelled")
+    else if (r.finish_reason == FinishReason::kCancelled)
       ++stats_.cancelled;
     else
       ++stats_.completed;
@@ -135,7 +135,7 @@ void Generator::run(Job& job) {
                    "%s: prompt %d tokens (%d cached, %d images) %.1f tokens/s; %zu generated "
                    "%.1f tokens/s (%s)\n",
                    job.tag.c_str(), r.prefill.n_tokens, r.prefill.n_reused, r.prefill.n_images,
-                   r.prompt_tps(), r.ids.size(), r.gen_tps(), r.finish_reason.c_str());
+                   r.prompt_tps(), r.ids.size(), r.gen_tps(), finish_reason_name(r.finish_reason));
   }
   std::lock_guard<std::mutex> lock(job.mutex);
   job.result = std::move(r);

@@ -115,7 +115,7 @@ bool same_secret(const std::string& a, const std::string& b) {
 Completion completion_of(const GenerateResult& r) {
   Completion c;
   c.text = r.text;
-  c.finish_reason = r.finish_reason;
+  c.finish_reason = finish_reason_name(r.finish_reason);
   c.prompt_tokens = r.prefill.n_tokens;
   c.cached_tokens = r.prefill.n_reused;
   c.completion_tokens = static_cast<int>(r.ids.size());
