@@ -247,7 +247,7 @@ int run(const Args& a) {
   ModelDir dir(a.model);
   uint64_t lang = 0, vision = 0;
   for (const auto& name : dir.tensor_names())
-    (name.rfind("language_model.", 0) == 0 ? lang : vision) += dir.tensor(name).nbytes;
+    (names::is_vision(name) ? vision : lang) += dir.tensor(name).nbytes;
   json out = {{"model", a.model},
               {"disk_language_mb", lang / 1e6},
               {"disk_vision_mb", vision / 1e6},
@@ -268,7 +268,7 @@ int run(const Args& a) {
       "text", [&] { return generation_test(a, "Hello, how are you?", a.text_tokens, false); });
   const auto bench = runs_of("pp/tg", [&] { return pp_tg_test(a); });
   std::vector<json> image;
-  if (!a.skip_image && dir.has("vision_tower.vision_model.embeddings.patch_embedding.weight"))
+  if (!a.skip_image && detect_layout(dir).vision)
     image = runs_of("image", [&] {
       return generation_test(a, "Describe this image in detail.", a.image_tokens, true);
     });

@@ -513,7 +513,7 @@ std::vector<SafeTensorsWriter::Entry> stored_entries(const TensorSpec& t, QuantF
 
 std::string file_of(const TensorSpec& t, bool split) {
   if (!split) return "model.safetensors";
-  return t.vision ? "vision_model.safetensors" : "language_model.safetensors";
+  return names::split_file(t.vision);
 }
 
 }  // namespace
@@ -622,14 +622,6 @@ namespace {
 constexpr size_t kBlockBytes = 8 << 20;  // rows generated and written at a time
 // 4-bit values are (q - 8) * scale with q uniform in 0..15: std = sqrt(21.5) * |scale|.
 constexpr float kQuantStd = 4.6368f;
-
-bool starts_with(const std::string& s, const std::string& prefix) {
-  return s.compare(0, prefix.size(), prefix) == 0;
-}
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // One row of a random MLX 4-bit linear: per group a bf16 scale of random sign and of size
 // `step` * [0.75, 1.25), bias = -8 * scale (exact in bf16, so q = 8 is exactly 0) and uniform
@@ -770,17 +762,24 @@ class CheckpointWriter {
     int64_t numel = 1;
     for (int64_t d : t.shape) numel *= d;
     const int64_t rows = t.shape.size() == 1 ? 1 : t.shape[0], cols = numel / rows;
-    // Gemma's RMSNorms (text, projector) scale by 1 + w: small w. SigLIP LayerNorms scale by w.
-    // Matrices (patch embedding [D, 14, 14, 3] contracted over the rest, projector [D, d_model]
-    // used as x · W, contracted over D): std 1/sqrt(fan-in).
-    const bool gemma =
-        starts_with(t.name, names::text("")) || starts_with(t.name, names::projector(""));
-    float mean = 0.0f, std = 0.0f;
-    if (rows == 1) {
-      std = gemma ? 0.07f : ends_with(t.name, names::bias("")) ? 0.03f : 0.07f;
-      mean = gemma || ends_with(t.name, names::bias("")) ? 0.0f : 1.0f;
-    } else {
-      std = 1.0f / std::sqrt(static_cast<float>(gemma ? rows : cols));
+    // Gemma's RMSNorms scale by 1 + w: small w. SigLIP LayerNorms scale by w. Matrices: std
+    // 1/sqrt(fan-in).
+    float mean = 0.0f, std = 0.07f;
+    switch (t.use) {
+      case VectorUse::RmsNorm:
+        break;
+      case VectorUse::LayerNorm:
+        mean = 1.0f;
+        break;
+      case VectorUse::Bias:
+        std = 0.03f;
+        break;
+      case VectorUse::Kernel:
+        std = 1.0f / std::sqrt(static_cast<float>(cols));
+        break;
+      case VectorUse::Projection:
+        std = 1.0f / std::sqrt(static_cast<float>(rows));
+        break;
     }
     const uint64_t key = tensor_key(seed_, t.name);
     std::vector<uint16_t> encoded(numel);

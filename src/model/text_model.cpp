@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <map>
 
 #include "base/error.h"
 #include "kernels/ops.h"
@@ -14,62 +13,21 @@ namespace gp {
 
 TextWeights load_text_weights(const ModelDir& dir, const ModelConfig& c,
                               const TableLayout& layout) {
-  TextWeights w;
   const TextConfig& x = c.text;
-  std::map<std::string, TensorSpec> specs;
+  TextWeights w;
+  w.layers.resize(x.n_layers);
+  for (int l = 0; l < x.n_layers; ++l) {
+    w.layers[l].is_global = x.is_global[l];
+    w.layers[l].d_ff = x.layer_d_ff[l];
+  }
   TableLayout text_only = layout;
   text_only.vision = false;
-  for (auto& s : tensor_table(c, text_only)) specs.emplace(s.name, s);
-  auto linear = [&](const std::string& name) { return load_linear(dir, specs.at(name), c.quant); };
-  auto floats = [&](const std::string& name) {
-    return load_floats(dir, name, specs.at(name).shape);
-  };
-
-  w.embed = linear(names::text("model.embed_tokens"));
-  check(w.embed.quantized,
-        dir.path() + ": embed_tokens must be MLX-quantized (found a float tensor)");
-  if (layout.token_map) {
-    const std::string tm = names::text("model.embed_tokens.token_map");
-    const TensorInfo& t = dir.tensor(tm);
-    check(t.dtype == DType::I32 && t.shape == std::vector<int64_t>{x.n_vocab},
-          dir.path() + ": tensor '" + tm + "' is " + dtype_name(t.dtype) + " " + t.shape_str() +
-              ", expected I32 [" + std::to_string(x.n_vocab) + "] (text_config.vocab_size)");
-    w.token_map = reinterpret_cast<const int32_t*>(t.data);
-    for (int64_t i = 0; i < x.n_vocab; ++i) {
-      int32_t r;
-      std::memcpy(&r, t.data + 4 * i, 4);
-      check(r >= 0 && r < w.embed.out,
-            dir.path() + ": tensor '" + tm + "' maps id " + std::to_string(i) + " to row " +
-                std::to_string(r) + ", outside the " + std::to_string(w.embed.out) +
-                " rows of embed_tokens (vocab_pruning.compact_vocab_size)");
-    }
-  }
-  if (layout.lm_head) {
-    w.lm_head = linear(names::text("lm_head"));
+  for_each_tensor(c, text_only,
+                  [&](const TensorSpec& s) { load_tensor(dir, s, c.quant, &w, nullptr); });
+  if (layout.lm_head)
     check(w.lm_head.out == x.n_vocab || (layout.token_map && w.lm_head.out == w.embed.out),
           dir.path() + ": lm_head has " + std::to_string(w.lm_head.out) + " rows, expected " +
               std::to_string(x.n_vocab) + " (vocab_size) or the compact vocabulary");
-  }
-  for (int l = 0; l < x.n_layers; ++l) {
-    TextLayer L;
-    L.q_proj = linear(names::text_layer(l, "self_attn.q_proj"));
-    L.k_proj = linear(names::text_layer(l, "self_attn.k_proj"));
-    L.v_proj = linear(names::text_layer(l, "self_attn.v_proj"));
-    L.o_proj = linear(names::text_layer(l, "self_attn.o_proj"));
-    L.q_norm = floats(names::weight(names::text_layer(l, "self_attn.q_norm")));
-    L.k_norm = floats(names::weight(names::text_layer(l, "self_attn.k_norm")));
-    L.gate_proj = linear(names::text_layer(l, "mlp.gate_proj"));
-    L.up_proj = linear(names::text_layer(l, "mlp.up_proj"));
-    L.down_proj = linear(names::text_layer(l, "mlp.down_proj"));
-    L.input_norm = floats(names::weight(names::text_layer(l, "input_layernorm")));
-    L.post_attn_norm = floats(names::weight(names::text_layer(l, "post_attention_layernorm")));
-    L.pre_ffw_norm = floats(names::weight(names::text_layer(l, "pre_feedforward_layernorm")));
-    L.post_ffw_norm = floats(names::weight(names::text_layer(l, "post_feedforward_layernorm")));
-    L.is_global = x.is_global[l];
-    L.d_ff = x.layer_d_ff[l];
-    w.layers.push_back(std::move(L));
-  }
-  w.final_norm = floats(names::weight(names::text("model.norm")));
   return w;
 }
 

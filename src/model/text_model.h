@@ -13,28 +13,10 @@
 #include "model/config.h"
 #include "model/kv_store.h"
 #include "model/tensor_table.h"
+#include "model/weights.h"
 #include "tensor/weight.h"
 
 namespace gp {
-
-struct TextLayer {
-  Weight q_proj, k_proj, v_proj;  // [n_heads*head_dim, d_model], [n_kv_heads*head_dim, d_model] x2
-  Weight o_proj;                  // [d_model, n_heads*head_dim]
-  std::vector<float> q_norm, k_norm;  // [head_dim]
-  Weight gate_proj, up_proj;          // [d_ff(layer), d_model]
-  Weight down_proj;                   // [d_model, d_ff(layer)]
-  std::vector<float> input_norm, post_attn_norm, pre_ffw_norm, post_ffw_norm;  // [d_model]
-  bool is_global = false;
-  int d_ff = 0;
-};
-
-struct TextWeights {
-  Weight embed;                        // [embedding rows, d_model]: n_vocab, or compact rows
-  const int32_t* token_map = nullptr;  // [n_vocab] -> embedding row (0: pruned id), or null
-  Weight lm_head;                      // [n_vocab or compact rows, d_model]; empty: tied to embed
-  std::vector<TextLayer> layers;
-  std::vector<float> final_norm;  // [d_model]
-};
 
 // Loads and checks every text tensor against the config (shapes, dtypes, per-layer widths,
 // token_map range). Maps only the files holding language tensors.

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <string>
 
 #include "base/error.h"
@@ -31,8 +30,8 @@ int token_side(const ModelConfig& c) {
 
 // A clear message for the usual mismatch (a config from another variant: the 896 original has a
 // 64x64 position grid, the 672 mobile one 48x48) instead of a bare shape difference.
-void check_position_grid(const ModelDir& dir, const VisionConfig& v) {
-  const std::string name = names::weight(names::vision("embeddings.position_embedding"));
+void check_position_grid(const ModelDir& dir, const VisionConfig& v, const TensorSpec& spec) {
+  const std::string name = names::weight(spec.name);
   const TensorInfo& t = dir.tensor(name);
   const int64_t rows = t.shape.empty() ? 0 : t.shape[0];
   if (rows == v.n_patches()) return;
@@ -52,60 +51,26 @@ void check_position_grid(const ModelDir& dir, const VisionConfig& v) {
 
 VisionWeights load_vision_weights(const ModelDir& dir, const ModelConfig& c,
                                   const TableLayout& layout) {
-  const std::string patch = names::vision("embeddings.patch_embedding");
-  check(layout.vision, dir.path() + ": no vision tower (tensor '" + names::weight(patch) +
-                           "' is absent): a text-only checkpoint cannot encode images");
-  const VisionConfig& v = c.vision;
-  std::map<std::string, TensorSpec> specs;
-  for (auto& s : tensor_table(c, layout))
-    if (s.vision) specs.emplace(s.name, s);
-  auto linear = [&](const std::string& name) { return load_linear(dir, specs.at(name), c.quant); };
-  auto floats = [&](const std::string& name) {
-    return load_floats(dir, name, specs.at(name).shape);
-  };
-  auto layer_floats = [&](int l, const std::string& rest) {
-    return floats(names::vision_layer(l, rest));
-  };
-  // The NAME.bias of a Linear spec: [out].
-  auto linear_bias = [&](const std::string& name) {
-    return load_floats(dir, names::bias(name), {specs.at(name).shape[0]});
-  };
-
-  VisionWeights w;
-  const int64_t d = v.d_model, p = v.patch_size;
-  // O,H,W,I is already [d_model, (h, w, c)]: the conv kernel is a plain matrix.
-  w.patch_f32 = floats(names::weight(patch));
-  w.patch_embed = f32_view(w.patch_f32, d, p * p * 3);
-  w.patch_bias = floats(names::bias(patch));
-  check_position_grid(dir, v);
-  w.position_embed = linear(names::vision("embeddings.position_embedding"));
-  for (int l = 0; l < v.n_layers; ++l) {
-    VisionLayer L;
-    L.q_proj = linear(names::vision_layer(l, "self_attn.q_proj"));
-    L.k_proj = linear(names::vision_layer(l, "self_attn.k_proj"));
-    L.v_proj = linear(names::vision_layer(l, "self_attn.v_proj"));
-    L.out_proj = linear(names::vision_layer(l, "self_attn.out_proj"));
-    L.q_bias = linear_bias(names::vision_layer(l, "self_attn.q_proj"));
-    L.k_bias = linear_bias(names::vision_layer(l, "self_attn.k_proj"));
-    L.v_bias = linear_bias(names::vision_layer(l, "self_attn.v_proj"));
-    L.out_bias = linear_bias(names::vision_layer(l, "self_attn.out_proj"));
-    L.ln1_w = layer_floats(l, "layer_norm1.weight");
-    L.ln1_b = layer_floats(l, "layer_norm1.bias");
-    L.ln2_w = layer_floats(l, "layer_norm2.weight");
-    L.ln2_b = layer_floats(l, "layer_norm2.bias");
-    L.fc1 = linear(names::vision_layer(l, "mlp.fc1"));
-    L.fc2 = linear(names::vision_layer(l, "mlp.fc2"));
-    L.fc1_bias = linear_bias(names::vision_layer(l, "mlp.fc1"));
-    L.fc2_bias = linear_bias(names::vision_layer(l, "mlp.fc2"));
-    w.layers.push_back(std::move(L));
+  if (!layout.vision) {
+    TableLayout with_vision = layout;
+    with_vision.vision = true;
+    const TensorSpec* patch = find_spec(tensor_table(c, with_vision), &VisionWeights::patch_f32);
+    throw Error(dir.path() + ": no vision tower (tensor '" + patch->name +
+                "' is absent): a text-only checkpoint cannot encode images");
   }
-  w.post_ln_w = floats(names::weight(names::vision("post_layernorm")));
-  w.post_ln_b = floats(names::bias(names::vision("post_layernorm")));
-  w.soft_emb_norm = floats(names::weight(names::projector("mm_soft_emb_norm")));
-
+  const VisionConfig& v = c.vision;
+  VisionWeights w;
+  w.layers.resize(v.n_layers);
+  for_each_tensor(c, layout, [&](const TensorSpec& s) {
+    if (!s.vision) return;
+    if (s.is(&VisionWeights::position_embed)) check_position_grid(dir, v, s);
+    load_tensor(dir, s, c.quant, nullptr, &w);
+  });
+  const int64_t d = v.d_model, p = v.patch_size, dt = c.text.d_model;
+  // O,H,W,I is already [d_model, (h, w, c)]: the conv kernel is a plain matrix.
+  w.patch_embed = f32_view(w.patch_f32, d, p * p * 3);
   // mm_input_projection_weight [d_model, text d_model] is used as x · W: store Wᵀ for linear.
-  const int64_t dt = c.text.d_model;
-  const std::vector<float> proj = floats(names::projector("mm_input_projection_weight"));
+  const std::vector<float> proj = std::move(w.projection_f32);
   w.projection_f32.resize(proj.size());
   for (int64_t i = 0; i < d; ++i)
     for (int64_t o = 0; o < dt; ++o) w.projection_f32[o * d + i] = proj[i * dt + o];

@@ -26,8 +26,6 @@ std::atomic<bool> g_cancel{false};
 
 constexpr size_t kChunkBytes = 8 << 20;  // bytes streamed (and pages dropped) at a time
 
-bool is_float(DType t) { return t == DType::BF16 || t == DType::F16 || t == DType::F32; }
-
 uint64_t entry_bytes(const SafeTensorsWriter::Entry& e) {
   uint64_t n = dtype_size(e.dtype);
   for (int64_t d : e.shape) n *= static_cast<uint64_t>(d);
@@ -37,43 +35,6 @@ uint64_t entry_bytes(const SafeTensorsWriter::Entry& e) {
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// Header-only checks of a table entry's stored tensors (no tensor data is touched).
-void check_spec(const ModelDir& dir, const ModelConfig& c, const TensorSpec& spec) {
-  const std::string why = " (from config.json; a config that does not match the weights?)";
-  auto where = [&](const TensorInfo& t) {
-    return dir.path() + "/" + dir.file_of(t.name) + ": tensor '" + t.name + "'";
-  };
-  switch (spec.role) {
-    case TensorRole::Linear: {
-      load_linear(dir, spec, c.quant);
-      if (spec.has_bias) {
-        const TensorInfo& b = dir.tensor(names::bias(spec.name));
-        check(is_float(b.dtype),
-              where(b) + " has dtype " + dtype_name(b.dtype) + ", expected BF16, F16 or F32");
-        check(b.shape == std::vector<int64_t>{spec.shape[0]},
-              where(b) + " has shape " + b.shape_str() + ", expected [" +
-                  std::to_string(spec.shape[0]) + "]" + why);
-      }
-      break;
-    }
-    case TensorRole::Vector: {
-      const TensorInfo& t = dir.tensor(spec.name);
-      check(is_float(t.dtype),
-            where(t) + " has dtype " + dtype_name(t.dtype) + ", expected BF16, F16 or F32");
-      check(t.shape == spec.shape, where(t) + " has shape " + t.shape_str() + ", expected " +
-                                       shape_to_string(spec.shape) + why);
-      break;
-    }
-    case TensorRole::TokenMap: {
-      const TensorInfo& t = dir.tensor(spec.name);
-      check(t.dtype == DType::I32 && t.shape == spec.shape,
-            where(t) + " is " + dtype_name(t.dtype) + " " + t.shape_str() + ", expected I32 " +
-                shape_to_string(spec.shape) + " (text_config.vocab_size)");
-      break;
-    }
-  }
 }
 
 fs::path normalized(const std::string& dir) {
@@ -97,16 +58,16 @@ Checkpoint::Checkpoint(const std::string& dir) {
   config_ = parse_config(nlohmann::json::parse(config_json_.dump()),
                          fs::exists(gen) ? read_json_file(gen) : nlohmann::json(), cfg);
   dir_ = std::make_unique<ModelDir>(dir);
-  const std::string embed = names::weight(names::text("model.embed_tokens"));
-  check(dir_->has(embed), dir + ": no tensor '" + embed +
-                              "' (not a Gemma 3 checkpoint in MLX layout, or an incomplete one?)");
   layout_ = detect_layout(*dir_);
   if (layout_.token_map && config_.compact_vocab == 0)
-    config_.compact_vocab = dir_->tensor(embed).shape.at(0);  // SPEC §2: fall back to the rows
+    config_.compact_vocab = layout_.embed_rows;  // SPEC §2: fall back to the rows
   table_ = tensor_table(config_, layout_);
+  const std::string embed = names::weight(find_spec(table_, &TextWeights::embed)->name);
+  check(dir_->has(embed), dir + ": no tensor '" + embed +
+                              "' (not a Gemma 3 checkpoint in MLX layout, or an incomplete one?)");
   std::set<std::string> covered;
   for (size_t i = 0; i < table_.size(); ++i) {
-    check_spec(*dir_, config_, table_[i]);
+    check_tensor(*dir_, table_[i], config_.quant);
     spec_index_[table_[i].name] = i;
     for (const auto& n : stored(table_[i])) covered.insert(n);
   }
@@ -134,7 +95,7 @@ std::vector<std::string> Checkpoint::stored(const TensorSpec& spec) const {
 }
 
 DType Checkpoint::scale_dtype() const {
-  return dir_->tensor(names::scales(names::text("model.embed_tokens"))).dtype;
+  return dir_->tensor(names::scales(find_spec(table_, &TextWeights::embed)->name)).dtype;
 }
 
 uint64_t Checkpoint::file_bytes() const {

@@ -100,12 +100,10 @@ ModelProfile profile_model(const Checkpoint& in, const std::vector<std::string>&
 
   // The stored tensors of each layer, whose pages are dropped once the layer has run.
   std::vector<std::vector<const TensorInfo*>> layer_tensors(n_layers);
-  for (const TensorSpec& spec : in.table()) {
-    int layer;
-    std::string rest;
-    if (!names::parse_text_layer(spec.name, &layer, &rest)) continue;
-    for (const auto& n : in.stored(spec)) layer_tensors[layer].push_back(&in.dir().tensor(n));
-  }
+  for (const TensorSpec& spec : in.table())
+    if (!spec.vision && spec.layer >= 0)
+      for (const auto& n : in.stored(spec))
+        layer_tensors[spec.layer].push_back(&in.dir().tensor(n));
 
   std::vector<std::vector<double>> sums(n_layers);
   for (int l = 0; l < n_layers; ++l) sums[l].assign(c.text.layer_d_ff[l], 0.0);

@@ -257,6 +257,11 @@ OutputPlan base_plan(const Checkpoint& in, nlohmann::ordered_json config) {
   return p;
 }
 
+// The shard of the input tensor that an output entry of the same name comes from.
+std::string source_of(const Checkpoint& in, const TensorSpec& out_spec) {
+  return source_file(in, in.stored(in.spec(out_spec.name)).front());
+}
+
 // What an output config describes: its table and the model config.
 struct OutModel {
   ModelConfig config;
@@ -279,13 +284,9 @@ OutputPlan plan_vocab(const Checkpoint& in, const PruneOptions& o, std::string* 
   // An input that is already pruned: rows come through its token_map, and ids it pruned stay so.
   std::vector<int32_t> old_map;
   if (L.token_map) {
-    const TensorInfo& t = in.dir().tensor(names::text("model.embed_tokens.token_map"));
+    const int32_t* map = load_token_map(in.dir(), *find_spec(in.table(), &TextWeights::token_map));
     old_map.resize(c.text.n_vocab);
-    std::memcpy(old_map.data(), t.data, old_map.size() * 4);
-    for (int32_t r : old_map)
-      check(r >= 0 && r < c.compact_vocab, in.path() + ": token_map holds row " +
-                                               std::to_string(r) +
-                                               ", outside the compact vocabulary");
+    std::memcpy(old_map.data(), map, old_map.size() * 4);  // the data may be unaligned
   }
   auto token_map = std::make_shared<std::vector<int32_t>>(c.text.n_vocab, 0);
   std::vector<int64_t> rows = {-1}, ids = {-1};  // per compact row: embedding row, original id
@@ -304,19 +305,17 @@ OutputPlan plan_vocab(const Checkpoint& in, const PruneOptions& o, std::string* 
   if (head) out_layout.head_rows = compact;
   OutputPlan p = base_plan(in, vocab_config(in.config_json(), compact));
   const OutModel m = out_model(in, p.config, out_layout);
-  const std::string embed = names::text("model.embed_tokens"), lm_head = names::text("lm_head");
-  const std::string map_name = names::text("model.embed_tokens.token_map");
-  const std::string file = source_file(in, names::weight(embed));
+  const TensorSpec& embed = *find_spec(in.table(), &TextWeights::embed);
+  const std::string file = source_of(in, embed);
   p.groups = build_groups(in, m.table, [&](const TensorSpec& s, OutGroup* g) {
-    if (s.name == embed) {
-      *g = gather_rows(in, in.spec(embed), rows, embed, file);
-    } else if (s.name == map_name) {
-      *g = int32_tensor(token_map, map_name, file);
-    } else if (s.name == lm_head && head) {
+    if (s.is(&TextWeights::embed)) {
+      *g = gather_rows(in, embed, rows, s.name, file);
+    } else if (s.is(&TextWeights::token_map)) {
+      *g = int32_tensor(token_map, s.name, file);
+    } else if (s.is(&TextWeights::lm_head) && head) {
       // A full head is indexed by original id, a compact one like the embedding.
       const bool full = !(L.token_map && L.head_rows == c.compact_vocab);
-      *g = gather_rows(in, in.spec(lm_head), full ? ids : rows, lm_head,
-                       source_file(in, names::weight(lm_head)));
+      *g = gather_rows(in, in.spec(s.name), full ? ids : rows, s.name, source_of(in, s));
     } else {
       return false;
     }
@@ -344,18 +343,12 @@ OutputPlan plan_fc2(const Checkpoint& in, std::string* changes) {
   out_layout.fc2_quantized = true;
   OutputPlan p = base_plan(in, fc2_config(in.config_json(), nd));
   const OutModel m = out_model(in, p.config, out_layout);
-  std::set<std::string> fc1, fc2;
-  for (int l = 0; l < c.vision.n_layers; ++l) {
-    fc1.insert(names::vision_layer(l, "mlp.fc1"));
-    fc2.insert(names::vision_layer(l, "mlp.fc2"));
-  }
   p.groups = build_groups(in, m.table, [&](const TensorSpec& s, OutGroup* g) {
-    if (fc1.count(s.name)) {
-      *g = gather_rows(in, in.spec(s.name), iota_rows(d, nd), s.name,
-                       source_file(in, names::weight(s.name)));
-    } else if (fc2.count(s.name)) {
-      *g = gather_columns_quantized(in, in.spec(s.name), iota_rows(d, nd), s.name,
-                                    source_file(in, names::weight(s.name)));
+    if (s.is(&VisionLayer::fc1)) {
+      *g = gather_rows(in, in.spec(s.name), iota_rows(d, nd), s.name, source_of(in, s));
+    } else if (s.is(&VisionLayer::fc2)) {
+      *g =
+          gather_columns_quantized(in, in.spec(s.name), iota_rows(d, nd), s.name, source_of(in, s));
     } else {
       return false;
     }
@@ -379,10 +372,8 @@ OutputPlan plan_layers(const Checkpoint& in, const PruneOptions& o, std::string*
   p.groups = build_groups(
       in, m.table,
       [&](const TensorSpec& s, OutGroup* g) {
-        int layer;
-        std::string rest;
-        if (!names::parse_text_layer(s.name, &layer, &rest)) return false;
-        const TensorSpec& src = in.spec(names::text_layer(kept[layer], rest));
+        if (s.vision || s.layer < 0) return false;
+        const TensorSpec& src = *find_spec(in.table(), s.field, kept[s.layer]);
         *g = copy_spec(in, src, s.name, source_file(in, in.stored(src).front()));
         return true;
       },
@@ -421,18 +412,18 @@ OutputPlan plan_resolution(const Checkpoint& in, const PruneOptions& o, std::str
     }
   }
   const OutModel m = out_model(in, p.config, in.layout());
-  const std::string pos = names::vision("embeddings.position_embedding");
+  const TensorSpec& spec = *find_spec(in.table(), &VisionWeights::position_embed);
+  const std::string& pos = spec.name;
   const int side = c.vision.patches_per_side(), new_side = r.image_size / c.vision.patch_size;
   if (new_side != side) {
     // The grid is small (4096 x 1152 for the 4B model): dequantize it whole, resize, re-quantize.
-    const TensorSpec& spec = in.spec(pos);
     const Weight w = in.linear(spec);
     std::vector<float> grid(static_cast<size_t>(w.out) * w.in);
     for (int64_t rr = 0; rr < w.out; ++rr) weight_row(w, rr, grid.data() + rr * w.in);
     auto resized = std::make_shared<std::vector<float>>(
         resize_grid_bilinear(grid.data(), side, new_side, w.in));
     const int64_t rows = static_cast<int64_t>(new_side) * new_side;
-    const std::string file = source_file(in, names::weight(pos));
+    const std::string file = source_of(in, spec);
     OutGroup resized_group;
     if (w.quantized) {
       resized_group = quantized_from_floats(resized, rows, w.in, c.quant, w.scale_dtype, pos, file);
@@ -447,7 +438,7 @@ OutputPlan plan_resolution(const Checkpoint& in, const PruneOptions& o, std::str
       };
     }
     p.groups = build_groups(in, m.table, [&](const TensorSpec& s, OutGroup* g) {
-      if (s.name != pos) return false;
+      if (!s.is(&VisionWeights::position_embed)) return false;
       *g = resized_group;
       return true;
     });
@@ -478,16 +469,14 @@ OutputPlan plan_neurons(const Checkpoint& in, const PruneOptions& o, std::string
   OutputPlan p = base_plan(in, neurons_config(in.config_json(), widths));
   const OutModel m = out_model(in, p.config, in.layout());
   p.groups = build_groups(in, m.table, [&](const TensorSpec& s, OutGroup* g) {
-    int layer;
-    std::string rest;
-    if (!names::parse_text_layer(s.name, &layer, &rest) || kept[layer].empty() ||
-        widths[layer] == c.text.layer_d_ff[layer])
+    if (s.vision || s.layer < 0 || kept[s.layer].empty() ||
+        widths[s.layer] == c.text.layer_d_ff[s.layer])
       return false;
-    const bool rows = rest == "mlp.gate_proj" || rest == "mlp.up_proj";
-    if (!rows && rest != "mlp.down_proj") return false;
-    const std::string file = source_file(in, names::weight(s.name));
-    *g = rows ? gather_rows(in, in.spec(s.name), kept[layer], s.name, file)
-              : gather_columns_quantized(in, in.spec(s.name), kept[layer], s.name, file);
+    const bool rows = s.is(&TextLayer::gate_proj) || s.is(&TextLayer::up_proj);
+    if (!rows && !s.is(&TextLayer::down_proj)) return false;
+    const std::string file = source_of(in, s);
+    *g = rows ? gather_rows(in, in.spec(s.name), kept[s.layer], s.name, file)
+              : gather_columns_quantized(in, in.spec(s.name), kept[s.layer], s.name, file);
     return true;
   });
   int changed = 0;
@@ -512,11 +501,11 @@ OutputPlan plan_split(const Checkpoint& in, std::string* changes) {
   uint64_t text = 0, vision = 0;
   for (auto& g : p.groups) {
     const bool v = names::is_vision(g.entries.front().name);
-    g.file = v ? "vision_model.safetensors" : "language_model.safetensors";
+    g.file = names::split_file(v);
     (v ? vision : text) += g.bytes();
   }
-  *changes = "language_model.safetensors " + human_bytes(text) + " + vision_model.safetensors " +
-             human_bytes(vision);
+  *changes = names::split_file(false) + " " + human_bytes(text) + " + " + names::split_file(true) +
+             " " + human_bytes(vision);
   return p;
 }
 

@@ -25,9 +25,7 @@ Engine::Engine(const std::string& path, const EngineOptions& options)
   config_ = parse_config(dir_.config(), dir_.optional_json("generation_config.json"),
                          path + "/config.json");
   layout_ = detect_layout(dir_);
-  if (layout_.token_map && config_.compact_vocab == 0)
-    config_.compact_vocab =
-        dir_.tensor(names::weight(names::text("model.embed_tokens"))).shape.at(0);
+  if (layout_.token_map && config_.compact_vocab == 0) config_.compact_vocab = layout_.embed_rows;
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(path));
   text_ = std::make_unique<TextModel>(config_, load_text_weights(dir_, config_, layout_),
                                       options.activations());
