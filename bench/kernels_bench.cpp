@@ -12,7 +12,9 @@
 #include "base/sys.h"
 #include "base/thread_pool.h"
 #include "hwy/targets.h"
+#include "kernels/cpu/bandwidth.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/linear_q8.h"
 #include "kernels/ops.h"
 #include "tensor/dtype.h"
 #include "tensor/weight.h"
@@ -67,12 +69,12 @@ std::vector<float> activations(int64_t n) {
 // streaming kernel can hope for.
 void BM_MemoryBandwidth(benchmark::State& state) {
   double gbs = 0;
-  for (auto _ : state) gbs = ops::read_bandwidth_gbs(size_t{1} << 30, 1);
+  for (auto _ : state) gbs = cpu::read_bandwidth_gbs(size_t{1} << 30, 1);
   state.counters["GB/s"] = gbs;
 }
 BENCHMARK(BM_MemoryBandwidth)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-// One token through a quantized linear (q8: ops::linear_q8, int8 activations). Unless hot, copies
+// One token through a quantized linear (q8: cpu::linear_q8, int8 activations). Unless hot, copies
 // of the weight are cycled until they exceed any cache (256 MB), as in a real decode step where
 // each layer's weights come from DRAM.
 void BM_LinearDecode(benchmark::State& state) {
@@ -87,9 +89,9 @@ void BM_LinearDecode(benchmark::State& state) {
   size_t c = 0;
   for (auto _ : state) {
     if (q8) {
-      ops::linear_q8(ws[c].w, x.data(), 1, y.data());
+      cpu::linear_q8(ws[c].w, x.data(), 1, y.data());
     } else {
-      ops::linear(ws[c].w, x.data(), 1, y.data());
+      ops::linear_many({{&ws[c].w, y.data()}}, x.data(), 1, ops::Activations::kF32);
     }
     c = (c + 1) % copies;
     benchmark::DoNotOptimize(y.data());
@@ -122,7 +124,7 @@ void BM_LinearBatch(benchmark::State& state) {
   const std::vector<float> x = activations(n * in);
   std::vector<float> y(n * out);
   for (auto _ : state) {
-    ops::linear(w, x.data(), n, y.data());
+    ops::linear_many({{&w, y.data()}}, x.data(), n, ops::Activations::kF32);
     benchmark::DoNotOptimize(y.data());
   }
   set_flops(state, 2.0 * n * in * out);
@@ -137,8 +139,8 @@ BENCHMARK(BM_LinearBatch)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
-// Prefill through a quantized linear: the f32 path (q8 = 0, ops::linear, as BM_LinearBatch) next
-// to the int8-activation path (q8 = 1, ops::linear_q8), same weights and rows.
+// Prefill through a quantized linear: the f32 path (q8 = 0, f32 activations, as BM_LinearBatch)
+// next to the int8-activation path (q8 = 1, cpu::linear_q8), same weights and rows.
 void BM_LinearPrefillQ8(benchmark::State& state) {
   const int64_t n = state.range(0), in = state.range(1), out = state.range(2);
   const bool q8 = state.range(3) != 0;
@@ -147,9 +149,9 @@ void BM_LinearPrefillQ8(benchmark::State& state) {
   std::vector<float> y(n * out);
   for (auto _ : state) {
     if (q8) {
-      ops::linear_q8(qw.w, x.data(), n, y.data());
+      cpu::linear_q8(qw.w, x.data(), n, y.data());
     } else {
-      ops::linear(qw.w, x.data(), n, y.data());
+      ops::linear_many({{&qw.w, y.data()}}, x.data(), n, ops::Activations::kF32);
     }
     benchmark::DoNotOptimize(y.data());
   }
@@ -271,7 +273,7 @@ void BM_LinearQ8Target(benchmark::State& state) {
   hwy::SetSupportedTargetsForTest(target);
   size_t c = 0;
   for (auto _ : state) {
-    ops::linear_q8(ws[c].w, x.data(), n, y.data());
+    cpu::linear_q8(ws[c].w, x.data(), n, y.data());
     c = (c + 1) % copies;
     benchmark::DoNotOptimize(y.data());
   }

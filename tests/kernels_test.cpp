@@ -15,6 +15,7 @@
 #include "base/thread_pool.h"
 #include "hwy/targets.h"
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/linear_q8.h"
 #include "kernels/cpu/q8_arm.h"
 #include "kernels/ops.h"
 #include "kernels/ref/ref.h"
@@ -138,7 +139,8 @@ TestWeight make_float(int64_t out, int64_t in, DType dtype, int offset, std::mt1
   return t;
 }
 
-// ops::linear against ref::linear: |y - ref| <= tol * (1 + sum_i |x_i w_i|).
+// ops::linear_many with f32 activations against ref::linear: |y - ref| <= tol * (1 + sum_i |x_i
+// w_i|).
 void check_linear(const Weight& w, int64_t n, bool with_bias, int offset, std::mt19937& rng,
                   double tol = 1e-5) {
   SCOPED_TRACE("out=" + std::to_string(w.out) + " in=" + std::to_string(w.in) +
@@ -153,7 +155,7 @@ void check_linear(const Weight& w, int64_t n, bool with_bias, int offset, std::m
   std::vector<float> expect(n * w.out);
   ref::linear(w, x.p, n, expect.data(), b);
   std::fill(y.p, y.p + n * w.out, std::nanf(""));
-  ops::linear(w, x.p, n, y.p, b);
+  ops::linear_many({{&w, y.p, b}}, x.p, n, ops::Activations::kF32);
   std::vector<float> row(w.in);
   int failures = 0;
   for (int64_t o = 0; o < w.out && failures < 5; ++o) {
@@ -222,8 +224,8 @@ TEST(RefLinear, MatchesHandDequantization) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(y[i], expect[i]) << i;
   for_each_target([&] {
     float z[4] = {0, 0, 0, 0}, z1[2];
-    ops::linear(w, x.data(), 2, z, nullptr);
-    ops::linear(w, x.data() + 128, 1, z1, nullptr);
+    ops::linear_many({{&w, z}}, x.data(), 2, ops::Activations::kF32);
+    ops::linear_many({{&w, z1}}, x.data() + 128, 1, ops::Activations::kF32);
     for (int i = 0; i < 4; ++i) EXPECT_EQ(z[i], expect[i]) << i;
     EXPECT_EQ(z1[0], expect[2]);
     EXPECT_EQ(z1[1], expect[3]);
@@ -288,7 +290,7 @@ TEST(Linear, ModelShapesAndThreadCounts) {
   }
 }
 
-// ops::linear_q8 (one row) against ref::linear: the int8 rounding of x moves each product
+// cpu::linear_q8 (one row) against ref::linear: the int8 rounding of x moves each product
 // q_k * s_g * x_k by at most |q_k * s_g| * dx_g / 2, dx_g = max|x_g| / 127.
 void check_linear_q8(const Weight& w, const std::vector<float>& xv, const float* bias, int offset,
                      double extra_tol) {
@@ -299,7 +301,7 @@ void check_linear_q8(const Weight& w, const std::vector<float>& xv, const float*
   std::vector<float> expect(w.out);
   ref::linear(w, x.p, 1, expect.data(), bias);
   std::fill(y.p, y.p + w.out, std::nanf(""));
-  ops::linear_q8(w, x.p, 1, y.p, bias);
+  cpu::linear_q8(w, x.p, 1, y.p, bias);
   const int64_t gpr = w.groups_per_row();
   std::vector<float> row(w.in);
   int failures = 0;
@@ -366,7 +368,7 @@ TEST(LinearQ8, ExactWhenActivationsAreInt8) {
   });
 }
 
-// ops::linear_q8 over n rows against ref::linear, row by row with the bound of check_linear_q8.
+// cpu::linear_q8 over n rows against ref::linear, row by row with the bound of check_linear_q8.
 void check_linear_q8_batch(const Weight& w, int64_t n, const std::vector<float>& xv,
                            const float* bias, int offset, double extra_tol) {
   SCOPED_TRACE("n=" + std::to_string(n) + " out=" + std::to_string(w.out) +
@@ -376,7 +378,7 @@ void check_linear_q8_batch(const Weight& w, int64_t n, const std::vector<float>&
   std::vector<float> expect(n * w.out);
   ref::linear(w, x.p, n, expect.data(), bias);
   std::fill(y.p, y.p + n * w.out, std::nanf(""));
-  ops::linear_q8(w, x.p, n, y.p, bias);
+  cpu::linear_q8(w, x.p, n, y.p, bias);
   const int64_t gpr = w.groups_per_row();
   std::vector<float> row(w.in);
   int failures = 0;
@@ -493,9 +495,9 @@ TEST(LinearMany, SameValuesAsSeparateLinears) {
               std::vector<float> sep(got[j].size());
               const float* b = j == 0 ? bias.data() : nullptr;
               if (act == ops::Activations::kInt8) {
-                ops::linear_q8(ws[j]->w, x.data(), n, sep.data(), b);
+                cpu::linear_q8(ws[j]->w, x.data(), n, sep.data(), b);
               } else {
-                ops::linear(ws[j]->w, x.data(), n, sep.data(), b);
+                ops::linear_many({{&ws[j]->w, sep.data(), b}}, x.data(), n, ops::Activations::kF32);
               }
               EXPECT_EQ(got[j], sep)
                   << "output " << j << " n=" << n << " threads=" << threads

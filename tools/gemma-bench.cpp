@@ -18,6 +18,7 @@
 
 #include "base/error.h"
 #include "base/sys.h"
+#include "kernels/cpu/bandwidth.h"
 #include "kernels/ops.h"
 #include "runtime/engine.h"
 #include "tool_util.h"
@@ -162,7 +163,7 @@ json pp_tg_test(const Args& a) {
   const int ctx = a.depth + a.pp + a.tg + 8;
   // The machine's read bandwidth right before and right after each tg run (shared machines drift
   // within seconds); the roofline uses the higher of the two.
-  auto bandwidth = [] { return ops::read_bandwidth_gbs(size_t{512} << 20); };
+  auto bandwidth = [] { return cpu::read_bandwidth_gbs(size_t{512} << 20); };
   // Bytes a decode step reads: the weights, and the keys and values attended to (the average of
   // the first and the last step of the tg run).
   const double weight_bytes = static_cast<double>(engine.text().weight_bytes_per_token());

@@ -4,12 +4,6 @@
 
 namespace gp::ops {
 
-void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
-  cpu::linear(w, x, n, y, bias);
-}
-void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
-  cpu::linear_q8(w, x, n, y, bias);
-}
 void linear_many(std::span<const LinearOut> outs, const float* x, int64_t n, Activations act) {
   cpu::linear_many(outs, x, n, act);
 }
@@ -37,8 +31,6 @@ void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int hea
                AttentionMask mask, float scale, float* out) {
   cpu::attention(q, n_q, n_heads, n_kv_heads, head_dim, q_pos, q_group, kv, mask, scale, out);
 }
-
-double read_bandwidth_gbs(size_t bytes, int reps) { return cpu::read_bandwidth_gbs(bytes, reps); }
 
 const char* simd_target() { return cpu::target_name(); }
 

@@ -13,16 +13,10 @@
 
 namespace gp::ops {
 
-// y[t, o] = sum_i x[t, i] * W[o, i] (+ bias[o]).  x [n, w.in], y [n, w.out], bias [w.out] or null.
-void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias = nullptr);
-
-// As linear, but for a 4-bit group-64 weight each row of x is first quantized to int8 per group
-// of 64 (x ≈ dx_g * xq_g, |error| <= dx_g / 2 = max|x_g| / 254) and the products are exact
-// integer sums (the bias term uses the exact sum of x_g). Faster decode (n == 1) and prefill
-// (n > 1), slightly less precise; other weights run linear.
-void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias = nullptr);
-
-// How linear_many treats activations: kF32 runs linear (exact f32 products), kInt8 linear_q8.
+// How a linear treats its activations. kF32: exact f32 products. kInt8: for a 4-bit group-64
+// weight each row of x is first quantized to int8 per group of 64 (x ≈ dx_g * xq_g, |error| <=
+// dx_g / 2 = max|x_g| / 254) and the products are exact integer sums (the bias term uses the exact
+// sum of x_g): faster, slightly less precise; other weights run as kF32.
 enum class Activations { kF32, kInt8 };
 
 // One output of linear_many: y = x · wᵀ (+ bias).
@@ -32,9 +26,11 @@ struct LinearOut {
   const float* bias = nullptr;
 };
 
-// Several linears of the same input x [n, in] (every w has that `in`), e.g. q, k and v. With
-// int8 activations and one row, x is quantized once and the rows of all the weights share one
-// pass over the thread pool: decode reads the weights as one stream instead of several short ones.
+// The linear op: y[t, o] = sum_i x[t, i] * W[o, i] (+ bias[o]) for one or several weights of the
+// same input x [n, in] (every w has that `in`; each y [n, w.out], bias [w.out] or null), e.g. q, k
+// and v. With int8 activations and one row, x is quantized once and the rows of all the weights
+// share one pass over the thread pool: decode reads the weights as one stream instead of several
+// short ones.
 void linear_many(std::span<const LinearOut> outs, const float* x, int64_t n, Activations act);
 inline void linear_many(std::initializer_list<LinearOut> outs, const float* x, int64_t n,
                         Activations act) {
@@ -89,11 +85,6 @@ struct AttentionMask {
 void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int head_dim,
                const int32_t* q_pos, const int32_t* q_group, std::span<const KvSegment> kv,
                AttentionMask mask, float scale, float* out);
-
-// Read bandwidth of main memory in GB/s over all threads of the pool: the best of `reps` sums of a
-// buffer of `bytes` (far larger than any cache). The decode roofline is this over the weight
-// bytes read per token.
-double read_bandwidth_gbs(size_t bytes, int reps = 3);
 
 // The SIMD target the kernels run on this machine, as Highway names it (e.g. "AVX3_DL", "AVX2").
 const char* simd_target();

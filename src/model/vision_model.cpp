@@ -121,7 +121,8 @@ void VisionModel::encode(const float* pixels, float* out) const {
         std::memcpy(&patches[(pr * side + pc) * patch_len + h * p * 3],
                     pixels + ((pr * p + h) * size + pc * p) * 3, p * 3 * sizeof(float));
   std::vector<float> x(n * d), xn(n * d), tmp(n * d);  // [n_patches, d_model]
-  ops::linear(w_.patch_embed, patches.data(), n, x.data(), w_.patch_bias.data());
+  ops::linear_many({{&w_.patch_embed, x.data(), w_.patch_bias.data()}}, patches.data(), n,
+                   ops::Activations::kF32);
   for (int64_t t = 0; t < n; ++t) weight_row(w_.position_embed, t, &tmp[t * d]);
   ops::add(x.data(), tmp.data(), n * d);
   if (observer_) observer_(-1, x.data(), n);
@@ -163,7 +164,7 @@ void VisionModel::encode(const float* pixels, float* out) const {
   // Gemma3MultiModalProjector).
   ops::rms_norm(pooled.data(), w_.soft_emb_norm.data(), n_tok, d, c_.vision.layer_norm_eps,
                 pooled.data());
-  ops::linear(w_.projection, pooled.data(), n_tok, out);
+  ops::linear_many({{&w_.projection, out}}, pooled.data(), n_tok, ops::Activations::kF32);
 }
 
 }  // namespace gp

@@ -3,12 +3,13 @@
 // summed with full-width vector loads. On the 2-core EPYC this reads 15-40 % faster than each
 // thread summing its own half of the buffer with 8-byte loads (two distant streams, fewer cache
 // lines in flight), and at least as fast as the decode kernel streams its weights.
+#include "kernels/cpu/bandwidth.h"
+
 #include <algorithm>
 #include <vector>
 
 #include "base/sys.h"
 #include "base/thread_pool.h"
-#include "kernels/cpu/cpu.h"
 #include "kernels/cpu/parallel.h"
 
 #undef HWY_TARGET_INCLUDE

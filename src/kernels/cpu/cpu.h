@@ -1,4 +1,5 @@
-// SIMD twins of the ops in kernels/ops.h: Highway kernels compiled for every target of the
+// SIMD twins of the ops in kernels/ops.h (linear: the f32 path of ops::linear_many; the int8 path
+// is in linear_q8.h): Highway kernels compiled for every target of the
 // build (SSE4, AVX2, AVX-512, NEON, ...) and picked at run time, spread over ThreadPool::global().
 // Each one is tested against its scalar reference in kernels/ref.
 #pragma once
@@ -12,8 +13,6 @@
 namespace gp::cpu {
 
 void linear(const Weight& w, const float* x, int64_t n, float* y, const float* bias);
-// ops::linear_q8: activation rows quantized to int8 per group; otherwise as linear.
-void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias);
 void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n,
                  ops::Activations act);
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);
@@ -28,8 +27,6 @@ void add(float* x, const float* y, int64_t n);
 void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int head_dim,
                const int32_t* q_pos, const int32_t* q_group, std::span<const ops::KvSegment> kv,
                ops::AttentionMask mask, float scale, float* out);
-
-double read_bandwidth_gbs(size_t bytes, int reps);
 
 // Name of the SIMD target the dispatcher picks on this machine (e.g. "AVX2").
 const char* target_name();

@@ -7,6 +7,8 @@
 // of the same input in one pass over the pool; many rows (prefill) unpack blocks of weight rows
 // into u8 panels for the same multiply-adds, about twice the f32 GEMM's rate. Less precise than
 // linear by the int8 rounding of x.
+#include "kernels/cpu/linear_q8.h"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
