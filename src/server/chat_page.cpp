@@ -18,7 +18,9 @@ const char* chat_asset(const std::string& name) {
 // Query parameters for scripted use (the browser tests): ?prompt=TEXT&autosend=1 sends TEXT once
 // the page loads; seed, temperature and max_tokens preset the request; markdown=0 shows answers
 // as plain text; paste=1 pastes a small generated PNG into the message box first (through the
-// paste handler a user's paste takes); reload=1 reloads the page once the answer is in.
+// paste handler a user's paste takes); reload=1 reloads the page once the answer is in;
+// report=URL posts the page's HTML to URL when the scripted steps are done (after a reload, from
+// the reloaded page), so a test reads the finished page instead of guessing when it is finished.
 const std::string& chat_page() {
   static const std::string page = [] {
     std::string p = R"PAGE(<!DOCTYPE html>
@@ -493,9 +495,16 @@ async function main() {
     $("input").value = params.get("prompt");
     if (params.get("autosend") === "1") {
       await send();
-      if (params.get("reload") === "1") location.replace(location.pathname);
+      if (params.get("reload") === "1") {
+        const keep = params.has("report") ? "?report=" + encodeURIComponent(params.get("report")) : "";
+        location.replace(location.pathname + keep);
+        return;
+      }
     }
   }
+  if (params.has("report"))
+    fetch(params.get("report"), {method: "POST", mode: "no-cors",
+                                 body: document.documentElement.outerHTML}).catch(() => {});
 }
 main();
 </script>
