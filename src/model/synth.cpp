@@ -498,16 +498,11 @@ std::vector<SafeTensorsWriter::Entry> stored_entries(const TensorSpec& t, QuantF
   if (t.role == TensorRole::TokenMap) return {{t.name, DType::I32, t.shape}};
   if (t.role == TensorRole::Vector) return {{t.name, DType::BF16, t.shape}};
   const int64_t out = t.shape[0], in = t.shape[1];
-  const auto names = stored_names(t, t.quantized);
-  size_t i = 0;
-  if (t.quantized) {
-    e.push_back({names[i++], DType::U32, {out, in * fmt.bits / 32}});
-    e.push_back({names[i++], DType::BF16, {out, in / fmt.group_size}});
-    e.push_back({names[i++], DType::BF16, {out, in / fmt.group_size}});
-  } else {
-    e.push_back({names[i++], DType::BF16, {out, in}});
-  }
-  if (t.has_bias) e.push_back({names[i++], DType::BF16, {out}});
+  if (t.quantized)
+    e = quantized_entries(t.name, out, in, fmt, DType::BF16);
+  else
+    e.push_back({names::weight(t.name), DType::BF16, {out, in}});
+  if (t.has_bias) e.push_back({names::bias(t.name), DType::BF16, {out}});
   return e;
 }
 

@@ -63,11 +63,14 @@ TensorSpec entry(std::string name, TensorRole role, std::vector<int64_t> shape, 
   s.field = field;
   return s;
 }
-TensorSpec linear(std::string name, TensorField field, int64_t out, int64_t in, int layer = -1) {
+// Typed by role, so that an entry's field always has the type its loader writes.
+template <class Owner>
+TensorSpec linear(std::string name, Weight Owner::*field, int64_t out, int64_t in, int layer = -1) {
   return entry(std::move(name), TensorRole::Linear, {out, in}, field, layer);
 }
-TensorSpec vec(std::string name, TensorField field, VectorUse use, std::vector<int64_t> shape,
-               int layer = -1) {
+template <class Owner>
+TensorSpec vec(std::string name, std::vector<float> Owner::*field, VectorUse use,
+               std::vector<int64_t> shape, int layer = -1) {
   TensorSpec s = entry(std::move(name), TensorRole::Vector, std::move(shape), field, layer);
   s.use = use;
   return s;
@@ -198,6 +201,15 @@ TableLayout detect_layout(const ModelDir& dir) {
   return l;
 }
 
+std::vector<SafeTensorsWriter::Entry> quantized_entries(const std::string& name, int64_t out,
+                                                        int64_t in, QuantFormat fmt,
+                                                        DType scale_dtype) {
+  const int64_t groups = in / fmt.group_size;
+  return {{names::weight(name), DType::U32, {out, in * fmt.bits / 32}},
+          {names::scales(name), scale_dtype, {out, groups}},
+          {names::biases(name), scale_dtype, {out, groups}}};
+}
+
 std::vector<std::string> stored_names(const TensorSpec& spec, bool quantized) {
   if (spec.role != TensorRole::Linear) return {spec.name};
   std::vector<std::string> n = {names::weight(spec.name)};
@@ -276,12 +288,13 @@ Weight load_linear(const ModelDir& dir, const TensorSpec& spec, QuantFormat fmt)
     check(in % fmt.group_size == 0,
           dir.path() + ": tensor '" + spec.name + "' has " + std::to_string(in) +
               " input columns, not a multiple of group_size " + std::to_string(fmt.group_size));
-    expect_shape(dir, wt, {out, in * fmt.bits / 32});
-    const TensorInfo& s = dir.tensor(names::scales(spec.name));
-    const TensorInfo& b = dir.tensor(names::biases(spec.name));
+    const auto expected = quantized_entries(spec.name, out, in, fmt, DType::BF16);
+    expect_shape(dir, wt, expected[0].shape);
+    const TensorInfo& s = dir.tensor(expected[1].name);
+    const TensorInfo& b = dir.tensor(expected[2].name);
     expect_float(dir, s);
-    expect_shape(dir, s, {out, in / fmt.group_size});
-    expect_shape(dir, b, {out, in / fmt.group_size});
+    expect_shape(dir, s, expected[1].shape);
+    expect_shape(dir, b, expected[2].shape);
     check(b.dtype == s.dtype, dir.path() + ": tensor '" + b.name + "' has dtype " +
                                   dtype_name(b.dtype) + ", expected " + dtype_name(s.dtype) +
                                   " like its scales");

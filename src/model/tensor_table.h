@@ -127,5 +127,11 @@ void load_tensor(const ModelDir& dir, const TensorSpec& spec, QuantFormat fmt, T
                  VisionWeights* vision);
 // The storage tensor names of a spec (weight/scales/biases/bias for linears), as present in `dir`.
 std::vector<std::string> stored_names(const TensorSpec& spec, bool quantized);
+// The stored tensors of an MLX-quantized linear NAME with logical shape [out, in] (SPEC §2):
+// NAME.weight U32 [out, in*bits/32], NAME.scales and NAME.biases [out, in/group_size] in
+// `scale_dtype`.
+std::vector<SafeTensorsWriter::Entry> quantized_entries(const std::string& name, int64_t out,
+                                                        int64_t in, QuantFormat fmt,
+                                                        DType scale_dtype);
 
 }  // namespace gp

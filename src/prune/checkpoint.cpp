@@ -327,9 +327,7 @@ OutGroup gather_columns_quantized(const Checkpoint& in, const TensorSpec& spec,
   const int64_t groups = n_cols / gs, words = n_cols * fmt.bits / 32;
   OutGroup g;
   g.file = file;
-  g.entries.push_back({names::weight(out_name), DType::U32, {w.out, words}});
-  g.entries.push_back({names::scales(out_name), sd, {w.out, groups}});
-  g.entries.push_back({names::biases(out_name), sd, {w.out, groups}});
+  g.entries = quantized_entries(out_name, w.out, n_cols, fmt, sd);
   std::string bias_name;
   if (spec.has_bias) {
     bias_name = names::bias(spec.name);
@@ -405,12 +403,9 @@ OutGroup quantized_from_floats(std::shared_ptr<const std::vector<float>> values,
   check(in % fmt.group_size == 0, out_name + ": " + std::to_string(in) +
                                       " columns are not a multiple of the group size " +
                                       std::to_string(fmt.group_size));
-  const int64_t groups = in / fmt.group_size;
   OutGroup g;
   g.file = file;
-  g.entries.push_back({names::weight(out_name), DType::U32, {rows, in * fmt.bits / 32}});
-  g.entries.push_back({names::scales(out_name), scale_dtype, {rows, groups}});
-  g.entries.push_back({names::biases(out_name), scale_dtype, {rows, groups}});
+  g.entries = quantized_entries(out_name, rows, in, fmt, scale_dtype);
   g.write = [values, rows, in, fmt, scale_dtype](TensorSink& s) {
     const QuantizedRows qr = quantize_rows(values->data(), rows, in, fmt, scale_dtype);
     s.write(qr.q.data(), qr.q.size() * 4);
