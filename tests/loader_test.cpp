@@ -12,6 +12,7 @@
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/model_files.h"
 #include "model/tensor_table.h"
 #include "model/text_model.h"
 #include "test_util.h"
@@ -143,11 +144,9 @@ TEST(SafeTensors, TruncatedFixtureIsDetected) {
 }
 
 struct Loaded {
-  ModelDir dir;
-  ModelConfig config;
-  explicit Loaded(const std::string& path)
-      : dir(path), config(parse_config(dir.config(), nullptr, path + "/config.json")) {}
-  TextWeights load() { return load_text_weights(dir, config, detect_layout(dir)); }
+  ModelFiles files;
+  explicit Loaded(const std::string& path) : files(path) {}
+  TextWeights load() { return load_text_weights(files.dir(), files.config(), files.layout()); }
 };
 
 // A copy of a fixture whose config.json is edited by `edit`.
@@ -155,7 +154,7 @@ std::string edited_copy(const std::string& fixture,
                         const std::function<void(nlohmann::json&)>& edit) {
   const std::string dir = test::temp_dir("cfg");
   fs::copy(test::data_path(fixture), dir, fs::copy_options::recursive);
-  auto j = read_json_file(dir + "/config.json");
+  nlohmann::json j = read_json_file(dir + "/config.json");
   edit(j);
   test::write_text(dir + "/config.json", j.dump(2));
   return dir;
@@ -265,6 +264,19 @@ TEST(Loader, GenerationConfigEosWins) {
   EXPECT_EQ(parse_config(cfg, gen, "c").eos_tokens, (std::vector<int32_t>{1, 106, 7}));
 }
 
+// Sampling defaults: generation_config.json's numbers, Gemma 3's published settings for the rest.
+TEST(Loader, GenerationConfigSamplingDefaults) {
+  const ModelConfig plain = parse_config(nlohmann::json::object(), nullptr, "c");
+  EXPECT_EQ(plain.sampling.temperature, 1.0f);
+  EXPECT_EQ(plain.sampling.top_k, 64);
+  EXPECT_EQ(plain.sampling.top_p, 0.95f);
+  const ModelConfig c = parse_config(nlohmann::json::object(),
+                                     {{"temperature", 0.5}, {"top_k", 7}, {"top_p", "x"}}, "c");
+  EXPECT_EQ(c.sampling.temperature, 0.5f);
+  EXPECT_EQ(c.sampling.top_k, 7);
+  EXPECT_EQ(c.sampling.top_p, 0.95f);
+}
+
 TEST(Loader, BadConfigValuesAreNamed) {
   EXPECT_THAT(error_of([] {
                 parse_config({{"model_type", "llama"}}, nullptr, "c.json");
@@ -294,8 +306,11 @@ TEST(Loader, BadConfigValuesAreNamed) {
 
 TEST(Loader, NotACheckpointDirectory) {
   const std::string dir = test::temp_dir("empty");
-  EXPECT_THAT(error_of([&] { ModelDir d(dir); }), HasSubstr("config.json: missing"));
-  EXPECT_THAT(error_of([&] { ModelDir d(dir + "/nope"); }), HasSubstr("not a directory"));
+  EXPECT_THAT(error_of([&] { ModelFiles f(dir); }), HasSubstr("config.json: missing"));
+  EXPECT_THAT(error_of([&] { ModelFiles f(dir + "/nope"); }), HasSubstr("not a directory"));
+  // The config is read before the shards: another model's directory is named by its model_type.
+  test::write_text(dir + "/config.json", "{\"model_type\": \"llama\"}");
+  EXPECT_THAT(error_of([&] { ModelFiles f(dir); }), HasSubstr("model_type is 'llama'"));
 }
 
 }  // namespace

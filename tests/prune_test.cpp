@@ -21,6 +21,7 @@
 #include "io/sp_model_proto.h"
 #include "io/tokenizer.h"
 #include "model/config.h"
+#include "model/model_files.h"
 #include "model/synth.h"
 #include "model/tensor_table.h"
 #include "model/text_model.h"
@@ -47,17 +48,14 @@ using prune::Step;
 // A checkpoint loaded for inference, with exact f32 activations: the identities and bounds below
 // are about the weights, not the int8 rounding of the fast path.
 struct Model {
-  std::unique_ptr<ModelDir> dir;
-  ModelConfig c;
-  TableLayout layout;
+  ModelFiles files;
+  const ModelConfig& c = files.config();
   std::unique_ptr<TextModel> text;
 
-  explicit Model(const std::string& path) : dir(std::make_unique<ModelDir>(path)) {
-    c = parse_config(dir->config(), dir->optional_json("generation_config.json"), path);
-    layout = detect_layout(*dir);
-    text =
-        std::make_unique<TextModel>(c, load_text_weights(*dir, c, layout), ops::Activations::kF32);
-  }
+  explicit Model(const std::string& path)
+      : files(path),
+        text(std::make_unique<TextModel>(c, load_text_weights(files.dir(), c, files.layout()),
+                                         ops::Activations::kF32)) {}
   std::vector<float> logits(const std::vector<int32_t>& ids) { return run(*text, c, ids); }
   static std::vector<float> run(const TextModel& m, const ModelConfig& c,
                                 const std::vector<int32_t>& ids) {
@@ -70,8 +68,9 @@ struct Model {
   }
   // Projected embeddings of the fixture image, resized to this checkpoint's resolution.
   std::vector<float> image_embeddings(VisionWeights* replace = nullptr) {
-    VisionModel vm(c, replace ? std::move(*replace) : load_vision_weights(*dir, c, layout),
-                   ops::Activations::kF32);
+    VisionModel vm(
+        c, replace ? std::move(*replace) : load_vision_weights(files.dir(), c, files.layout()),
+        ops::Activations::kF32);
     const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
     const Image img = load_image(test::data_path("tiny-original/ref/image.png"));
     const auto pixels = preprocess_image(img, c.vision.image_size, mean, std_);
@@ -281,7 +280,7 @@ TEST(Vocab, PrunedHeadGivesEqualLogitsOnKeptIdsAndMinusInfOnPruned) {
   PruneOptions o;
   o.prune_lm_head = true;
   Model a(v.dir), b(run_one(Step::Vocab, v.dir, o, "-head"));
-  ASSERT_EQ(b.layout.head_rows, static_cast<int64_t>(v.expected.size()) + 1);
+  ASSERT_EQ(b.files.layout().head_rows, static_cast<int64_t>(v.expected.size()) + 1);
   const int64_t V = a.c.text.n_vocab;
   const auto ids = kept_sequence(v.expected, 24, 5);
   const auto la = a.logits(ids), lb = b.logits(ids);
@@ -295,8 +294,8 @@ TEST(Vocab, PrunedHeadGivesEqualLogitsOnKeptIdsAndMinusInfOnPruned) {
         EXPECT_TRUE(std::isinf(y) && y < 0) << "pruned id " << id;
     }
   EXPECT_EQ(max_diff, 0.0);
-  EXPECT_LT(b.dir->tensor(names::weight(names::text("lm_head"))).nbytes,
-            a.dir->tensor(names::weight(names::text("lm_head"))).nbytes);
+  EXPECT_LT(b.files.dir().tensor(names::weight(names::text("lm_head"))).nbytes,
+            a.files.dir().tensor(names::weight(names::text("lm_head"))).nbytes);
 }
 
 TEST(Vocab, TiedHeadFollowsTheCompactEmbedding) {
@@ -314,7 +313,7 @@ TEST(Vocab, TiedHeadFollowsTheCompactEmbedding) {
     prune::write_checkpoint(in, plan, tied, {});
   }
   Model a(tied), b(run_one(Step::Vocab, tied));
-  ASSERT_FALSE(b.layout.lm_head);
+  ASSERT_FALSE(b.files.layout().lm_head);
   const int64_t V = a.c.text.n_vocab;
   const auto ids = kept_sequence(v.expected, 24, 9);
   const auto la = a.logits(ids), lb = b.logits(ids);
@@ -474,9 +473,9 @@ TEST(Fc2, VisionEmbeddingsChangeOnlyByFc2QuantizationError) {
   const auto ea = a.image_embeddings(), eb = b.image_embeddings();
   // The input model with fc2 replaced by the dequantized 4-bit fc2 (its 200 real columns) computes
   // the same function as the output: all of the difference is fc2's quantization.
-  VisionWeights w = load_vision_weights(*a.dir, a.c, a.layout);
+  VisionWeights w = load_vision_weights(a.files.dir(), a.c, a.files.layout());
   std::vector<std::vector<float>> fc2(w.layers.size());
-  Checkpoint pb(b.dir->path());
+  Checkpoint pb(b.files.path());
   for (size_t l = 0; l < w.layers.size(); ++l) {
     const Weight q = pb.linear(pb.spec(names::vision_layer(static_cast<int>(l), "mlp.fc2")));
     const auto full = dequantize(q);
@@ -510,13 +509,13 @@ TEST(Layers, EqualToRunningTheInputWithThoseLayersSkipped) {
   Model in(original()), pruned(run_one(Step::Layers, original(), o));
   ASSERT_EQ(pruned.c.text.n_layers, 5);
   EXPECT_EQ(pruned.c.text.is_global, (std::vector<bool>{false, false, false, true, false}));
-  const auto types = Checkpoint(pruned.dir->path()).config_json()["text_config"]["layer_types"];
+  const auto types = Checkpoint(pruned.files.path()).config_json()["text_config"]["layer_types"];
   EXPECT_EQ(types, nlohmann::ordered_json::parse(R"(["sliding_attention", "sliding_attention",
       "sliding_attention", "full_attention", "sliding_attention"])"));
 
   // The reference: the input's own weights with layers 2 and 4 left out.
   ModelConfig c = in.c;
-  TextWeights w = load_text_weights(*in.dir, in.c, in.layout);
+  TextWeights w = load_text_weights(in.files.dir(), in.c, in.files.layout());
   w.layers.erase(w.layers.begin() + 4);
   w.layers.erase(w.layers.begin() + 2);
   c.text.n_layers = 5;
@@ -588,7 +587,7 @@ TEST(Resolution, StepResizesPositionEmbeddingsAndConfigs) {
   Checkpoint in(original()), p(out);
   EXPECT_EQ(p.config().vision.image_size, 168);
   EXPECT_EQ(p.config().mm_tokens_per_image, 9);
-  const auto pre = prune::read_ordered_json(out + "/preprocessor_config.json");
+  const auto pre = read_json_file(out + "/preprocessor_config.json");
   EXPECT_EQ(pre["size"]["height"], 168);
   EXPECT_EQ(pre["size"]["width"], 168);
   EXPECT_EQ(pre["image_seq_length"], 9);
@@ -703,7 +702,7 @@ TEST(Neurons, PruningScatteredZeroNeuronsChangesOnlyDownProjRequantization) {
   std::vector<int64_t> kept;
   for (int64_t i = 0; i < 512; ++i)
     if (i % 4 != 1) kept.push_back(i);
-  TextWeights w = load_text_weights(*a.dir, a.c, a.layout);
+  TextWeights w = load_text_weights(a.files.dir(), a.c, a.files.layout());
   std::vector<std::vector<float>> down(7);
   for (int l = 3; l < 7; ++l) {
     const std::string name = names::text_layer(l, "mlp.down_proj");
@@ -790,7 +789,7 @@ TEST(Neurons, ProfileScoresAreMeanAbsoluteGeluOfGate) {
   ASSERT_EQ(prof.layers.size(), 7u);
 
   Model m(original());
-  const TextWeights w = load_text_weights(*m.dir, m.c, m.layout);
+  const TextWeights w = load_text_weights(m.files.dir(), m.c, m.files.layout());
   const TextConfig& t = m.c.text;
   const double eps = t.rms_norm_eps;
   std::vector<double> x = unpack_row(w.embed, m.c.bos_token);
@@ -860,7 +859,7 @@ TEST(Split, SameLogitsAndImageEmbeddingsExactly) {
   EXPECT_TRUE(fs::exists(out + "/language_model.safetensors"));
   EXPECT_TRUE(fs::exists(out + "/vision_model.safetensors"));
   EXPECT_FALSE(fs::exists(out + "/model.safetensors"));
-  const auto index = prune::read_ordered_json(out + "/model.safetensors.index.json");
+  const auto index = read_json_file(out + "/model.safetensors.index.json");
   for (auto& [name, file] : index["weight_map"].items())
     EXPECT_EQ(file,
               names::is_vision(name) ? "vision_model.safetensors" : "language_model.safetensors")

@@ -16,6 +16,7 @@
 #include "io/sp_model_proto.h"
 #include "io/tokenizer.h"
 #include "model/config.h"
+#include "model/model_files.h"
 #include "model/tensor_table.h"
 #include "model/text_model.h"
 #include "prune/vocab.h"
@@ -57,15 +58,12 @@ class Written : public ::testing::Test {
 std::string* Written::root_ = nullptr;
 
 struct Loaded {
-  ModelDir dir;
-  ModelConfig config;
-  TableLayout layout;
-  std::vector<TensorSpec> table;
-  explicit Loaded(const std::string& path)
-      : dir(path),
-        config(parse_config(dir.config(), dir.optional_json("generation_config.json"), path)),
-        layout(detect_layout(dir)),
-        table(tensor_table(config, layout)) {}
+  ModelFiles files;
+  const ModelDir& dir = files.dir();
+  const ModelConfig& config = files.config();
+  const TableLayout& layout = files.layout();
+  std::vector<TensorSpec> table = tensor_table(config, layout);
+  explicit Loaded(const std::string& path) : files(path) {}
   const TensorSpec& spec(const std::string& name) const {
     auto it =
         std::find_if(table.begin(), table.end(), [&](const auto& t) { return t.name == name; });
@@ -261,7 +259,7 @@ TEST_F(Written, TinyMobileIsTinyCompressed) {
   EXPECT_EQ(m.config.vision.d_ff, 256);
   EXPECT_EQ(m.config.vision.image_size, 168);
   EXPECT_EQ(m.config.mm_tokens_per_image, 9);
-  EXPECT_EQ(m.dir.optional_json("preprocessor_config.json")["image_seq_length"], 9);
+  EXPECT_EQ(m.files.preprocessor_json()["image_seq_length"], 9);
 
   // token_map: specials and bytes kept, kept ids in order map to 1..N, the rest to 0.
   const Tokenizer tok = Tokenizer::load(dir("m"));

@@ -16,6 +16,7 @@
 
 #include "io/model_dir.h"
 #include "model/config.h"
+#include "model/model_files.h"
 #include "model/synth.h"
 #include "model/text_model.h"
 #include "model/vision_model.h"
@@ -76,18 +77,12 @@ std::map<std::string, Stored> file_tensors(const ModelDir& dir) {
   return out;
 }
 
-ModelConfig config_of(const ModelDir& dir) {
-  return parse_config(dir.config(), dir.optional_json("generation_config.json"),
-                      dir.path() + "/config.json");
-}
-
 // Every tensor of the files is an entry's, every entry's tensor is in the files, shapes and
 // dtypes alike.
 void expect_table_is_files(const std::string& path) {
-  const ModelDir dir(path);
-  const ModelConfig c = config_of(dir);
-  const std::map<std::string, Stored> implied = implied_tensors(c, detect_layout(dir));
-  const std::map<std::string, Stored> files = file_tensors(dir);
+  const ModelFiles model(path);
+  const std::map<std::string, Stored> implied = implied_tensors(model.config(), model.layout());
+  const std::map<std::string, Stored> files = file_tensors(model.dir());
   for (const auto& [name, s] : files) {
     auto it = implied.find(name);
     if (it == implied.end()) {
@@ -121,8 +116,8 @@ TEST(TensorTable, NamesExactlyTheTensorsOfTheMobileFixture) {
 }
 
 TEST(TensorTable, EveryEntryBindsItsOwnField) {
-  const ModelDir dir(test::data_path("tiny-mobile"));
-  const std::vector<TensorSpec> table = tensor_table(config_of(dir), detect_layout(dir));
+  const ModelFiles model(test::data_path("tiny-mobile"));
+  const std::vector<TensorSpec> table = tensor_table(model.config(), model.layout());
   for (size_t i = 0; i < table.size(); ++i) {
     SCOPED_TRACE(table[i].name);
     EXPECT_FALSE(std::holds_alternative<std::monostate>(table[i].field));
@@ -137,9 +132,10 @@ TEST(TensorTable, EveryEntryBindsItsOwnField) {
 // name: views point at the file's bytes, f32 copies hold its values.
 void expect_fields_bound(const std::string& path) {
   SCOPED_TRACE(path);
-  const ModelDir dir(path);
-  ModelConfig c = config_of(dir);
-  const TableLayout layout = detect_layout(dir);
+  const ModelFiles model(path);
+  const ModelDir& dir = model.dir();
+  const ModelConfig& c = model.config();
+  const TableLayout& layout = model.layout();
   const TextWeights t = load_text_weights(dir, c, layout);
   const VisionWeights v = load_vision_weights(dir, c, layout);
   auto view_of = [&](const Weight& w, const std::string& name) {

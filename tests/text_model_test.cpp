@@ -8,6 +8,7 @@
 #include "base/error.h"
 #include "io/model_dir.h"
 #include "model/config.h"
+#include "model/model_files.h"
 #include "model/tensor_table.h"
 #include "runtime/kv_cache.h"
 #include "test_util.h"
@@ -17,13 +18,11 @@ namespace {
 
 // A fixture model with exact f32 activations (the float reference's arithmetic) unless asked.
 struct Loaded {
-  ModelDir dir;
-  ModelConfig config;
+  ModelFiles files;
+  const ModelConfig& config = files.config();
   TextModel model;
   explicit Loaded(const std::string& path, ops::Activations act = ops::Activations::kF32)
-      : dir(path),
-        config(parse_config(dir.config(), dir.optional_json("generation_config.json"), path)),
-        model(config, load_text_weights(dir, config, detect_layout(dir)), act) {}
+      : files(path), model(config, load_text_weights(files.dir(), config, files.layout()), act) {}
 };
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {

@@ -12,6 +12,7 @@
 #include "io/image.h"
 #include "io/model_dir.h"
 #include "model/config.h"
+#include "model/model_files.h"
 #include "model/tensor_table.h"
 #include "model/vision_model.h"
 #include "test_util.h"
@@ -20,10 +21,6 @@ namespace gp {
 namespace {
 
 namespace fs = std::filesystem;
-
-ModelConfig config_of(const ModelDir& dir) {
-  return parse_config(dir.config(), dir.optional_json("generation_config.json"), dir.path());
-}
 
 double max_abs_diff(const float* a, const float* b, size_t n) {
   double m = 0;
@@ -41,10 +38,10 @@ class FixtureImage : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FixtureImage, MatchesReferenceEmbeddingsAndIntermediates) {
   const std::string model_name = GetParam();
-  ModelDir dir(test::data_path(model_name));
-  const ModelConfig c = config_of(dir);
+  const ModelFiles files(test::data_path(model_name));
+  const ModelConfig& c = files.config();
   // f32 activations: the reference's arithmetic
-  VisionModel model(c, load_vision_weights(dir, c, detect_layout(dir)), ops::Activations::kF32);
+  VisionModel model(c, load_vision_weights(files.dir(), c, files.layout()), ops::Activations::kF32);
   const std::string ref = test::data_path(model_name + "/ref/");
 
   const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
@@ -94,9 +91,9 @@ TEST_P(FixtureImage, MatchesReferenceEmbeddingsAndIntermediates) {
 // give unrelated ones).
 TEST_P(FixtureImage, Int8ActivationsStayCloseToExact) {
   const std::string model_name = GetParam();
-  ModelDir dir(test::data_path(model_name));
-  const ModelConfig c = config_of(dir);
-  VisionModel model(c, load_vision_weights(dir, c, detect_layout(dir)));
+  const ModelFiles files(test::data_path(model_name));
+  const ModelConfig& c = files.config();
+  VisionModel model(c, load_vision_weights(files.dir(), c, files.layout()));
   const std::string ref = test::data_path(model_name + "/ref/");
   const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
   const std::vector<float> pixels =
@@ -127,13 +124,13 @@ INSTANTIATE_TEST_SUITE_P(All, FixtureImage, ::testing::Values("tiny-original", "
 // The projector's mm_soft_emb_norm takes the vision config's epsilon (transformers' and
 // mlx-vlm's Gemma3MultiModalProjector: vision_config.layer_norm_eps), never the text decoder's.
 TEST(VisionModel, ProjectorNormIgnoresTheTextEpsilon) {
-  ModelDir dir(test::data_path("tiny-original"));
-  const ModelConfig c = config_of(dir);
+  const ModelFiles files(test::data_path("tiny-original"));
+  const ModelConfig& c = files.config();
   const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
   const std::vector<float> pixels = preprocess_image(
       load_image(test::data_path("tiny-original/ref/image.png")), c.vision.image_size, mean, std_);
   auto embeddings = [&](const ModelConfig& config) {
-    VisionModel model(config, load_vision_weights(dir, config, detect_layout(dir)),
+    VisionModel model(config, load_vision_weights(files.dir(), config, files.layout()),
                       ops::Activations::kF32);
     std::vector<float> out(static_cast<size_t>(config.mm_tokens_per_image) * config.text.d_model);
     model.encode(pixels.data(), out.data());
@@ -158,10 +155,9 @@ TEST(VisionWeights, PositionGridMismatchNamesBothSizes) {
   test::write_text(tmp + "/config.json", config.dump(2));
   fs::create_symlink(src + "/model.safetensors", tmp + "/model.safetensors");
 
-  ModelDir dir(tmp);
-  const ModelConfig c = config_of(dir);
+  const ModelFiles files(tmp);
   try {
-    load_vision_weights(dir, c, detect_layout(dir));
+    load_vision_weights(files.dir(), files.config(), files.layout());
     FAIL() << "expected gp::Error";
   } catch (const Error& e) {
     const std::string msg = e.what();
@@ -173,11 +169,10 @@ TEST(VisionWeights, PositionGridMismatchNamesBothSizes) {
 }
 
 TEST(VisionWeights, TextOnlyCheckpointIsRefused) {
-  ModelDir dir(test::data_path("tiny-original"));
-  const ModelConfig c = config_of(dir);
-  TableLayout layout = detect_layout(dir);
+  const ModelFiles files(test::data_path("tiny-original"));
+  TableLayout layout = files.layout();
   layout.vision = false;
-  EXPECT_THROW(load_vision_weights(dir, c, layout), Error);
+  EXPECT_THROW(load_vision_weights(files.dir(), files.config(), layout), Error);
 }
 
 }  // namespace

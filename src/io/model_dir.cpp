@@ -15,24 +15,36 @@ bool is_plain_file_name(const std::string& name) {
          name.find('\\') == std::string::npos && name.find('\0') == std::string::npos;
 }
 
-nlohmann::json read_json_file(const std::string& path) {
+nlohmann::ordered_json read_json_file(const std::string& path) {
   check_regular_file(path);
   std::ifstream f(path);
   check(f.good(), path + ": cannot open");
   try {
-    return nlohmann::json::parse(f);
+    return nlohmann::ordered_json::parse(f);
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + ": not valid JSON (" + e.what() + ")");
   }
 }
 
-ModelDir::ModelDir(const std::string& dir) : dir_(dir) {
+nlohmann::ordered_json read_optional_json_file(const std::string& path) {
+  if (!fs::exists(path)) return nullptr;
+  return read_json_file(path);
+}
+
+nlohmann::ordered_json read_model_config(const std::string& dir) {
   check(fs::is_directory(dir), dir + ": not a directory (expected a checkpoint directory)");
   const std::string cfg = dir + "/config.json";
   check(fs::exists(cfg),
         cfg + ": missing (expected a Gemma 3 checkpoint directory with config.json)");
-  config_ = read_json_file(cfg);
-  check(config_.is_object(), cfg + ": expected a JSON object");
+  nlohmann::ordered_json config = read_json_file(cfg);
+  check(config.is_object(), cfg + ": expected a JSON object");
+  return config;
+}
+
+ModelDir::ModelDir(const std::string& dir) : ModelDir(dir, read_model_config(dir)) {}
+
+ModelDir::ModelDir(const std::string& dir, nlohmann::ordered_json config)
+    : dir_(dir), config_(std::move(config)) {
   const std::string index = dir + "/model.safetensors.index.json";
   if (fs::exists(index)) {
     auto j = read_json_file(index);
@@ -60,12 +72,6 @@ ModelDir::ModelDir(const std::string& dir) : dir_(dir) {
     for (const auto& f : files)
       for (const auto& [name, t] : shard(f).tensors()) weight_map_[name] = f;
   }
-}
-
-nlohmann::json ModelDir::optional_json(const std::string& file) const {
-  const std::string p = dir_ + "/" + file;
-  if (!fs::exists(p)) return nullptr;
-  return read_json_file(p);
 }
 
 const SafeTensorsFile& ModelDir::shard(const std::string& file) const {

@@ -1,5 +1,6 @@
-// A checkpoint directory: config.json, the safetensors shards (through
-// model.safetensors.index.json, or every *.safetensors when there is no index) and the side files.
+// A checkpoint directory's tensors: config.json and the safetensors shards (through
+// model.safetensors.index.json, or every *.safetensors when there is no index). model/model_files.h
+// opens a whole checkpoint (the side files, the parsed config) on top of this.
 // Shards are mapped lazily, on the first request for one of their tensors, so a text-only run never
 // opens the vision file.
 #pragma once
@@ -18,11 +19,11 @@ namespace gp {
 class ModelDir {
  public:
   explicit ModelDir(const std::string& dir);  // reads config.json and the index; maps nothing
+  // With config.json already read (read_model_config): reads the index only.
+  ModelDir(const std::string& dir, nlohmann::ordered_json config);
 
   const std::string& path() const { return dir_; }
-  const nlohmann::json& config() const { return config_; }
-  // The parsed JSON of an optional side file (generation_config.json, ...); null when absent.
-  nlohmann::json optional_json(const std::string& file) const;
+  const nlohmann::ordered_json& config() const { return config_; }  // key order as written
 
   bool has(const std::string& name) const { return weight_map_.count(name) != 0; }
   // The tensor, mapping its shard on first use. Throws Error naming the tensor when absent.
@@ -37,7 +38,7 @@ class ModelDir {
   const SafeTensorsFile& shard(const std::string& file) const;
 
   std::string dir_;
-  nlohmann::json config_;
+  nlohmann::ordered_json config_;
   std::map<std::string, std::string> weight_map_;  // tensor -> shard file
   mutable std::mutex mutex_;
   mutable std::map<std::string, std::unique_ptr<SafeTensorsFile>> shards_;
@@ -47,7 +48,13 @@ class ModelDir {
 // index must be plain so that every file read or written stays inside the model folder.
 bool is_plain_file_name(const std::string& name);
 
-// Reads and parses a JSON file; throws Error naming the file when missing or malformed.
-nlohmann::json read_json_file(const std::string& path);
+// Reads and parses a JSON file (key order kept); throws Error naming the file when missing or
+// malformed.
+nlohmann::ordered_json read_json_file(const std::string& path);
+// The same for a file that may be absent: null then.
+nlohmann::ordered_json read_optional_json_file(const std::string& path);
+// config.json of a checkpoint directory. Throws Error when `dir` is not a directory, or its
+// config.json is missing, not JSON or not an object.
+nlohmann::ordered_json read_model_config(const std::string& dir);
 
 }  // namespace gp

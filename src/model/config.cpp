@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <tuple>
 
 #include "base/error.h"
 
@@ -190,6 +191,14 @@ ModelConfig parse_config(const nlohmann::json& j, const nlohmann::json& gen,
   if (gen.is_object() && gen.contains("eos_token_id") && !gen["eos_token_id"].is_null())
     c.eos_tokens = id_list(gen["eos_token_id"], "generation_config.json: eos_token_id");
   if (c.eos_tokens.empty()) c.eos_tokens = {1, 106};
+  if (gen.is_object()) {
+    if (gen.contains("temperature") && gen["temperature"].is_number())
+      c.sampling.temperature = gen["temperature"].get<float>();
+    if (gen.contains("top_k") && gen["top_k"].is_number_integer())
+      c.sampling.top_k = gen["top_k"].get<int>();
+    if (gen.contains("top_p") && gen["top_p"].is_number())
+      c.sampling.top_p = gen["top_p"].get<float>();
+  }
 
   const int side = v.patches_per_side();
   const int tok_side = static_cast<int>(std::lround(std::sqrt(c.mm_tokens_per_image)));
@@ -203,6 +212,28 @@ ModelConfig parse_config(const nlohmann::json& j, const nlohmann::json& gen,
                                 path + ": vocab_pruning");
   }
   return c;
+}
+
+void parse_image_normalization(const nlohmann::json& pre, const std::string& path, float mean[3],
+                               float std_[3]) {
+  for (int c = 0; c < 3; ++c) mean[c] = std_[c] = 0.5f;
+  if (!pre.is_object()) return;
+  // (x - mean) / std per channel: a std of 0 or a NaN would turn every image into NaNs.
+  const std::string where = path + ": ";
+  for (auto [key, out, lo] :
+       {std::tuple{"image_mean", mean, -1e3}, std::tuple{"image_std", std_, 1e-6}}) {
+    if (!pre.contains(key) || pre[key].is_null()) continue;
+    const auto& v = pre[key];
+    check(v.is_array() && v.size() == 3,
+          where + key + " is " + v.dump().substr(0, 80) + ", expected 3 numbers (one per channel)");
+    for (int c = 0; c < 3; ++c) {
+      const double x = v[c].is_number() ? v[c].get<double>() : std::nan("");
+      check(std::isfinite(x) && x >= lo && x <= 1e3,
+            where + key + "[" + std::to_string(c) + "] is " + v[c].dump() +
+                ", expected a finite number from " + (lo > 0 ? "1e-06" : "-1000") + " to 1000");
+      out[c] = static_cast<float>(x);
+    }
+  }
 }
 
 }  // namespace gp

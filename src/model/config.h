@@ -42,6 +42,14 @@ struct VisionConfig {
   int n_patches() const { return patches_per_side() * patches_per_side(); }
 };
 
+// Sampling for what a request leaves unsaid: generation_config.json's numbers where it has them,
+// else Gemma 3's published settings.
+struct SamplingDefaults {
+  float temperature = 1.0f;
+  int top_k = 64;
+  float top_p = 0.95f;
+};
+
 struct ModelConfig {
   TextConfig text;
   VisionConfig vision;
@@ -51,11 +59,24 @@ struct ModelConfig {
   int32_t bos_token = 2;
   std::vector<int32_t> eos_tokens;  // config's list, replaced by generation_config's when present
   int64_t compact_vocab = 0;        // vocab_pruning.compact_vocab_size; 0 when not pruned
+  SamplingDefaults sampling;        // from generation_config.json
 };
 
-// Parses config.json (and generation_config.json's eos list, may be null). `path` names the file
-// in error messages. Throws Error on inconsistent values.
+// Parses config.json (and generation_config.json's eos list and sampling, may be null). `path`
+// names the file in error messages. Throws Error on inconsistent values.
 ModelConfig parse_config(const nlohmann::json& config, const nlohmann::json& generation_config,
                          const std::string& path);
+
+// The per-channel normalization of image pixels in [0, 1]: (x - mean) / std.
+struct ImageNormalization {
+  float mean[3] = {0.5f, 0.5f, 0.5f};
+  float std[3] = {0.5f, 0.5f, 0.5f};
+};
+
+// The per-channel image_mean and image_std of preprocessor_config.json (`pre`, null when the file
+// is absent: 0.5 each). Throws Error naming `path` and the key when a value is not 3 finite
+// numbers in range (a std above 0).
+void parse_image_normalization(const nlohmann::json& pre, const std::string& path, float mean[3],
+                               float std_[3]);
 
 }  // namespace gp

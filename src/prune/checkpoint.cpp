@@ -47,47 +47,35 @@ fs::path normalized(const std::string& dir) {
 
 // ---- Checkpoint
 
-Checkpoint::Checkpoint(const std::string& dir) {
-  // The config first: a directory of another model fails on its model_type, not on its files.
-  const std::string cfg = dir + "/config.json";
-  check(fs::is_directory(dir), dir + ": not a directory (expected a checkpoint directory)");
-  check(fs::exists(cfg),
-        cfg + ": missing (expected a Gemma 3 checkpoint directory with config.json)");
-  config_json_ = read_ordered_json(cfg);
-  const std::string gen = dir + "/generation_config.json";
-  config_ = parse_config(nlohmann::json::parse(config_json_.dump()),
-                         fs::exists(gen) ? read_json_file(gen) : nlohmann::json(), cfg);
-  dir_ = std::make_unique<ModelDir>(dir);
-  layout_ = detect_layout(*dir_);
-  if (layout_.token_map && config_.compact_vocab == 0)
-    config_.compact_vocab = layout_.embed_rows;  // SPEC §2: fall back to the rows
-  table_ = tensor_table(config_, layout_);
+Checkpoint::Checkpoint(const std::string& dir) : files_(dir) {
+  table_ = tensor_table(config(), layout());
   const std::string embed = names::weight(find_spec(table_, &TextWeights::embed)->name);
-  check(dir_->has(embed), dir + ": no tensor '" + embed +
-                              "' (not a Gemma 3 checkpoint in MLX layout, or an incomplete one?)");
+  check(files_.dir().has(embed),
+        dir + ": no tensor '" + embed +
+            "' (not a Gemma 3 checkpoint in MLX layout, or an incomplete one?)");
   std::set<std::string> covered;
   for (size_t i = 0; i < table_.size(); ++i) {
-    check_tensor(*dir_, table_[i], config_.quant);
+    check_tensor(files_.dir(), table_[i], config().quant);
     spec_index_[table_[i].name] = i;
     for (const auto& n : stored(table_[i])) covered.insert(n);
   }
-  for (const auto& n : dir_->tensor_names())
+  for (const auto& n : files_.dir().tensor_names())
     if (!covered.count(n)) extras_.push_back(n);
   has_index_ = fs::exists(dir + "/model.safetensors.index.json");
 }
 
 const TensorSpec& Checkpoint::spec(const std::string& name) const {
   auto it = spec_index_.find(name);
-  check(it != spec_index_.end(), dir_->path() + ": '" + name + "' is not a tensor of this model");
+  check(it != spec_index_.end(), path() + ": '" + name + "' is not a tensor of this model");
   return table_[it->second];
 }
 
 bool Checkpoint::quantized(const TensorSpec& spec) const {
-  return spec.role == TensorRole::Linear && dir_->has(names::scales(spec.name));
+  return spec.role == TensorRole::Linear && files_.dir().has(names::scales(spec.name));
 }
 
 Weight Checkpoint::linear(const TensorSpec& spec) const {
-  return load_linear(*dir_, spec, config_.quant);
+  return load_linear(files_.dir(), spec, config().quant);
 }
 
 std::vector<std::string> Checkpoint::stored(const TensorSpec& spec) const {
@@ -95,12 +83,12 @@ std::vector<std::string> Checkpoint::stored(const TensorSpec& spec) const {
 }
 
 DType Checkpoint::scale_dtype() const {
-  return dir_->tensor(names::scales(find_spec(table_, &TextWeights::embed)->name)).dtype;
+  return files_.dir().tensor(names::scales(find_spec(table_, &TextWeights::embed)->name)).dtype;
 }
 
 uint64_t Checkpoint::file_bytes() const {
   uint64_t n = 0;
-  for (const auto& f : dir_->shard_files()) n += fs::file_size(path() + "/" + f);
+  for (const auto& f : files_.dir().shard_files()) n += fs::file_size(path() + "/" + f);
   return n;
 }
 
@@ -141,16 +129,6 @@ uint64_t OutGroup::bytes() const {
 
 // ---- JSON
 
-nlohmann::ordered_json read_ordered_json(const std::string& path) {
-  std::ifstream f(path);
-  check(f.good(), path + ": cannot open");
-  try {
-    return nlohmann::ordered_json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(path + ": not valid JSON (" + e.what() + ")");
-  }
-}
-
 void write_json(const std::string& path, const nlohmann::ordered_json& j) {
   std::ofstream f(path, std::ios::binary);
   f << j.dump(2) << "\n";
@@ -160,8 +138,7 @@ void write_json(const std::string& path, const nlohmann::ordered_json& j) {
 
 ModelConfig parse_out_config(const nlohmann::ordered_json& config,
                              const nlohmann::json& generation) {
-  return parse_config(nlohmann::json::parse(config.dump()), generation,
-                      "config.json (as rewritten)");
+  return parse_config(config, generation, "config.json (as rewritten)");
 }
 
 // ---- Writing a checkpoint

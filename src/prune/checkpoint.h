@@ -16,6 +16,7 @@
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/model_files.h"
 #include "model/tensor_table.h"
 #include "tensor/weight.h"
 
@@ -24,15 +25,17 @@ namespace gp::prune {
 // A checkpoint opened for rewriting. Tensors stay memory-mapped and are read on demand.
 class Checkpoint {
  public:
-  // Reads config.json and checks every tensor of the table (names, dtypes, shapes) against it.
+  // Opens the directory (ModelFiles) and checks every tensor of the table (names, dtypes, shapes)
+  // against its config.
   // Throws Error when the directory is not a Gemma 3 checkpoint or its files disagree.
   explicit Checkpoint(const std::string& dir);
 
-  const std::string& path() const { return dir_->path(); }
-  const ModelDir& dir() const { return *dir_; }
-  const nlohmann::ordered_json& config_json() const { return config_json_; }
-  const ModelConfig& config() const { return config_; }
-  const TableLayout& layout() const { return layout_; }
+  const ModelFiles& files() const { return files_; }
+  const std::string& path() const { return files_.path(); }
+  const ModelDir& dir() const { return files_.dir(); }
+  const nlohmann::ordered_json& config_json() const { return files_.config_json(); }
+  const ModelConfig& config() const { return files_.config(); }
+  const TableLayout& layout() const { return files_.layout(); }
   const std::vector<TensorSpec>& table() const { return table_; }
   const TensorSpec& spec(const std::string& name) const;  // a table entry; asserts it exists
   bool has_spec(const std::string& name) const { return spec_index_.count(name) != 0; }
@@ -46,10 +49,7 @@ class Checkpoint {
   const std::vector<std::string>& extra_tensors() const { return extras_; }
 
  private:
-  std::unique_ptr<ModelDir> dir_;
-  nlohmann::ordered_json config_json_;
-  ModelConfig config_;
-  TableLayout layout_;
+  ModelFiles files_;
   std::vector<TensorSpec> table_;
   std::map<std::string, size_t> spec_index_;
   std::vector<std::string> extras_;
@@ -155,8 +155,8 @@ std::vector<OutGroup> build_groups(
     const Checkpoint& in, const std::vector<TensorSpec>& out_table, const CustomGroup& custom,
     const std::function<std::string(const std::string&)>& extra_name = nullptr);
 
-// JSON files with their key order kept (config.json is rewritten field by field).
-nlohmann::ordered_json read_ordered_json(const std::string& path);
+// Writes a JSON file (read with read_json_file, key order kept: config.json is rewritten field by
+// field).
 void write_json(const std::string& path, const nlohmann::ordered_json& j);
 
 // The tensor table a rewritten config describes: parses `config` (checking it like a loaded one).

@@ -8,8 +8,8 @@
 #include "base/error.h"
 #include "base/sys.h"
 #include "io/image.h"
-#include "io/model_dir.h"
 #include "io/tokenizer.h"
+#include "model/model_files.h"
 #include "model/text_model.h"
 #include "prune/checkpoint.h"
 #include "runtime/engine.h"
@@ -21,19 +21,15 @@ namespace {
 
 // A checkpoint's text decoder, loaded from its directory.
 struct TextRunner {
-  std::unique_ptr<ModelDir> dir;
-  ModelConfig config;
+  ModelFiles files;
+  const ModelConfig& config;
   std::unique_ptr<TextModel> model;
 
-  explicit TextRunner(const std::string& path) : dir(std::make_unique<ModelDir>(path)) {
-    config = parse_config(dir->config(), dir->optional_json("generation_config.json"),
-                          path + "/config.json");
-    const TableLayout layout = detect_layout(*dir);
-    if (layout.token_map && config.compact_vocab == 0) config.compact_vocab = layout.embed_rows;
+  explicit TextRunner(const std::string& path) : files(path), config(files.config()) {
     // Quality is measured with exact f32 activations: the weights' effect, without the int8
     // rounding of the fast path (which depends on how the text is split into batches).
-    model = std::make_unique<TextModel>(config, load_text_weights(*dir, config, layout),
-                                        ops::Activations::kF32);
+    model = std::make_unique<TextModel>(
+        config, load_text_weights(files.dir(), config, files.layout()), ops::Activations::kF32);
   }
 };
 
@@ -137,19 +133,10 @@ bool top1_in_topk(const float* a, const float* b, int64_t n, int k) {
   return higher < k;
 }
 
-PerplexityResult perplexity(const std::string& model_dir, const std::string& text,
-                            const EvalOptions& options) {
-  const Tokenizer tok = Tokenizer::load(model_dir);
-  const ModelDir dir(model_dir);
-  const ModelConfig c = parse_config(dir.config(), dir.optional_json("generation_config.json"),
-                                     model_dir + "/config.json");
-  return perplexity_of_ids(model_dir, windows(tok, c.bos_token, text, options.window), options);
-}
+namespace {
 
-PerplexityResult perplexity_of_ids(const std::string& model_dir,
-                                   const std::vector<std::vector<int32_t>>& ws,
-                                   const EvalOptions& options) {
-  TextRunner r(model_dir);
+PerplexityResult perplexity_of(TextRunner& r, const std::vector<std::vector<int32_t>>& ws,
+                               const EvalOptions& options) {
   const int64_t V = r.config.text.n_vocab;
   size_t total = 0;
   for (const auto& w : ws) total += w.size();
@@ -177,24 +164,12 @@ PerplexityResult perplexity_of_ids(const std::string& model_dir,
   return res;
 }
 
-CompareResult compare_models(const std::string& a_dir, const std::string& b_dir,
-                             const std::string& text, const EvalOptions& options) {
-  const Tokenizer tok = Tokenizer::load(a_dir);
-  const ModelDir dir(a_dir);
-  const ModelConfig c = parse_config(dir.config(), dir.optional_json("generation_config.json"),
-                                     a_dir + "/config.json");
-  return compare_models_of_ids(a_dir, b_dir, windows(tok, c.bos_token, text, options.window),
-                               options);
-}
-
-CompareResult compare_models_of_ids(const std::string& a_dir, const std::string& b_dir,
-                                    const std::vector<std::vector<int32_t>>& ws,
-                                    const EvalOptions& options) {
-  TextRunner a(a_dir), b(b_dir);
+CompareResult compare_of(TextRunner& a, TextRunner& b, const std::vector<std::vector<int32_t>>& ws,
+                         const EvalOptions& options) {
   const int64_t V = a.config.text.n_vocab;
   check(b.config.text.n_vocab == V,
-        b_dir + ": vocabulary of " + std::to_string(b.config.text.n_vocab) + " ids, but " + a_dir +
-            " has " + std::to_string(V) + " (not variants of the same model?)");
+        b.files.path() + ": vocabulary of " + std::to_string(b.config.text.n_vocab) + " ids, but " +
+            a.files.path() + " has " + std::to_string(V) + " (not variants of the same model?)");
   size_t total = 0;
   for (const auto& w : ws) total += w.size();
   Progress progress("compare", total, options.progress);
@@ -216,6 +191,36 @@ CompareResult compare_models_of_ids(const std::string& a_dir, const std::string&
   }
   progress.finish();
   return sums.result();
+}
+
+}  // namespace
+
+PerplexityResult perplexity(const std::string& model_dir, const std::string& text,
+                            const EvalOptions& options) {
+  const Tokenizer tok = Tokenizer::load(model_dir);
+  TextRunner r(model_dir);
+  return perplexity_of(r, windows(tok, r.config.bos_token, text, options.window), options);
+}
+
+PerplexityResult perplexity_of_ids(const std::string& model_dir,
+                                   const std::vector<std::vector<int32_t>>& ws,
+                                   const EvalOptions& options) {
+  TextRunner r(model_dir);
+  return perplexity_of(r, ws, options);
+}
+
+CompareResult compare_models(const std::string& a_dir, const std::string& b_dir,
+                             const std::string& text, const EvalOptions& options) {
+  const Tokenizer tok = Tokenizer::load(a_dir);
+  TextRunner a(a_dir), b(b_dir);
+  return compare_of(a, b, windows(tok, a.config.bos_token, text, options.window), options);
+}
+
+CompareResult compare_models_of_ids(const std::string& a_dir, const std::string& b_dir,
+                                    const std::vector<std::vector<int32_t>>& ws,
+                                    const EvalOptions& options) {
+  TextRunner a(a_dir), b(b_dir);
+  return compare_of(a, b, ws, options);
 }
 
 CompareResult compare_models_with_image(const std::string& a_dir, const std::string& b_dir,

@@ -26,7 +26,7 @@ void validate_pipeline(const Checkpoint& in, const PipelineOptions& options) {
   nlohmann::ordered_json config = in.config_json();
   ModelConfig c = in.config();
   bool fc2_quantized = in.layout().fc2_quantized;
-  const nlohmann::json generation = in.dir().optional_json("generation_config.json");
+  const nlohmann::json generation = in.files().generation_json();
   auto needs_vision = [&](Step s) {
     check(in.layout().vision, in.path() + ": step " + step_name(s) +
                                   " does not apply: the checkpoint has no vision tower");

@@ -270,7 +270,7 @@ struct OutModel {
 OutModel out_model(const Checkpoint& in, const nlohmann::ordered_json& config,
                    const TableLayout& layout) {
   OutModel m;
-  m.config = parse_out_config(config, in.dir().optional_json("generation_config.json"));
+  m.config = parse_out_config(config, in.files().generation_json());
   m.table = tensor_table(m.config, layout);
   return m;
 }
@@ -400,15 +400,13 @@ OutputPlan plan_resolution(const Checkpoint& in, const PruneOptions& o, std::str
         in.path() + ": step resolution does not apply: the checkpoint has no vision tower");
   const Resolution r = check_resolution(c, o.image_size);
   OutputPlan p = base_plan(in, resolution_config(in.config_json(), r));
-  for (const char* side : {"preprocessor_config.json", "processor_config.json"}) {
-    const std::string path = in.path() + "/" + side;
-    if (!fs::exists(path)) continue;
-    const nlohmann::ordered_json pre = read_ordered_json(path);
-    if (std::string(side) == "preprocessor_config.json") {
-      p.side_json[side] = preprocessor_config(pre, r);
-    } else if (pre.contains("image_seq_length")) {
-      p.side_json[side] = pre;
-      p.side_json[side]["image_seq_length"] = r.mm_tokens;
+  if (const auto& pre = in.files().preprocessor_json(); !pre.is_null())
+    p.side_json["preprocessor_config.json"] = preprocessor_config(pre, r);
+  if (const std::string path = in.path() + "/processor_config.json"; fs::exists(path)) {
+    const nlohmann::ordered_json pre = read_json_file(path);
+    if (pre.contains("image_seq_length")) {
+      p.side_json["processor_config.json"] = pre;
+      p.side_json["processor_config.json"]["image_seq_length"] = r.mm_tokens;
     }
   }
   const OutModel m = out_model(in, p.config, in.layout());

@@ -1,9 +1,6 @@
 #include "runtime/engine.h"
 
 #include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <tuple>
 
 #include "base/error.h"
 #include "base/sys.h"
@@ -19,22 +16,18 @@ DType parse_kv_dtype(const std::string& s) {
 }
 
 Engine::Engine(const std::string& path, const EngineOptions& options)
-    : dir_(path), options_(options) {
+    : files_(path), options_(options) {
   Timer timer;
   ThreadPool::set_global_threads(options.threads);
-  config_ = parse_config(dir_.config(), dir_.optional_json("generation_config.json"),
-                         path + "/config.json");
-  layout_ = detect_layout(dir_);
-  if (layout_.token_map && config_.compact_vocab == 0) config_.compact_vocab = layout_.embed_rows;
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(path));
-  text_ = std::make_unique<TextModel>(config_, load_text_weights(dir_, config_, layout_),
+  text_ = std::make_unique<TextModel>(config(), load_text_weights(dir(), config(), layout()),
                                       options.activations());
 
   // Chat pieces: the template's markers as the tokenizer spells the config's ids.
-  pieces_.mm_tokens_per_image = config_.mm_tokens_per_image;
-  pieces_.start_of_image = tokenizer_->piece(config_.boi_token);
-  pieces_.end_of_image = tokenizer_->piece(config_.eoi_token);
-  pieces_.image_soft_token = tokenizer_->piece(config_.image_token);
+  pieces_.mm_tokens_per_image = config().mm_tokens_per_image;
+  pieces_.start_of_image = tokenizer_->piece(config().boi_token);
+  pieces_.end_of_image = tokenizer_->piece(config().eoi_token);
+  pieces_.image_soft_token = tokenizer_->piece(config().image_token);
   for (const auto& [field, name] : {std::pair{&pieces_.start_of_turn, "<start_of_turn>"},
                                     std::pair{&pieces_.end_of_turn, "<end_of_turn>"}})
     check(tokenizer_->piece_to_id(name) >= 0, path + ": the tokenizer has no '" +
@@ -42,36 +35,11 @@ Engine::Engine(const std::string& path, const EngineOptions& options)
                                                   "' piece (not a Gemma 3 tokenizer?)");
   for (const auto& m : template_markers(pieces_))
     if (const int32_t id = tokenizer_->piece_to_id(m); id >= 0) template_ids_.push_back(id);
-  stop_tokens_ = config_.eos_tokens;
+  stop_tokens_ = config().eos_tokens;
   for (int32_t id : {tokenizer_->eos_id(), tokenizer_->piece_to_id(pieces_.end_of_turn)})
     if (id >= 0 && std::find(stop_tokens_.begin(), stop_tokens_.end(), id) == stop_tokens_.end())
       stop_tokens_.push_back(id);
-
-  parse_image_normalization(dir_.optional_json("preprocessor_config.json"),
-                            dir_.path() + "/preprocessor_config.json", image_mean_, image_std_);
   load_s_ = timer.seconds();
-}
-
-void parse_image_normalization(const nlohmann::json& pre, const std::string& path, float mean[3],
-                               float std_[3]) {
-  for (int c = 0; c < 3; ++c) mean[c] = std_[c] = 0.5f;
-  if (!pre.is_object()) return;
-  // (x - mean) / std per channel: a std of 0 or a NaN would turn every image into NaNs.
-  const std::string where = path + ": ";
-  for (auto [key, out, lo] :
-       {std::tuple{"image_mean", mean, -1e3}, std::tuple{"image_std", std_, 1e-6}}) {
-    if (!pre.contains(key) || pre[key].is_null()) continue;
-    const auto& v = pre[key];
-    check(v.is_array() && v.size() == 3,
-          where + key + " is " + v.dump().substr(0, 80) + ", expected 3 numbers (one per channel)");
-    for (int c = 0; c < 3; ++c) {
-      const double x = v[c].is_number() ? v[c].get<double>() : std::nan("");
-      check(std::isfinite(x) && x >= lo && x <= 1e3,
-            where + key + "[" + std::to_string(c) + "] is " + v[c].dump() +
-                ", expected a finite number from " + (lo > 0 ? "1e-06" : "-1000") + " to 1000");
-      out[c] = static_cast<float>(x);
-    }
-  }
 }
 
 Engine::~Engine() = default;
@@ -91,7 +59,7 @@ std::vector<int32_t> Engine::chat_prompt(const std::vector<ChatMessage>& message
       }
   std::sort(cuts.begin(), cuts.end());
   cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
-  std::vector<int32_t> ids = {config_.bos_token};
+  std::vector<int32_t> ids = {config().bos_token};
   for (size_t i = 0; i + 1 < cuts.size(); ++i) {
     const auto part = tokenizer_->encode(text.substr(cuts[i], cuts[i + 1] - cuts[i]));
     ids.insert(ids.end(), part.begin(), part.end());
@@ -101,12 +69,14 @@ std::vector<int32_t> Engine::chat_prompt(const std::vector<ChatMessage>& message
 
 std::vector<float> Engine::encode_image(const Image& image) {
   if (!vision_) {
-    check(layout_.vision, dir_.path() + ": this checkpoint has no vision tower (text-only)");
-    vision_ = std::make_unique<VisionModel>(config_, load_vision_weights(dir_, config_, layout_),
-                                            options_.activations());
+    check(layout().vision, dir().path() + ": this checkpoint has no vision tower (text-only)");
+    vision_ = std::make_unique<VisionModel>(
+        config(), load_vision_weights(dir(), config(), layout()), options_.activations());
   }
-  const auto pixels = preprocess_image(image, config_.vision.image_size, image_mean_, image_std_);
-  std::vector<float> out(static_cast<size_t>(config_.mm_tokens_per_image) * config_.text.d_model);
+  const auto pixels =
+      preprocess_image(image, config().vision.image_size, files_.image_normalization().mean,
+                       files_.image_normalization().std);
+  std::vector<float> out(static_cast<size_t>(config().mm_tokens_per_image) * config().text.d_model);
   vision_->encode(pixels.data(), out.data());
   return out;
 }

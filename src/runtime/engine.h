@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "io/image.h"
-#include "io/model_dir.h"
 #include "io/tokenizer.h"
 #include "model/config.h"
+#include "model/model_files.h"
 #include "model/tensor_table.h"
 #include "model/text_model.h"
 #include "runtime/chat.h"
@@ -49,9 +49,10 @@ class Engine {
   Engine(const std::string& dir, const EngineOptions& options = {});
   ~Engine();
 
-  const ModelDir& dir() const { return dir_; }
-  const ModelConfig& config() const { return config_; }
-  const TableLayout& layout() const { return layout_; }
+  const ModelFiles& files() const { return files_; }
+  const ModelDir& dir() const { return files_.dir(); }
+  const ModelConfig& config() const { return files_.config(); }
+  const TableLayout& layout() const { return files_.layout(); }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const EngineOptions& options() const { return options_; }
   const TextModel& text() const { return *text_; }
@@ -75,25 +76,16 @@ class Engine {
   bool vision_loaded() const { return vision_ != nullptr; }
 
  private:
-  ModelDir dir_;
+  ModelFiles files_;
   EngineOptions options_;
-  ModelConfig config_;
-  TableLayout layout_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<TextModel> text_;
   std::unique_ptr<VisionModel> vision_;
   ChatPieces pieces_;
   std::vector<int32_t> stop_tokens_;
   std::vector<int32_t> template_ids_;
-  float image_mean_[3] = {0.5f, 0.5f, 0.5f}, image_std_[3] = {0.5f, 0.5f, 0.5f};
   double load_s_ = 0;
 };
-
-// The per-channel image_mean and image_std of preprocessor_config.json (`pre`, null when the file
-// is absent: 0.5 each). Throws Error naming `path` and the key when a value is not 3 finite
-// numbers in range (a std above 0).
-void parse_image_normalization(const nlohmann::json& pre, const std::string& path, float mean[3],
-                               float std_[3]);
 
 // Receives logits rows [n, n_vocab] for consecutive prompt positions (for --logits-out).
 using LogitsSink = std::function<void(const float* rows, int64_t n)>;

@@ -74,20 +74,13 @@ bool peer_closed(int fd) {
   return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
-// Sampling for the fields a request leaves out: the checkpoint's generation_config.json where it
-// has them, else Gemma 3's published settings.
+// Sampling for the fields a request leaves out (ModelConfig::sampling).
 SamplingParams default_sampling(const Engine& engine) {
+  const SamplingDefaults& d = engine.config().sampling;
   SamplingParams s;
-  s.temperature = 1.0f;
-  s.top_k = 64;
-  s.top_p = 0.95f;
-  const json g = engine.dir().optional_json("generation_config.json");
-  if (g.is_object()) {
-    if (g.contains("temperature") && g["temperature"].is_number())
-      s.temperature = g["temperature"].get<float>();
-    if (g.contains("top_k") && g["top_k"].is_number_integer()) s.top_k = g["top_k"].get<int>();
-    if (g.contains("top_p") && g["top_p"].is_number()) s.top_p = g["top_p"].get<float>();
-  }
+  s.temperature = d.temperature;
+  s.top_k = d.top_k;
+  s.top_p = d.top_p;
   return s;
 }
 
