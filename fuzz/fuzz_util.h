@@ -10,7 +10,8 @@ namespace gp::fuzz {
 
 // tests/data/<rel>
 std::string data_path(const std::string& rel);
-// A directory of this process under the system temp dir, created on first use, removed at exit.
+// A directory of this process in /dev/shm (memory; else the system temp dir), created on first
+// use, removed at a normal exit.
 std::string scratch_dir();
 void write_file(const std::string& path, const std::string& bytes);
 std::string read_file(const std::string& path);

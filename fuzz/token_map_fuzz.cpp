@@ -1,10 +1,14 @@
-// The token_map of a compact vocabulary: the input replaces the token_map bytes of a copy of the
-// tiny-mobile fixture (cut or zero-padded to its I32 [vocab_size]); the text weights are loaded
-// and every id embedded, and logits computed, through the map.
+// The token_map of a compact vocabulary: the input replaces the token_map bytes of the tiny-mobile
+// fixture (cut or zero-padded to its I32 [vocab_size]); the text weights are loaded and every id
+// embedded, and logits computed, through the map. The checkpoint is opened once (its headers are
+// the safetensors and index targets' work); each input is written into this process's private
+// copy of the mapped token_map, then load_text_weights checks it as for a freshly opened file.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -16,37 +20,36 @@
 #include "model/text_model.h"
 
 namespace {
-const char* kShard = "language_model.safetensors";
 const char* kTokenMap = "language_model.model.embed_tokens.token_map";
 
-// Offset and size of the token_map bytes in the shard, from its header.
-std::pair<size_t, size_t> token_map_span(const std::string& path) {
-  const std::string bytes = gp::fuzz::read_file(path);
-  uint64_t n = 0;
-  std::memcpy(&n, bytes.data(), 8);
-  const auto header = nlohmann::json::parse(bytes.substr(8, n));
-  const auto& offsets = header.at(kTokenMap).at("data_offsets");
-  const size_t begin = offsets[0].get<size_t>(), end = offsets[1].get<size_t>();
-  return {8 + n + begin, end - begin};
-}
+struct Fixture {
+  gp::ModelDir dir{gp::fuzz::data_path("tiny-mobile")};
+  gp::ModelConfig config = gp::parse_config(dir.config(), nullptr, dir.path() + "/config.json");
+  gp::TableLayout layout = gp::detect_layout(dir);
+  uint8_t* map = nullptr;  // the token_map bytes, made writable (copy-on-write, never the file)
+  size_t map_bytes = 0;
+
+  Fixture() {
+    const gp::TensorInfo& t = dir.tensor(kTokenMap);
+    map = const_cast<uint8_t*>(t.data);
+    map_bytes = t.nbytes;
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(map) & ~(page - 1);
+    const uintptr_t end = reinterpret_cast<uintptr_t>(map) + map_bytes;
+    // The shard is mapped MAP_PRIVATE from a read-only descriptor: writing gives this process its
+    // own pages; were the mapping ever shared, mprotect would refuse (EACCES) and the target stop.
+    if (mprotect(reinterpret_cast<void*>(begin), end - begin, PROT_READ | PROT_WRITE) != 0) abort();
+  }
+};
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::string dir = gp::fuzz::copy_fixture("tiny-mobile", "token_map");
-  static const std::string shard = dir + "/" + kShard;
-  static const auto span = token_map_span(shard);
-  std::string map(span.second, '\0');
-  std::memcpy(map.data(), data, std::min(size, span.second));
-  {
-    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(span.first));
-    f.write(map.data(), static_cast<std::streamsize>(map.size()));
-  }
+  static Fixture f;
+  std::memset(f.map, 0, f.map_bytes);
+  std::memcpy(f.map, data, std::min(size, f.map_bytes));
   try {
-    gp::ModelDir d(dir);
-    gp::ModelConfig c = gp::parse_config(d.config(), nullptr, dir + "/config.json");
-    const gp::TableLayout layout = gp::detect_layout(d);
-    gp::TextModel model(c, gp::load_text_weights(d, c, layout));
+    const gp::ModelConfig& c = f.config;
+    gp::TextModel model(c, gp::load_text_weights(f.dir, c, f.layout));
     std::vector<float> x(c.text.d_model), logits(c.text.n_vocab);
     for (int32_t id = 0; id < c.text.n_vocab; ++id) model.embed(id, x.data());
     model.logits(x.data(), 1, logits.data());
