@@ -775,9 +775,14 @@ TEST(Server, QueuedClientLeavingFreesItsSlotAtOnce) {
   RawClient running(s.port());
   running.post("/v1/completions", endless(true));
   ASSERT_TRUE(running.read_until("data: ", 2));
-  for (bool stream : {false, true}) {
+  // Non-streamed; streamed (a chat stream writes its role chunk first); streamed with nothing
+  // written before the first token (only a check of the connection notices the client leave).
+  const json raw_stream = {{"prompt", "Wait"}, {"max_tokens", 4}, {"stream", true}};
+  for (const auto& [path, body] : {std::pair{"/v1/chat/completions", chat_body("Wait", 4, 1)},
+                                   std::pair{"/v1/chat/completions", chat_body("Wait", 4, 1, true)},
+                                   std::pair{"/v1/completions", raw_stream}}) {
     RawClient quitter(s.port());
-    quitter.post("/v1/chat/completions", chat_body("Wait", 4, 1, stream));
+    quitter.post(path, body);
     ASSERT_TRUE(s.wait_health([](const json& h) { return h["waiting"] == 1; }));
     quitter.close();
     // Out of the queue while the endless request still runs: without the fix the slot stays
@@ -796,7 +801,7 @@ TEST(Server, QueuedClientLeavingFreesItsSlotAtOnce) {
   next.join();
   EXPECT_EQ(status, 200);
   const json h = s.health();
-  EXPECT_EQ(h["cancelled"], 3);
+  EXPECT_EQ(h["cancelled"], 4);
   EXPECT_EQ(h["rejected"], 0);
   EXPECT_EQ(h["completed"], 1);
 }

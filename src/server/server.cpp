@@ -30,49 +30,58 @@ using nlohmann::json;
 
 namespace {
 
-// httplib 0.11 tells a handler nothing about its connection, and a gone client is only noticed
-// when a write fails. To notice it while a request waits or generates without writing, find the
-// handler's socket among the process's descriptors by its address pair (unique while the handler
-// runs, since the connection stays open until it returns). -1 when not found.
-int connection_fd(const httplib::Request& req) {
-  auto address = [](const sockaddr_storage& a, int* port) -> std::string {
+// Whether the client of a waiting request is still connected. A streamed answer asks its
+// DataSink::is_writable; a non-streamed request waits with no response yet, and httplib 0.11 gives
+// its handler no view of the connection (Request::is_connection_closed came in 0.19; the
+// per-connection hook process_and_close_socket is private). So the request's socket is found once
+// among the process's descriptors by its address pair (unique while the handler runs: the
+// connection stays open until it returns) and polled.
+class ClientWatch {
+ public:
+  explicit ClientWatch(const httplib::Request& req) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+      const int fd = std::stoi(name);
+      sockaddr_storage peer{}, local{};
+      socklen_t peer_len = sizeof peer, local_len = sizeof local;
+      if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0 &&
+          getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) == 0 &&
+          same_address(peer, req.remote_addr, req.remote_port) &&
+          same_address(local, req.local_addr, req.local_port)) {
+        fd_ = fd;
+        return;
+      }
+    }
+  }
+
+  // True when the client closed its side of the connection (or it broke); false when no socket
+  // was found (Server::serve_bytes).
+  bool gone() const {
+    if (fd_ < 0) return false;
+    pollfd p{fd_, POLLRDHUP, 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+  }
+
+ private:
+  static bool same_address(const sockaddr_storage& a, const std::string& addr, int port) {
     char text[INET6_ADDRSTRLEN] = {};
+    int p = -1;
     if (a.ss_family == AF_INET) {
       const auto* in = reinterpret_cast<const sockaddr_in*>(&a);
-      *port = ntohs(in->sin_port);
+      p = ntohs(in->sin_port);
       inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
     } else if (a.ss_family == AF_INET6) {
       const auto* in = reinterpret_cast<const sockaddr_in6*>(&a);
-      *port = ntohs(in->sin6_port);
+      p = ntohs(in->sin6_port);
       inet_ntop(AF_INET6, &in->sin6_addr, text, sizeof text);
     }
-    return text;
-  };
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const int fd = std::stoi(name);
-    sockaddr_storage peer{}, local{};
-    socklen_t peer_len = sizeof peer, local_len = sizeof local;
-    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) continue;
-    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0) continue;
-    int peer_port = -1, local_port = -1;
-    const std::string peer_addr = address(peer, &peer_port);
-    const std::string local_addr = address(local, &local_port);
-    if (peer_port == req.remote_port && local_port == req.local_port &&
-        peer_addr == req.remote_addr && local_addr == req.local_addr)
-      return fd;
+    return p == port && addr == text;
   }
-  return -1;
-}
 
-// True when the client closed its side of the connection (or it broke).
-bool peer_closed(int fd) {
-  if (fd < 0) return false;
-  pollfd p{fd, POLLRDHUP, 0};
-  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
-}
+  int fd_ = -1;
+};
 
 // Sampling for the fields a request leaves out (ModelConfig::sampling).
 SamplingParams default_sampling(const Engine& engine) {
@@ -119,12 +128,9 @@ Completion completion_of(const GenerateResult& r) {
   return c;
 }
 
-// httplib listens with a backlog of 5: a burst of new clients beyond that loses its SYNs, which
-// cost a second each to resend. Listening again on the bound socket raises the backlog.
+// httplib's server, with its request loop run over a Stream of our own (Server::serve_bytes).
 class HttpServer : public httplib::Server {
  public:
-  void raise_backlog() { ::listen(svr_sock_, SOMAXCONN); }
-
   // One connection's requests answered as listen() answers them, from and into memory.
   std::string serve_bytes(const std::string& request) {
     MemoryStream stream(request);
@@ -256,7 +262,7 @@ struct Server::Impl {
   std::vector<int32_t> prompt_ids(const CompletionRequest& r) const;
   void completions(const httplib::Request& req, httplib::Response& res, bool chat);
   void stream(httplib::Response& res, std::shared_ptr<Job> job, const ResponseHead& head,
-              bool include_usage, int fd);
+              bool include_usage);
   json health() const;
 
   // Wraps a handler: API errors become OpenAI error objects, other failures 500.
@@ -283,6 +289,7 @@ struct Server::Impl {
   std::atomic<int64_t> next_id{0};
   size_t max_piece_bytes = 0;  // longest text one token stands for
   HttpServer http;
+  socket_t listen_socket = INVALID_SOCKET;
   Generator generator;
 };
 
@@ -401,12 +408,12 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   job->tag = head.id;
   place.held = false;
   generator.submit(job, true);
-  const int fd = connection_fd(req);
-  if (r.stream) return stream(res, job, head, r.include_usage, fd);
+  if (r.stream) return stream(res, job, head, r.include_usage);
 
+  const ClientWatch client(req);
   std::unique_lock<std::mutex> lock(job->mutex);
   while (!job->done)
-    if (!job->changed.wait_for(lock, kPoll, [&] { return job->done; }) && peer_closed(fd)) {
+    if (!job->changed.wait_for(lock, kPoll, [&] { return job->done; }) && client.gone()) {
       lock.unlock();
       generator.cancel(job);
       lock.lock();
@@ -417,13 +424,13 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
 }
 
 void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Job> job,
-                          const ResponseHead& head, bool include_usage, int fd) {
+                          const ResponseHead& head, bool include_usage) {
   res.set_header("Cache-Control", "no-cache");
   auto first = std::make_shared<bool>(true);
   Generator* generator = &this->generator;
   res.set_chunked_content_provider(
       "text/event-stream",
-      [job, head, include_usage, fd, first, generator](size_t, httplib::DataSink& sink) {
+      [job, head, include_usage, first, generator](size_t, httplib::DataSink& sink) {
         std::string text, error;
         bool done;
         {
@@ -446,7 +453,8 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Job> job,
           if (include_usage) out += sse_event(usage_chunk(head, c));
           out += "data: [DONE]\n\n";
         }
-        if (peer_closed(fd) || (!out.empty() && !sink.write(out.data(), out.size()))) {
+        // is_writable: false once the client has closed its side, even while nothing is written.
+        if (!sink.is_writable() || (!out.empty() && !sink.write(out.data(), out.size()))) {
           generator->cancel(job);
           return false;
         }
@@ -479,9 +487,12 @@ void Server::Impl::routes() {
   http.new_task_queue = [threads] { return new ConnectionPool(threads); };
   // httplib sets SO_REUSEPORT too, with which a second server on the same port starts silently
   // and takes half the connections: SO_REUSEADDR alone makes that bind fail.
-  http.set_socket_options([](socket_t sock) {
+  // The callback gets the listening socket before it is bound (the last one it gets is the one
+  // that bound): bind() raises its backlog.
+  http.set_socket_options([this](socket_t sock) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_socket = sock;
   });
   // A client silent for this long between bytes is dropped, idle keep-alive connections sooner.
   http.set_read_timeout(std::chrono::seconds(10));
@@ -586,7 +597,9 @@ int Server::bind() {
     port = -1;
   check(port > 0, "cannot listen on " + o.host + ":" + std::to_string(o.port) +
                       " (address in use, or not an address of this machine?)");
-  impl_->http.raise_backlog();
+  // httplib listens with a backlog of 5: a burst of new clients beyond that loses its SYNs, which
+  // cost a second each to resend. Listening again on the bound socket raises the backlog.
+  ::listen(impl_->listen_socket, SOMAXCONN);
   return port;
 }
 
