@@ -36,8 +36,8 @@ double Sampler::uniform() {
 
 namespace {
 // Index of the largest value, the first of ties; NaN never wins (0 when nothing compares).
-// Eight running maxima, then a search for the first equal value: 3x faster than max_element
-// over a 262k vocabulary.
+// Eight running maxima, then a search for the first equal value: eight independent maxima fit one
+// vector, where max_element compares one value at a time (docs/BENCHMARKS.md).
 int32_t argmax(const float* x, int64_t n) {
   float m[8];
   std::fill(m, m + 8, -std::numeric_limits<float>::infinity());

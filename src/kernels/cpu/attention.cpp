@@ -132,8 +132,8 @@ HWY_INLINE void AddScaled(float* HWY_RESTRICT acc, const float* HWY_RESTRICT v, 
 // Decode reads every cached key and value row once per kv head: the H query heads that share a
 // kv head (grouped-query attention) take each row together, and rows are read front to back, one
 // after the other, with the row `kRowsAhead` further prefetched: a sequential stream per K and V
-// that runs near the memory bandwidth. (Reading four rows side by side, or a strip of every row
-// of a block at a time, read at about half of it.)
+// that runs near the memory bandwidth. (Four rows side by side, or a strip of every row of a
+// block at a time, are several short streams, which read far slower.)
 
 constexpr int64_t kRowsAhead = 4;
 
@@ -654,8 +654,8 @@ HWY_INLINE hn::Vec<D> Exp2NonPositive(D d, hn::Vec<D> x) {
 // o_r[0..NV·N) = o_r[0..NV·N) · corr[r] + sum_j pt[j][r] · v_j[0..NV·N) for RB <= 4 query rows
 // r and NV <= 3 vectors, where pt is [nb][NR] (Pᵀ, one column per query) and v_j = v + j·hd.
 // Named accumulators, not arrays, as in MicroKernel: the compiler keeps those in registers. The
-// inner loop spells out each row: a lambda taking the accumulators by reference there measured
-// 20 % slower (kernels_bench, 2304 patches).
+// inner loop spells out each row: a lambda taking the accumulators by reference there is slower
+// (docs/BENCHMARKS.md, Design measurements).
 template <int RB, int NV, class D>
 HWY_INLINE void ValueTile(D d, const float* HWY_RESTRICT pt, size_t NR, int64_t nb,
                           const float* HWY_RESTRICT v, size_t hd, size_t d0, float* const* o,

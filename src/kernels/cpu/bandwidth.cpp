@@ -1,8 +1,8 @@
 // The memory read bandwidth probe: the decode roofline of gemma-bench and kernels_bench. Blocks of
 // 64 KiB are taken in turn from a shared counter, so the threads read neighbouring blocks, and
-// summed with full-width vector loads. On the 2-core EPYC this reads 15-40 % faster than each
-// thread summing its own half of the buffer with 8-byte loads (two distant streams, fewer cache
-// lines in flight), and at least as fast as the decode kernel streams its weights.
+// summed with full-width vector loads: neighbouring blocks keep more cache lines in flight than
+// each thread summing its own distant half, so the probe reads at least as fast as the decode
+// kernel streams its weights (docs/BENCHMARKS.md, Design measurements).
 #include "kernels/cpu/bandwidth.h"
 
 #include <algorithm>

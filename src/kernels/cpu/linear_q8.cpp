@@ -218,9 +218,8 @@ HWY_INLINE hn::Vec<DQ32> GroupDotQ(const uint32_t* group_words, const XQ* HWY_RE
 #endif
 
 // How far ahead of the bytes being read the decode kernel prefetches: one row (1-5 KB) is one
-// stream, and 2 KB ahead of it measured 5-18 % faster than hardware prefetching alone or 1 KB
-// ahead; 3-8 KB ahead, or into L2 only, or non-temporal, were no better (AMD EPYC). Prefetches
-// never fault.
+// stream, and 2 KB beat the other distances tried (docs/BENCHMARKS.md, Design measurements).
+// Prefetches never fault.
 constexpr int64_t kPrefetchAhead = 2048;
 
 #if GP_Q8_VNNI512
@@ -281,8 +280,8 @@ GP_VNNI_ATTR hn::Vec<hn::ScalableTag<float>> RowDotVnni(const uint32_t* row_word
 #endif
 
 // Rows [r0, r1) one after the other, so each thread reads one sequential stream of weight bytes
-// (reading four rows side by side to share the activation loads was 10-15 % slower from DRAM:
-// four short streams that the prefetchers follow badly). Four accumulators over the groups.
+// (four rows side by side, sharing the activation loads, are four short streams that the
+// prefetchers follow badly: slower from DRAM). Four accumulators over the groups.
 void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsum, int64_t r0,
                 int64_t r1, float* y, const float* bias) {
   const hn::Rebind<float, DQ32> df;
@@ -450,7 +449,7 @@ void TransposeChunks(const uint8_t (*rows)[kQKC], int64_t n_chunks, uint8_t* HWY
 
 // sc[g*NB + j], bi[g*NB + j] = scale and bias of group k0/64 + g of weight row o + j (clamped to
 // the last row), for g < ng, j < NB: each row's groups converted as one vector run, then spread.
-// One value at a time, the dtype switch of each had cost as much as unpacking the nibbles.
+// (One value at a time, the dtype switch of each costs about as much as unpacking the nibbles.)
 void PanelScales(const Weight& w, int64_t o, int64_t NB, int64_t k0, int64_t ng,
                  float* HWY_RESTRICT sc, float* HWY_RESTRICT bi) {
   const int64_t gpr = w.groups_per_row();
@@ -495,10 +494,9 @@ void PackQ8PanelVnni(const Weight& w, int64_t o, int64_t k0, int64_t kc,
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 48 * NB), _mm512_extracti32x4_epi32(u, 3));
   };
   // Group by group, all 32 rows: each 128-byte chunk row of the panel is written whole while it
-  // is in L1 (row by row, every line was written four times, from L2). Each row's kc/2 bytes
-  // are a short stream that the hardware prefetchers barely follow (the loads stalled 3/4 of
-  // the time unprefetched): the lines 4 groups ahead of all rows, then those of the next chunk
-  // of inputs, and the scales, are prefetched.
+  // is in L1 (row by row, every line would be written four times, from L2). Each row's kc/2
+  // bytes are a short stream that the hardware prefetchers barely follow: the lines 4 groups
+  // ahead of all rows, then those of the next chunk of inputs, and the scales, are prefetched.
   const uint8_t* src[NB];
   for (int64_t j = 0; j < NB; ++j) {
     const int64_t r = std::min(o + j, w.out - 1);

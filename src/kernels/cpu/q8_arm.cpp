@@ -26,8 +26,8 @@ namespace gp::cpu::arm {
 namespace {
 
 constexpr int64_t kGroup = 64;
-// How far ahead of the weight bytes being read the decode kernel prefetches (the distance
-// measured on x86 for the same stream; prefetches never fault).
+// How far ahead of the weight bytes being read the decode kernel prefetches (the x86 kernel's
+// distance, for the same stream; prefetches never fault).
 constexpr int64_t kPrefetchAhead = 2048;
 
 // The low and high nibbles of 16 weight bytes, as int8 (0..15).
