@@ -1,7 +1,8 @@
 // The one tensor table: every tensor of a Gemma 3 checkpoint with its name, expected logical
 // shape, dtype rule and the field of the weight structs (weights.h) it binds to. Loading,
 // gemma-synth, the compressor and any inspector walk this list (for_each_tensor) and refer to a
-// tensor by its field; nothing else spells tensor names. Adding a tensor is one entry here.
+// tensor by its field; nothing else spells tensor names. Adding a tensor is one entry here (plus
+// the field it fills in weights.h, and its use in the forward pass).
 #pragma once
 
 #include <cstdint>
