@@ -21,8 +21,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "io/image.h"
@@ -556,6 +560,7 @@ json endless(bool stream) {
 TEST(Server, ClientLeavingMidStreamStopsItsGenerationOnly) {
   ServerOptions o;
   o.ctx_size = 20016;
+  o.parallel = 1;  // the others queue behind the endless one
   TestServer s(o);
   RawClient leaver(s.port());
   leaver.post("/v1/completions", endless(true));
@@ -590,11 +595,134 @@ TEST(Server, ClientLeavingMidStreamStopsItsGenerationOnly) {
   EXPECT_LT(s.health()["generated_tokens"], 40000);
 }
 
+// With slots, two streams run at once: each gets tokens while the other is far from done.
+TEST(Server, ConcurrentStreamsBothProgress) {
+  ServerOptions o;
+  o.ctx_size = 20016;
+  o.parallel = 2;
+  TestServer s(o);
+  RawClient a(s.port()), b(s.port());
+  a.post("/v1/completions", endless(true));
+  ASSERT_TRUE(a.read_until("data: ", 3)) << a.received();
+  b.post("/v1/completions", endless(true));
+  // One at a time, b would wait for a's 20000 tokens; here both get more while both run.
+  ASSERT_TRUE(b.read_until("data: ", 3)) << b.received();
+  ASSERT_TRUE(a.read_until("data: ", 30)) << a.received();
+  ASSERT_TRUE(b.read_until("data: ", 30)) << b.received();
+  EXPECT_EQ(a.received().find("[DONE]"), std::string::npos);
+  EXPECT_EQ(b.received().find("[DONE]"), std::string::npos);
+  const json h = s.health();
+  EXPECT_EQ(h["slots_busy"], 2);
+  EXPECT_EQ(h["slots"].size(), 2u);
+  EXPECT_EQ(h["slots"][0]["busy"], true);
+  EXPECT_EQ(h["slots"][1]["busy"], true);
+  a.close();
+  b.close();
+  EXPECT_TRUE(s.wait_health([](const json& h) { return h["cancelled"] == 2 && !h["busy"]; }));
+}
+
+// A greedy request gives the same answer alone (cold) and again from its warm prompt cache while
+// another sequence shares its batches (--exact, as every TestServer).
+TEST(Server, SameAnswerAloneAndBesideAnotherStream) {
+  ServerOptions o;
+  o.ctx_size = 20016;
+  o.parallel = 2;
+  TestServer s(o);
+  json body = chat_body("Tell me about the license", 24, 5);
+  body["temperature"] = 0;
+  body["ignore_eos"] = true;
+  const auto alone = s.post("/v1/chat/completions", body);
+  ASSERT_EQ(alone->status, 200) << alone->body;
+  RawClient other(s.port());
+  other.post("/v1/completions", endless(true));
+  ASSERT_TRUE(other.read_until("data: ", 3)) << other.received();
+  const auto beside = s.post("/v1/chat/completions", body);
+  ASSERT_EQ(beside->status, 200) << beside->body;
+  EXPECT_TRUE(other.read_until("data: ", 40)) << "the other stream stopped";
+  EXPECT_EQ(other.received().find("[DONE]"), std::string::npos);
+  const json ja = json::parse(alone->body), jb = json::parse(beside->body);
+  EXPECT_EQ(jb["choices"][0]["message"]["content"], ja["choices"][0]["message"]["content"]);
+  EXPECT_EQ(jb["usage"]["completion_tokens"], 24);
+  other.close();
+}
+
+// A returning conversation goes to the slot holding its start, although another conversation
+// came in between.
+TEST(Server, ReturningConversationFindsItsSlot) {
+  ServerOptions o;
+  o.parallel = 2;
+  TestServer s(o);
+  json a = chat_body("Tell me about the license", 12, 1);
+  const auto ra = s.post("/v1/chat/completions", a);
+  ASSERT_EQ(ra->status, 200) << ra->body;
+  const int a_tokens = json::parse(ra->body)["usage"]["prompt_tokens"];
+  const auto rb = s.post("/v1/chat/completions", chat_body("Something else entirely", 12, 2));
+  ASSERT_EQ(rb->status, 200) << rb->body;
+  a["messages"].push_back({{"role", "assistant"},
+                           {"content", json::parse(ra->body)["choices"][0]["message"]["content"]}});
+  a["messages"].push_back({{"role", "user"}, {"content", "And then?"}});
+  const auto again = s.post("/v1/chat/completions", a);
+  ASSERT_EQ(again->status, 200) << again->body;
+  EXPECT_GE(json::parse(again->body)["usage"]["prompt_tokens_details"]["cached_tokens"], a_tokens);
+  const json h = s.health();
+  EXPECT_GT(h["slots"][0]["cached_tokens"], 0);
+  EXPECT_GT(h["slots"][1]["cached_tokens"], 0);
+}
+
+// /metrics in Prometheus text format: every sample line is `name{labels} value` after its HELP
+// and TYPE, and the counts follow the requests.
+TEST(Server, MetricsCountRequestsAndTokens) {
+  TestServer s;
+  const auto r = s.post("/v1/chat/completions", chat_body("Hi", 6, 3));
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json usage = json::parse(r->body)["usage"];
+  const auto m = s.get("/metrics");
+  ASSERT_EQ(m->status, 200);
+  EXPECT_THAT(m->get_header_value("Content-Type"), StartsWith("text/plain; version=0.0.4"));
+  std::map<std::string, double> values;
+  std::set<std::string> typed;
+  std::istringstream lines(m->body);
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch g;
+    if (std::regex_match(line, g, std::regex("# TYPE ([a-z_]+) (counter|gauge)"))) {
+      typed.insert(g[1]);
+      continue;
+    }
+    if (line.rfind("# HELP ", 0) == 0) continue;
+    ASSERT_TRUE(
+        std::regex_match(line, g, std::regex(R"(([a-z_]+)(\{[a-z]+="[a-z]+"\})? ([-+0-9.e]+))")))
+        << line;
+    EXPECT_TRUE(typed.count(g[1])) << "no TYPE before " << line;
+    values[g[1].str() + g[2].str()] = std::stod(g[3]);
+  }
+  EXPECT_EQ(values["gemma_requests_total{result=\"completed\"}"], 1);
+  EXPECT_EQ(values["gemma_requests_total{result=\"rejected\"}"], 0);
+  EXPECT_EQ(values["gemma_prompt_tokens_total"], usage["prompt_tokens"].get<double>());
+  EXPECT_EQ(values["gemma_generated_tokens_total"], usage["completion_tokens"].get<double>());
+  EXPECT_EQ(values["gemma_queue_length"], 0);
+  EXPECT_EQ(values["gemma_slots_busy"], 0);
+  EXPECT_EQ(values["gemma_slots"], 4);
+  EXPECT_GT(values["gemma_busy_seconds_total"], 0);
+  EXPECT_GT(values["gemma_generated_tokens_per_second"], 0);
+}
+
+// Slots whose KV caches could never fit are refused at start, with the figure.
+TEST(Server, SlotsBeyondTheMemoryAreRefusedAtStart) {
+  std::string out;
+  const int rc =
+      test::run_command(test::bin_path("gemma-server") + " " + test::data_path("tiny-original") +
+                            " --exact --parallel 256 --ctx-size 1048576 --port 0",
+                        &out);
+  EXPECT_EQ(rc, 1) << out;
+  EXPECT_THAT(out, HasSubstr("error: --parallel 256 x --ctx-size 1048576: KV caches (F32) of "));
+  EXPECT_THAT(out, HasSubstr("they do not fit (fewer slots, a smaller --ctx-size or --kv f16)"));
+}
+
 // A request holds its place in the queue while it is parsed (images decoded, text tokenized), so
 // that a full queue refuses that work too.
 TEST(Server, QueuePlacesAreTakenBeforeParsing) {
   Engine engine(test::data_path("tiny-mobile"), EngineOptions{1, false});
-  Generator g(engine, 64, 2, false);
+  Generator g(engine, GeneratorOptions{64, 1, 2, 64, false});
   EXPECT_TRUE(g.reserve());
   EXPECT_TRUE(g.reserve());
   EXPECT_FALSE(g.reserve());
@@ -610,6 +738,7 @@ TEST(Server, FullQueueGets503) {
   ServerOptions o;
   o.ctx_size = 20016;
   o.max_queue = 1;
+  o.parallel = 1;  // the endless request holds the one slot
   TestServer s(o);
   RawClient running(s.port());
   running.post("/v1/completions", endless(true));
@@ -771,6 +900,7 @@ TEST(Server, QueuedClientLeavingFreesItsSlotAtOnce) {
   ServerOptions o;
   o.ctx_size = 20016;
   o.max_queue = 1;
+  o.parallel = 1;  // the endless request holds the one slot
   TestServer s(o);
   RawClient running(s.port());
   running.post("/v1/completions", endless(true));

@@ -50,8 +50,15 @@ int main(int argc, char** argv) {
   app.add_option("--threads", eo.threads, "worker threads (0: all cores)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--ctx-size", o.ctx_size, "context size in tokens")->check(CLI::PositiveNumber);
+  app.add_option("--parallel", o.parallel,
+                 "requests generated at once, each in a slot with its own KV cache and prompt "
+                 "cache (their KV bytes are printed at start)")
+      ->check(CLI::Range(1, 256));
+  app.add_option("--prompt-chunk", o.prompt_chunk,
+                 "prompt positions evaluated per step beside the running streams")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-queue", o.max_queue,
-                 "requests that may wait while one generates; more get 503 at once")
+                 "requests that may wait for a slot; more get 503 at once")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--api-key", o.api_key, "require 'Authorization: Bearer KEY' on /v1/")
       ->envname("GEMMA_API_KEY");

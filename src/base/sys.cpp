@@ -20,6 +20,14 @@ double status_field_mb(const char* key) {
 
 double peak_rss_mb() { return status_field_mb("VmHWM"); }
 
+double mem_available_mb() {
+  std::ifstream f("/proc/meminfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("MemAvailable:", 0) == 0) return std::stod(line.substr(13)) / 1024.0;
+  return 0;
+}
+
 Progress::Progress(std::string label, uint64_t total, bool enabled)
     : label_(std::move(label)), total_(total), enabled_(enabled) {}
 

@@ -21,6 +21,9 @@ class Timer {
 
 // Resident-set high-water mark of this process, in MB (VmHWM).
 double peak_rss_mb();
+// Memory the kernel could give new allocations without swapping, in MB (MemAvailable of
+// /proc/meminfo); 0 when unknown.
+double mem_available_mb();
 
 // A one-line progress display on stderr, redrawn at most a few times a second; silent when
 // disabled.

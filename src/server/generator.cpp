@@ -3,17 +3,52 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "base/error.h"
+#include "base/sys.h"
+
 namespace gp {
 
-Generator::Generator(Engine& engine, int ctx_size, int max_queue, bool log)
-    : session_(engine, ctx_size), max_queue_(max_queue), log_(log), thread_([this] { loop(); }) {}
+namespace {
+size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
+}
+}  // namespace
+
+Generator::Generator(Engine& engine, const GeneratorOptions& options)
+    : engine_(engine), options_(options) {
+  check(options.parallel >= 1 && options.parallel <= 256,
+        "--parallel is " + std::to_string(options.parallel) + ", expected 1 to 256 slots");
+  check(options.prompt_chunk >= 1, "--prompt-chunk is " + std::to_string(options.prompt_chunk) +
+                                       ", expected at least 1 position");
+  // Caches are allocated untouched (pages mapped as they fill): many slots would not fail here
+  // but later, under load. Refuse at start what could never fit.
+  const DType kv = engine.options().kv_dtype();
+  const double mb =
+      options.parallel *
+      static_cast<double>(KvCache::bytes_for(engine.config().text, options.ctx_size, kv)) /
+      (1 << 20);
+  const double available = mem_available_mb();
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "--parallel %d x --ctx-size %d: KV caches (%s) of %.0f MB, %.0f MB available",
+                options.parallel, options.ctx_size, dtype_name(kv), mb, available);
+  check(available <= 0 || mb <= available,
+        std::string(line) + ": they do not fit (fewer slots, a smaller --ctx-size or --kv f16)");
+  if (options.log) std::fprintf(stderr, "%s\n", line);
+  slots_.resize(options.parallel);
+  for (Slot& s : slots_)
+    s.session = std::make_unique<Session>(engine, options.ctx_size, options.prompt_chunk);
+  slot_stats_.resize(options.parallel);
+  thread_ = std::thread([this] { loop(); });
+}
 
 Generator::~Generator() {
   std::deque<std::shared_ptr<Job>> left;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
-    if (running_) running_->cancel = true;
     left.swap(queue_);
   }
   wake_.notify_all();
@@ -28,7 +63,7 @@ Generator::~Generator() {
 
 bool Generator::reserve() {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (static_cast<int>(queue_.size()) + reserved_ >= max_queue_) {
+  if (static_cast<int>(queue_.size()) + reserved_ >= options_.max_queue) {
     ++stats_.rejected;
     return false;
   }
@@ -46,7 +81,7 @@ bool Generator::submit(const std::shared_ptr<Job>& job, bool reserved) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (reserved) {
       --reserved_;
-    } else if (static_cast<int>(queue_.size()) + reserved_ >= max_queue_) {
+    } else if (static_cast<int>(queue_.size()) + reserved_ >= options_.max_queue) {
       ++stats_.rejected;
       return false;
     }
@@ -61,7 +96,7 @@ void Generator::cancel(const std::shared_ptr<Job>& job) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto it = std::find(queue_.begin(), queue_.end(), job);
-    if (it == queue_.end()) return;  // running (it stops at its next token) or done
+    if (it == queue_.end()) return;  // running (it stops before its next step) or done
     queue_.erase(it);
     ++stats_.cancelled;
   }
@@ -75,48 +110,164 @@ GeneratorStats Generator::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
   GeneratorStats s = stats_;
   s.waiting = static_cast<int>(queue_.size());
-  s.busy = running_ != nullptr;
+  s.slots = slot_stats_;
+  s.slots_busy = static_cast<int>(
+      std::count_if(s.slots.begin(), s.slots.end(), [](const SlotStats& x) { return x.busy; }));
   return s;
 }
 
 void Generator::loop() {
   while (true) {
-    std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (stopping_) return;
-      job = running_ = queue_.front();
-      queue_.pop_front();
+      const auto busy = [&] {
+        return std::any_of(slots_.begin(), slots_.end(), [](const Slot& s) { return s.job; });
+      };
+      wake_.wait(lock, [&] { return stopping_ || !queue_.empty() || busy(); });
+      if (stopping_) break;
+      admit();
     }
-    run(*job);
-    std::lock_guard<std::mutex> lock(mutex_);
-    running_.reset();
+    step();
+  }
+  for (Slot& s : slots_)
+    if (s.job) {
+      if (s.gen) s.gen->cancel();
+      finish(s);
+    }
+}
+
+void Generator::admit() {
+  while (!queue_.empty()) {
+    const std::shared_ptr<Job>& job = queue_.front();
+    // The free slot whose cache is mostly a prefix of the prompt (a returning conversation),
+    // the longest such; else the least recently used, so that a new conversation sharing only
+    // the chat template's first tokens leaves the others' caches alone.
+    Slot* best = nullptr;
+    size_t best_prefix = 0;
+    for (Slot& s : slots_) {
+      if (s.job) continue;
+      const size_t held = s.session->cached_ids().size();
+      size_t p = common_prefix(s.session->cached_ids(), job->prompt);
+      if (2 * p < held) p = 0;
+      if (!best || p > best_prefix || (p == best_prefix && s.last_used < best->last_used)) {
+        best = &s;
+        best_prefix = p;
+      }
+    }
+    if (!best) return;
+    best->job = job;
+    best->last_used = ++clock_;
+    const size_t i = best - slots_.data();
+    slot_stats_[i] = {true, job->tag, best->session->n_cached()};
+    queue_.pop_front();
   }
 }
 
-void Generator::run(Job& job) {
-  GenerateResult r;
-  std::string error;
-  if (job.cancel) {
-    r.finish_reason = FinishReason::kCancelled;
-  } else {
-    std::vector<const Image*> images;
-    for (const auto& img : job.images) images.push_back(&img);
+void Generator::start(Slot& slot) {
+  Job& job = *slot.job;
+  slot.images.clear();
+  for (const auto& img : job.images) slot.images.push_back(&img);
+  slot.session->begin_prompt(job.prompt, slot.images);
+  slot.gen = std::make_unique<Generation>(engine_, job.prompt, job.options);
+  slot.sampling = false;
+}
+
+std::vector<Generator::Slot*> Generator::pick_rows(std::vector<SequenceRows>& rows) {
+  std::vector<Slot*> who;
+  Slot* prompting = nullptr;  // the one whose prompt had a chunk least recently
+  for (Slot& s : slots_) {
+    if (!s.job) continue;
     try {
-      r = generate(session_, job.prompt, images, job.options, [&](const std::string& text) {
-        if (job.cancel) return false;
-        if (job.stream) {
-          std::lock_guard<std::mutex> lock(job.mutex);
-          job.text += text;
-          job.changed.notify_all();
-        }
-        return true;
-      });
+      if (s.job->cancel) {
+        if (s.gen) s.gen->cancel();
+        finish(s);
+      } else if (!s.gen) {
+        start(s);
+      }
+      if (!s.job) continue;
+      if (s.session->prompt_pending()) {
+        if (!prompting || s.last_chunk < prompting->last_chunk) prompting = &s;
+      } else if (!s.gen->done()) {
+        rows.push_back(s.session->decode_rows(s.gen->next_id()));
+        who.push_back(&s);
+      }
     } catch (const std::exception& e) {
-      error = e.what();
+      finish(s, e.what());
     }
   }
+  if (prompting) {
+    try {
+      rows.push_back(prompting->session->prompt_rows());
+      who.push_back(prompting);
+      prompting->last_chunk = clock_;
+    } catch (const std::exception& e) {
+      finish(*prompting, e.what());
+    }
+  }
+  return who;
+}
+
+bool Generator::step() {
+  ++clock_;
+  std::vector<SequenceRows> rows;
+  const std::vector<Slot*> who = pick_rows(rows);
+  if (rows.empty()) return false;
+  Timer t;
+  try {
+    engine_.text().forward(rows);
+  } catch (const std::exception& e) {
+    for (Slot* s : who) finish(*s, e.what());
+    return true;
+  }
+  const double dt = t.seconds();
+  int64_t prompt_rows = 0, generated = 0;
+  for (size_t r = 0; r < who.size(); ++r) {
+    Slot& s = *who[r];
+    s.session->rows_ran();
+    GenerateResult& g = s.gen->result();
+    if (!s.sampling) {  // a chunk of its prompt
+      s.session->prompt_result().prefill_s += dt;
+      prompt_rows += static_cast<int64_t>(rows[r].rows->ids.size());
+      if (s.session->prompt_pending()) continue;
+      s.sampling = true;  // the prompt is in: its first token comes now
+      s.gen_timer.reset();
+    } else {
+      ++g.n_decoded;
+    }
+    if (!s.gen->done()) {
+      const size_t before = g.ids.size();
+      deliver(s, s.gen->step(s.session->last_logits().data()));
+      generated += static_cast<int64_t>(g.ids.size() - before);
+    }
+    if (s.gen->done()) finish(s);
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.busy_s += dt;
+  stats_.prompt_tokens += prompt_rows;
+  stats_.generated_tokens += generated;
+  for (size_t i = 0; i < slots_.size(); ++i)
+    if (slots_[i].job) slot_stats_[i].n_cached = slots_[i].session->n_cached();
+  return true;
+}
+
+void Generator::deliver(Slot& slot, const std::string& text) {
+  if (text.empty() || !slot.job->stream) return;
+  std::lock_guard<std::mutex> lock(slot.job->mutex);
+  slot.job->text += text;
+  slot.job->changed.notify_all();
+}
+
+void Generator::finish(Slot& slot, const std::string& error) {
+  std::shared_ptr<Job> job = std::move(slot.job);
+  GenerateResult r;
+  if (slot.gen) {
+    r = std::move(slot.gen->result());
+    r.prefill = slot.session->prompt_result();
+    if (slot.sampling) r.gen_s = slot.gen_timer.seconds();
+  } else if (job->cancel) {
+    r.finish_reason = FinishReason::kCancelled;
+  }
+  slot.gen.reset();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!error.empty())
@@ -125,23 +276,24 @@ void Generator::run(Job& job) {
       ++stats_.cancelled;
     else
       ++stats_.completed;
-    stats_.generated_tokens += static_cast<int64_t>(r.ids.size());
+    const size_t i = &slot - slots_.data();
+    slot_stats_[i] = {false, "", slot.session->n_cached()};
   }
-  if (log_) {
+  if (options_.log) {
     if (!error.empty())
-      std::fprintf(stderr, "%s: error: %s\n", job.tag.c_str(), error.c_str());
+      std::fprintf(stderr, "%s: error: %s\n", job->tag.c_str(), error.c_str());
     else
       std::fprintf(stderr,
                    "%s: prompt %d tokens (%d cached, %d images) %.1f tokens/s; %zu generated "
                    "%.1f tokens/s (%s)\n",
-                   job.tag.c_str(), r.prefill.n_tokens, r.prefill.n_reused, r.prefill.n_images,
+                   job->tag.c_str(), r.prefill.n_tokens, r.prefill.n_reused, r.prefill.n_images,
                    r.prompt_tps(), r.ids.size(), r.gen_tps(), finish_reason_name(r.finish_reason));
   }
-  std::lock_guard<std::mutex> lock(job.mutex);
-  job.result = std::move(r);
-  job.error = std::move(error);
-  job.done = true;
-  job.changed.notify_all();
+  std::lock_guard<std::mutex> lock(job->mutex);
+  job->result = std::move(r);
+  job->error = error;
+  job->done = true;
+  job->changed.notify_all();
 }
 
 }  // namespace gp

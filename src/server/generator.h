@@ -1,6 +1,7 @@
-// gemma-server's generation thread: it owns the engine's one session (so a request that extends
-// the previous conversation reuses its KV cache) and runs the queued jobs one at a time, in the
-// order they came, handing each job's text to the HTTP thread that waits for it.
+// gemma-server's generation thread: `parallel` slots, each a Session (its own KV cache and prompt
+// cache), and a loop that runs one batched forward per step over the next token of every
+// decoding slot and one chunk of one slot's prompt. Queued jobs join free slots between steps;
+// a returning conversation goes to the free slot whose cache holds a prefix of it.
 #pragma once
 
 #include <atomic>
@@ -13,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/sys.h"
 #include "runtime/engine.h"
 
 namespace gp {
@@ -33,27 +35,45 @@ struct Job {
   GenerateResult result;  // when done
   std::string error;      // when done: an internal error, empty when none
 
-  // Set by the HTTP thread when its client has gone: the job stops at its next token, or is
+  // Set by the HTTP thread when its client has gone: the job stops before its next step, or is
   // skipped if it has not started.
   std::atomic<bool> cancel{false};
 };
 
-struct GeneratorStats {
-  int waiting = 0;  // queued jobs, the running one excluded
+struct SlotStats {
   bool busy = false;
-  int64_t completed = 0;  // answered in full ("stop" or "length")
-  int64_t cancelled = 0;  // stopped or skipped because the client went away
-  int64_t rejected = 0;   // refused because the queue was full
-  int64_t failed = 0;     // internal errors
+  std::string tag;   // the job's, when busy
+  int n_cached = 0;  // positions its cache holds
+};
+
+struct GeneratorStats {
+  int waiting = 0;     // queued jobs, the running ones excluded
+  int slots_busy = 0;  // slots running a job
+  std::vector<SlotStats> slots;
+  int64_t completed = 0;      // answered in full ("stop" or "length")
+  int64_t cancelled = 0;      // stopped or skipped because the client went away
+  int64_t rejected = 0;       // refused because the queue was full
+  int64_t failed = 0;         // internal errors
+  int64_t prompt_tokens = 0;  // prompt positions evaluated (those from a prompt cache excluded)
   int64_t generated_tokens = 0;
+  double busy_s = 0;  // time spent in forwards
+};
+
+struct GeneratorOptions {
+  int ctx_size = 4096;  // context of each slot, in tokens
+  int parallel = 4;     // slots: sequences generated at once
+  int max_queue = 16;   // jobs that may wait for a slot
+  // Prompt positions per step: how long a new prompt holds up the running streams' next tokens.
+  int prompt_chunk = 64;
+  bool log = true;
 };
 
 class Generator {
  public:
-  // `engine` is used from the generation thread only from now on; `max_queue` jobs may wait
-  // besides the running one.
-  Generator(Engine& engine, int ctx_size, int max_queue, bool log);
-  // Stops the running job, fails the waiting ones and joins the thread.
+  // `engine` is used from the generation thread only from now on. Throws Error when the slots'
+  // KV caches would not fit in the memory available.
+  Generator(Engine& engine, const GeneratorOptions& options);
+  // Stops the running jobs, fails the waiting ones and joins the thread.
   ~Generator();
   Generator(const Generator&) = delete;
   Generator& operator=(const Generator&) = delete;
@@ -67,26 +87,47 @@ class Generator {
   // with `reserved` takes the place reserve() held and is never refused.
   bool submit(const std::shared_ptr<Job>& job, bool reserved = false);
   GeneratorStats stats() const;
-  // The client of `job` has gone: a waiting job leaves the queue at once (its slot is free for
-  // the next request, and it is done with finish_reason "cancelled"); a running one stops at its
-  // next token.
+  // The client of `job` has gone: a waiting job leaves the queue at once (its place is free for
+  // the next request, and it is done with finish_reason "cancelled"); a running one stops before
+  // its next step.
   void cancel(const std::shared_ptr<Job>& job);
 
  private:
-  void loop();
-  void run(Job& job);
+  struct Slot {
+    std::unique_ptr<Session> session;
+    std::shared_ptr<Job> job;  // null: free
+    std::unique_ptr<Generation> gen;
+    std::vector<const Image*> images;
+    bool sampling = false;    // the prompt is in: decode steps follow
+    Timer gen_timer;          // from the first sample
+    uint64_t last_used = 0;   // admission order, for least-recently-used choice
+    uint64_t last_chunk = 0;  // step of its last prompt chunk, for round-robin
+  };
 
-  Session session_;
-  const int max_queue_;
-  const bool log_;
+  void loop();
+  // Moves queued jobs into free slots (under mutex_).
+  void admit();
+  // One batched forward over every busy slot's next rows; false when no slot had any.
+  bool step();
+  void start(Slot& slot);
+  void deliver(Slot& slot, const std::string& text);
+  void finish(Slot& slot, const std::string& error = "");
+  // Rows of the slots: the next token of each decoding one, a chunk of one prompting one (the
+  // one whose prompt waited longest); appends to `rows` and returns whose they are.
+  std::vector<Slot*> pick_rows(std::vector<SequenceRows>& rows);
+
+  Engine& engine_;
+  const GeneratorOptions options_;
+  std::vector<Slot> slots_;
+  uint64_t clock_ = 0;  // counts admissions and steps
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Job>> queue_;
   int reserved_ = 0;  // places held by requests being parsed
-  std::shared_ptr<Job> running_;
   bool stopping_ = false;
-  GeneratorStats stats_;
+  GeneratorStats stats_;  // counters; waiting and slots are filled in by stats()
+  std::vector<SlotStats> slot_stats_;
   std::thread thread_;  // last: starts once the members above exist
 };
 

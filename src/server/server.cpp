@@ -249,7 +249,8 @@ struct Server::Impl {
                                          : options.model_name),
         created(static_cast<int64_t>(std::time(nullptr))),
         sampling(default_sampling(engine)),
-        generator(engine, options.ctx_size, options.max_queue, options.log) {
+        generator(engine, GeneratorOptions{options.ctx_size, options.parallel, options.max_queue,
+                                           options.prompt_chunk, options.log}) {
     const Tokenizer& t = engine.tokenizer();
     for (int32_t id = 0; id < t.vocab_size(); ++id)
       max_piece_bytes = std::max(max_piece_bytes, t.token_bytes(id).size());
@@ -264,6 +265,7 @@ struct Server::Impl {
   void stream(httplib::Response& res, std::shared_ptr<Job> job, const ResponseHead& head,
               bool include_usage);
   json health() const;
+  std::string metrics() const;
 
   // Wraps a handler: API errors become OpenAI error objects, other failures 500.
   httplib::Server::Handler guarded(
@@ -468,10 +470,18 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Job> job,
 
 json Server::Impl::health() const {
   const GeneratorStats s = generator.stats();
+  json slots = json::array();
+  for (size_t i = 0; i < s.slots.size(); ++i)
+    slots.push_back({{"id", i},
+                     {"busy", s.slots[i].busy},
+                     {"request", s.slots[i].busy ? json(s.slots[i].tag) : json(nullptr)},
+                     {"cached_tokens", s.slots[i].n_cached}});
   return {{"status", "ok"},
           {"model", model},
           {"ctx_size", options.ctx_size},
-          {"busy", s.busy},
+          {"busy", s.slots_busy > 0},
+          {"slots_busy", s.slots_busy},
+          {"slots", slots},
           {"waiting", s.waiting},
           {"max_queue", options.max_queue},
           {"completed", s.completed},
@@ -481,9 +491,40 @@ json Server::Impl::health() const {
           {"generated_tokens", s.generated_tokens}};
 }
 
+// Prometheus text format (version 0.0.4): one HELP, TYPE and sample line per metric.
+std::string Server::Impl::metrics() const {
+  const GeneratorStats s = generator.stats();
+  std::string out;
+  auto metric = [&](const char* name, const char* type, const char* help, double value,
+                    const std::string& labels = "") {
+    char v[64];
+    std::snprintf(v, sizeof v, "%.17g", value);
+    if (out.find(std::string("# TYPE ") + name + " ") == std::string::npos)
+      out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+    out += std::string(name) + labels + " " + v + "\n";
+  };
+  const char* requests = "requests finished, by result";
+  metric("gemma_requests_total", "counter", requests, s.completed, "{result=\"completed\"}");
+  metric("gemma_requests_total", "counter", requests, s.cancelled, "{result=\"cancelled\"}");
+  metric("gemma_requests_total", "counter", requests, s.failed, "{result=\"failed\"}");
+  metric("gemma_requests_total", "counter", requests, s.rejected, "{result=\"rejected\"}");
+  metric("gemma_prompt_tokens_total", "counter",
+         "prompt tokens evaluated (those from a prompt cache excluded)", s.prompt_tokens);
+  metric("gemma_generated_tokens_total", "counter", "tokens generated", s.generated_tokens);
+  metric("gemma_queue_length", "gauge", "requests waiting for a slot", s.waiting);
+  metric("gemma_slots_busy", "gauge", "slots running a request", s.slots_busy);
+  metric("gemma_slots", "gauge", "slots (--parallel)", static_cast<double>(s.slots.size()));
+  metric("gemma_busy_seconds_total", "counter", "seconds spent in model forwards", s.busy_s);
+  metric("gemma_generated_tokens_per_second", "gauge",
+         "tokens generated per second of forwards, all slots together",
+         s.busy_s > 0 ? s.generated_tokens / s.busy_s : 0);
+  return out;
+}
+
 void Server::Impl::routes() {
-  // Waiting requests hold a thread each: room for a full queue, the running one and many more.
-  const size_t threads = static_cast<size_t>(std::max(kMaxConnections, options.max_queue + 64));
+  // Waiting requests hold a thread each: room for a full queue, the running ones and many more.
+  const size_t threads =
+      static_cast<size_t>(std::max(kMaxConnections, options.max_queue + options.parallel + 64));
   http.new_task_queue = [threads] { return new ConnectionPool(threads); };
   // httplib sets SO_REUSEPORT too, with which a second server on the same port starts silently
   // and takes half the connections: SO_REUSEADDR alone makes that bind fail.
@@ -511,6 +552,9 @@ void Server::Impl::routes() {
                  res.set_header("Cache-Control", "max-age=86400");
                  res.set_content(script, "text/javascript; charset=utf-8");
                });
+  http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics(), "text/plain; version=0.0.4");
+  });
   http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(dump(health()), "application/json");
   });
@@ -543,10 +587,11 @@ void Server::Impl::routes() {
   http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
     if (res.status == 404)
-      reply_error(res, ApiError(404, "invalid_request_error", "not_found",
-                                "no route " + req.method + " " + req.path +
-                                    " (the server has POST /v1/chat/completions, POST "
-                                    "/v1/completions, GET /v1/models, GET /health, GET /)"));
+      reply_error(
+          res, ApiError(404, "invalid_request_error", "not_found",
+                        "no route " + req.method + " " + req.path +
+                            " (the server has POST /v1/chat/completions, POST "
+                            "/v1/completions, GET /v1/models, GET /health, GET /metrics, GET /)"));
     else if (res.status == 413)
       reply_error(res, ApiError(413, "invalid_request_error", "request_too_large",
                                 "the request body is " + req.get_header_value("Content-Length") +
@@ -578,6 +623,7 @@ void Server::Impl::routes() {
 namespace {
 const ServerOptions& checked(const ServerOptions& o) {
   check(o.ctx_size > 0, "--ctx-size must be at least 1, got " + std::to_string(o.ctx_size));
+  check(o.parallel >= 1, "--parallel must be at least 1, got " + std::to_string(o.parallel));
   check(o.max_queue >= 0, "--max-queue must be at least 0, got " + std::to_string(o.max_queue));
   return o;
 }

@@ -1,6 +1,7 @@
 // gemma-server: an OpenAI-compatible HTTP server over one loaded engine. POST /v1/chat/completions,
-// POST /v1/completions, GET /v1/models, GET /health and a chat page at /. Requests wait in one
-// queue and are generated one at a time (see generator.h); docs/SERVER.md describes the API.
+// POST /v1/completions, GET /v1/models, GET /health, GET /metrics and a chat page at /. Requests
+// wait in one queue for one of `parallel` slots, generated together (see generator.h);
+// docs/SERVER.md describes the API.
 #pragma once
 
 #include <cstddef>
@@ -15,8 +16,10 @@ namespace gp {
 struct ServerOptions {
   std::string host = "127.0.0.1";  // loopback unless told otherwise
   int port = 8080;                 // 0: any free port (see Server::bind)
-  int ctx_size = 4096;             // context of the one session, in tokens
-  int max_queue = 16;              // requests that may wait beside the running one; more get 503
+  int ctx_size = 4096;             // context of each slot, in tokens
+  int parallel = 4;                // slots: requests generated at once, each with its own cache
+  int prompt_chunk = 64;           // prompt positions per step beside the running streams
+  int max_queue = 16;              // requests that may wait for a slot; more get 503
   std::string api_key;             // when set, /v1/ needs "Authorization: Bearer KEY"
   size_t max_body = 32u << 20;     // request bodies beyond this get 413
   std::string model_name;          // the id clients see; default: the checkpoint's directory name
