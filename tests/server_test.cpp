@@ -986,6 +986,16 @@ TEST(Server, BinaryServesAndFailsClearly) {
       port = std::stoi(log.substr(p + 30));
   }
   ASSERT_GT(port, 0) << log;
+  // The slots' KV bytes at start: 4 slots (the default) of 4096 f16 positions.
+  {
+    const Engine e(test::data_path("tiny-mobile"), {1, false});
+    char mb[32];
+    std::snprintf(mb, sizeof mb, "%.0f MB",
+                  4.0 * KvCache::bytes_for(e.config().text, 4096, DType::F16) / (1 << 20));
+    EXPECT_THAT(log, HasSubstr("--parallel 4 x --ctx-size 4096: KV caches (F16) of " +
+                               std::string(mb) + ", "))
+        << log;
+  }
   httplib::Client c("127.0.0.1", port);
   const auto r = c.Post("/v1/chat/completions", chat_body("Hi", 4, 1).dump(), "application/json");
   kill(pid, SIGTERM);

@@ -22,6 +22,7 @@ int run(const std::string& model, const EngineOptions& engine_options,
   std::fprintf(stderr, "loading %s ...\n", model.c_str());
   Engine engine(model, engine_options);
   Server server(engine, options);
+  std::fprintf(stderr, "%s\n", server.kv_summary().c_str());
   const int port = server.bind();
   if (!loopback(options.host) && options.api_key.empty())
     std::fprintf(stderr,

@@ -34,9 +34,9 @@ Generator::Generator(Engine& engine, const GeneratorOptions& options)
   std::snprintf(line, sizeof line,
                 "--parallel %d x --ctx-size %d: KV caches (%s) of %.0f MB, %.0f MB available",
                 options.parallel, options.ctx_size, dtype_name(kv), mb, available);
+  kv_summary_ = line;
   check(available <= 0 || mb <= available,
-        std::string(line) + ": they do not fit (fewer slots, a smaller --ctx-size or --kv f16)");
-  if (options.log) std::fprintf(stderr, "%s\n", line);
+        kv_summary_ + ": they do not fit (fewer slots, a smaller --ctx-size or --kv f16)");
   slots_.resize(options.parallel);
   for (Slot& s : slots_)
     s.session = std::make_unique<Session>(engine, options.ctx_size, options.prompt_chunk);

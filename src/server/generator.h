@@ -87,6 +87,8 @@ class Generator {
   // with `reserved` takes the place reserve() held and is never refused.
   bool submit(const std::shared_ptr<Job>& job, bool reserved = false);
   GeneratorStats stats() const;
+  // "--parallel N x --ctx-size C: KV caches (F16) of M MB, A MB available", for the start log.
+  const std::string& kv_summary() const { return kv_summary_; }
   // The client of `job` has gone: a waiting job leaves the queue at once (its place is free for
   // the next request, and it is done with finish_reason "cancelled"); a running one stops before
   // its next step.
@@ -120,6 +122,7 @@ class Generator {
   const GeneratorOptions options_;
   std::vector<Slot> slots_;
   uint64_t clock_ = 0;  // counts admissions and steps
+  std::string kv_summary_;
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;

@@ -661,4 +661,6 @@ const std::string& Server::model_name() const { return impl_->model; }
 
 GeneratorStats Server::stats() const { return impl_->generator.stats(); }
 
+const std::string& Server::kv_summary() const { return impl_->generator.kv_summary(); }
+
 }  // namespace gp

@@ -47,6 +47,7 @@ class Server {
 
   const std::string& model_name() const;
   GeneratorStats stats() const;
+  const std::string& kv_summary() const;  // Generator::kv_summary
 
  private:
   struct Impl;
