@@ -221,6 +221,7 @@ bool Generator::step() {
   }
   const double dt = t.seconds();
   int64_t prompt_rows = 0, generated = 0;
+  std::vector<Slot*> ended;
   for (size_t r = 0; r < who.size(); ++r) {
     Slot& s = *who[r];
     s.session->rows_ran();
@@ -239,14 +240,17 @@ bool Generator::step() {
       deliver(s, s.gen->step(s.session->last_logits().data()));
       generated += static_cast<int64_t>(g.ids.size() - before);
     }
-    if (s.gen->done()) finish(s);
+    if (s.gen->done()) ended.push_back(&s);
   }
-  std::lock_guard<std::mutex> lock(mutex_);
-  stats_.busy_s += dt;
-  stats_.prompt_tokens += prompt_rows;
-  stats_.generated_tokens += generated;
-  for (size_t i = 0; i < slots_.size(); ++i)
-    if (slots_[i].job) slot_stats_[i].n_cached = slots_[i].session->n_cached();
+  {  // counted before the ended jobs are answered, so that their clients see them in /metrics
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.busy_s += dt;
+    stats_.prompt_tokens += prompt_rows;
+    stats_.generated_tokens += generated;
+    for (size_t i = 0; i < slots_.size(); ++i)
+      if (slots_[i].job) slot_stats_[i].n_cached = slots_[i].session->n_cached();
+  }
+  for (Slot* s : ended) finish(*s);
   return true;
 }
 
