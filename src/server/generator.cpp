@@ -129,8 +129,9 @@ void Generator::loop() {
     }
     step();
   }
-  for (Slot& s : slots_)
+  for (Slot& s : slots_)  // shutting down: the running jobs end as cancelled
     if (s.job) {
+      s.job->cancel = true;
       if (s.gen) s.gen->cancel();
       finish(s);
     }
