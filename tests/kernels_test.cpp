@@ -510,6 +510,77 @@ TEST(LinearMany, SameValuesAsSeparateLinears) {
   }
 }
 
+// ---------------------------------------------------------------- batch invariance
+//
+// Each row of a linear's or attention's result is computed in one fixed order whatever the batch:
+// row r of a batch of n is bitwise the one-row (decode) result of that row, whatever n, the
+// thread count and the rows beside it. So a request's tokens do not depend on how its prompt was
+// chunked, on the prompt cache, or on which sequences share a batch.
+
+// Row r of ops::linear_many (f32 or int8 activations) over any n >= 2 rows == that row in a batch
+// of two, bitwise. The one-row (decode) kernels sum in another order: one order for both measured
+// 30 % slower decode on this project's machine (docs/BENCHMARKS.md), so n = 1 makes no such
+// promise.
+void check_rows_invariant(const Weight& w, ops::Activations act, const std::vector<float>& x,
+                          const std::vector<float>& bias, const std::vector<int64_t>& ns) {
+  const bool with_bias = !bias.empty(), int8 = act == ops::Activations::kInt8;
+  const int64_t n_max = static_cast<int64_t>(x.size()) / w.in;
+  auto run = [&](const float* xr, int64_t n, float* y) {
+    ops::linear_many({{&w, y, with_bias ? bias.data() : nullptr}}, xr, n, act);
+  };
+  std::vector<float> one(n_max * w.out);  // every row as the first of a pair
+  std::vector<float> pair(2 * w.in), pair_y(2 * w.out);
+  for (int64_t t = 0; t < n_max; ++t) {
+    std::copy(x.begin() + t * w.in, x.begin() + (t + 1) * w.in, pair.begin());
+    const int64_t other = (t * 7 + 3) % n_max;
+    std::copy(x.begin() + other * w.in, x.begin() + (other + 1) * w.in, pair.begin() + w.in);
+    run(pair.data(), 2, pair_y.data());
+    std::copy(pair_y.begin(), pair_y.begin() + w.out, one.begin() + t * w.out);
+  }
+  for (int64_t n : ns) {
+    // Rows [first, first + n): a batch that does not start at row 0 has other neighbours.
+    for (int64_t first : {int64_t{0}, n_max - n}) {
+      std::vector<float> y(n * w.out, std::nanf(""));
+      run(x.data() + first * w.in, n, y.data());
+      for (int64_t t = 0; t < n; ++t) {
+        ASSERT_EQ(std::memcmp(y.data() + t * w.out, one.data() + (first + t) * w.out,
+                              w.out * sizeof(float)),
+                  0)
+            << "row " << t << " of a batch of " << n << " (from row " << first << "), out=" << w.out
+            << " in=" << w.in << " int8=" << int8 << " bias=" << with_bias;
+      }
+    }
+  }
+}
+
+// Shapes: K within one panel, K with a partial last panel (int8 panels are 2048 inputs, f32
+// ones 256), outputs not a multiple of any panel width; float weights have no int8 path.
+TEST(BatchInvariance, LinearRowsEqualPairResults) {
+  std::mt19937 rng(21);
+  std::vector<TestWeight> ws;
+  ws.push_back(make_quantized(37, 192, DType::BF16, 1, rng));
+  ws.push_back(make_quantized(70, 2624, DType::F16, 0, rng));
+  ws.push_back(make_quantized(33, 4160, DType::BF16, 0, rng));
+  ws.push_back(make_float(19, 200, DType::BF16, 1, rng));
+  const std::vector<int64_t> ns = {2, 3, 7, 16, 64, 65, 256};
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    for_each_target([&] {
+      for_each_q8_kernel([&] {
+        for (const TestWeight& t : ws) {
+          const std::vector<float> x = randn(256 * t.w.in, rng);
+          const std::vector<float> bias = randn(t.w.out, rng);
+          for (ops::Activations act : {ops::Activations::kInt8, ops::Activations::kF32}) {
+            check_rows_invariant(t.w, act, x, {}, ns);
+            check_rows_invariant(t.w, act, x, bias, {5});
+          }
+        }
+      });
+    });
+  }
+}
+
 // |got - want| <= rel * |want| + abs for every element.
 void expect_close(const float* got, const float* want, int64_t n, double rel, double abs,
                   const std::string& what) {
@@ -861,6 +932,88 @@ TEST(Attention, ThreadCounts) {
     SCOPED_TRACE("threads=" + std::to_string(threads));
     ScopedThreads pool(threads);
     for (AttnCase& a : cases) check_attention(a, rng, 0);
+  }
+}
+
+// A model layer's attention over a KV cache, run as one batch of n positions and as n single
+// positions: the cache holds positions [0, p) at slot pos % capacity (a ring when capacity is
+// below p + n), the batch's fresh keys and values are f32 values already rounded to the cache's
+// dtype (as the model stores them), and each decode step appends its position to the cache.
+struct CacheCase {
+  std::string name;
+  int n_heads, n_kv_heads, head_dim;
+  int64_t p, n, capacity;
+  int window;
+  DType dtype;
+};
+
+void check_prefill_equals_decode(const CacheCase& c, std::mt19937& rng) {
+  SCOPED_TRACE(c.name);
+  const int hd = c.head_dim, nkv = c.n_kv_heads, nh = c.n_heads;
+  const int64_t total = c.p + c.n, es = dtype_size(c.dtype);
+  // Keys and values of every position [total][nkv][hd], rounded to the cache dtype.
+  std::vector<float> k = randn(total * nkv * hd, rng), v = randn(total * nkv * hd, rng);
+  std::vector<uint8_t> tmp(k.size() * es);
+  for (std::vector<float>* x : {&k, &v}) {
+    from_f32(c.dtype, x->data(), x->size(), tmp.data());
+    to_f32(c.dtype, tmp.data(), x->size(), x->data());
+  }
+  const std::vector<float> q = randn(c.n * nh * hd, rng);
+  const std::vector<int32_t> q_pos = iota(c.n, static_cast<int32_t>(c.p));
+  // The cache [nkv][capacity][hd] with its positions.
+  std::vector<uint8_t> ck(nkv * c.capacity * hd * es), cv(ck.size());
+  std::vector<int32_t> cpos(c.capacity, -1);
+  auto store = [&](int64_t pos) {
+    const int64_t slot = pos % c.capacity;
+    for (int h = 0; h < nkv; ++h) {
+      const size_t at = (h * c.capacity + slot) * hd * es;
+      from_f32(c.dtype, k.data() + (pos * nkv + h) * hd, hd, ck.data() + at);
+      from_f32(c.dtype, v.data() + (pos * nkv + h) * hd, hd, cv.data() + at);
+    }
+    cpos[slot] = static_cast<int32_t>(pos);
+  };
+  for (int64_t pos = 0; pos < c.p; ++pos) store(pos);
+  auto run = [&](int64_t first, int64_t n, float* out) {
+    std::vector<ops::KvSegment> segs;
+    const int64_t n_cached = std::min(first, c.capacity);
+    if (n_cached > 0) {
+      segs.push_back(
+          {ck.data(), cv.data(), n_cached, hd, c.capacity * hd, cpos.data(), nullptr, c.dtype});
+    }
+    segs.push_back({k.data() + first * nkv * hd, v.data() + first * nkv * hd, n, int64_t{nkv} * hd,
+                    hd, q_pos.data() + (first - c.p), nullptr, DType::F32});
+    ops::attention(q.data() + (first - c.p) * nh * hd, n, nh, nkv, hd, q_pos.data() + (first - c.p),
+                   nullptr, segs, {true, c.window}, 1.0f / std::sqrt(static_cast<float>(hd)), out);
+  };
+  const int64_t row = int64_t{nh} * hd;
+  std::vector<float> batch(c.n * row, std::nanf(""));
+  run(c.p, c.n, batch.data());
+  for (int64_t i = 0; i < c.n; ++i) {
+    std::vector<float> one(row, std::nanf(""));
+    run(c.p + i, 1, one.data());
+    ASSERT_EQ(std::memcmp(one.data(), batch.data() + i * row, row * sizeof(float)), 0)
+        << "position " << c.p + i << " decoded alone differs from row " << i << " of the batch";
+    store(c.p + i);
+  }
+}
+
+TEST(BatchInvariance, AttentionPrefillRowsEqualDecodeSteps) {
+  std::mt19937 rng(23);
+  const std::vector<CacheCase> cases = {
+      {"global f16 gemma heads", 8, 4, 256, 100, 40, 4096, 0, DType::F16},
+      {"global f32 few queries", 8, 4, 256, 130, 2, 4096, 0, DType::F32},
+      {"ring f16 window", 4, 2, 64, 150, 40, 24, 16, DType::F16},
+      {"ring f32 window long chunk", 4, 2, 64, 50, 70, 20, 12, DType::F32},
+      {"empty cache f16", 4, 2, 64, 0, 30, 4096, 0, DType::F16},
+      {"gqa 3 head_dim 44", 6, 2, 44, 70, 9, 4096, 0, DType::F32},
+      {"long context f16", 8, 4, 64, 3000, 16, 4096, 0, DType::F16},
+  };
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    for_each_target([&] {
+      for (const CacheCase& c : cases) check_prefill_equals_decode(c, rng);
+    });
   }
 }
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "base/error.h"
 #include "io/model_dir.h"
@@ -92,8 +93,9 @@ INSTANTIATE_TEST_SUITE_P(All, FixtureLogits,
 // 64. On these random tiny models that moves logits by ~0.4 at most (std 2.1) and flips a few
 // close argmaxes, so the exact tests above use f32 activations. Guard against gross errors (a
 // wrong scale or layout gives unrelated logits), for prefill (the batched kernel) and for decode
-// (the one-row kernel): the mean error stays a small fraction of the logits' spread and most
-// argmaxes hold.
+// (the one-row kernel): the mean error stays a small fraction of the logits' spread, and the
+// argmax holds at every position whose reference top-2 margin exceeds twice that position's
+// largest error (where no error that small could flip it).
 TEST_P(FixtureLogits, Int8ActivationsStayCloseToExact) {
   const auto& [model_name, seq] = GetParam();
   Loaded m(test::data_path(model_name), ops::Activations::kInt8);
@@ -111,15 +113,29 @@ TEST_P(FixtureLogits, Int8ActivationsStayCloseToExact) {
     }
     const double n = static_cast<double>(logits.size());
     const double std_dev = std::sqrt(sum_sq / n - (sum / n) * (sum / n));
+    size_t clear = 0;  // positions whose margin no error of this size could flip
     for (size_t t = 0; t < ids.size(); ++t) {
-      auto top = [&](const float* row) { return std::max_element(row, row + V) - row; };
-      same_top += top(&logits[t * V]) == top(&exact[t * V]);
+      const float* got = &logits[t * V];
+      const float* want = &exact[t * V];
+      const int64_t top = std::max_element(want, want + V) - want;
+      float second = -INFINITY, err = 0;
+      for (int64_t v = 0; v < V; ++v) {
+        if (v != top) second = std::max(second, want[v]);
+        err = std::max(err, std::fabs(got[v] - want[v]));
+      }
+      const bool same = std::max_element(got, got + V) - got == top;
+      same_top += same;
+      if (want[top] - second > 2 * err) {
+        ++clear;
+        EXPECT_TRUE(same) << what << " position " << t;
+      }
     }
-    std::printf("%s %s int8 %s: mean |diff| %.3g (logit std %.3g), max %.3g, argmax %zu/%zu\n",
-                model_name.c_str(), seq.c_str(), what, sum_diff / n, std_dev,
-                max_abs_diff(logits, exact), same_top, ids.size());
+    std::printf(
+        "%s %s int8 %s: mean |diff| %.3g (logit std %.3g), max %.3g, argmax %zu/%zu (%zu beyond "
+        "reach of the error)\n",
+        model_name.c_str(), seq.c_str(), what, sum_diff / n, std_dev, max_abs_diff(logits, exact),
+        same_top, ids.size(), clear);
     EXPECT_LT(sum_diff / n, 0.05 * std_dev) << what;
-    EXPECT_GE(same_top, ids.size() * 8 / 10) << what;
   };
   KvCache cache(m.config.text, 256);
   std::vector<float> logits(ids.size() * V);
@@ -166,6 +182,41 @@ TEST(TextModel, HiddenStatesMatchReferenceLayerByLayer) {
       scale = std::max(scale, std::fabs(double(ref[layer * n * d + i])));
     }
     EXPECT_LT(md, 1e-5 * (1 + scale)) << "stage " << layer;
+  }
+}
+
+// Same prompt, same answer: the logits of the last prompt position are bitwise the same whether
+// the prompt runs as one batch, in chunks of 7 (they wrap the local layers' ring) or of 2, in both
+// activation modes and with both cache dtypes. (Chunks of one row take the one-row linears, which
+// sum in another order: see kernels_test's BatchInvariance.)
+TEST(TextModel, LastLogitsDoNotDependOnHowThePromptIsChunked) {
+  for (const char* name : {"tiny-original", "tiny-mobile"}) {
+    for (ops::Activations act : {ops::Activations::kF32, ops::Activations::kInt8}) {
+      Loaded m(test::data_path(name), act);
+      const auto ids = test::read_ids(test::data_path(std::string(name) + "/ref/seq40.tokens.txt"));
+      const int64_t V = m.config.text.n_vocab, n = static_cast<int64_t>(ids.size());
+      for (DType dtype : {DType::F32, DType::F16}) {
+        std::vector<float> first;
+        for (int64_t chunk : {n, int64_t{7}, int64_t{2}}) {
+          SCOPED_TRACE(
+              std::string(name) + " int8=" + std::to_string(act == ops::Activations::kInt8) +
+              " f16=" + std::to_string(dtype == DType::F16) + " chunk=" + std::to_string(chunk));
+          KvCache cache(m.config.text, 64, dtype);
+          std::vector<float> logits(V, std::nanf(""));
+          for (int64_t t0 = 0; t0 < n; t0 += chunk) {
+            TextBatch b;
+            b.ids.assign(ids.begin() + t0, ids.begin() + std::min(n, t0 + chunk));
+            m.model.forward(b, cache, logits.data());
+          }
+          if (first.empty()) {
+            first = logits;
+            continue;
+          }
+          EXPECT_EQ(std::memcmp(logits.data(), first.data(), V * sizeof(float)), 0)
+              << "max |diff| " << max_abs_diff(logits, first);
+        }
+      }
+    }
   }
 }
 

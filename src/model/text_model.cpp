@@ -90,10 +90,19 @@ void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, 
   int64_t t0 = 0;
   for (const SequenceRows& s : seqs) {
     const int m = static_cast<int>(s.rows->ids.size());
-    const float *ks = &k[t0 * nkv * hd], *vs = &v[t0 * nkv * hd];
+    float *ks = &k[t0 * nkv * hd], *vs = &v[t0 * nkv * hd];
     const int32_t* g = group ? group + t0 : nullptr;
     ops::KvSegment segs[2] = {s.cache->cached(layer),
                               {ks, vs, m, nkv * hd, hd, pos + t0, g, DType::F32}};
+    // The new rows as the cache will hold them: a query then reads the same keys and values
+    // whether they are new in its batch or cached by an earlier step (batch invariance).
+    if (segs[0].dtype != DType::F32) {
+      std::vector<uint16_t> half(m * nkv * hd);
+      for (float* x : {ks, vs}) {
+        from_f32(segs[0].dtype, x, half.size(), half.data());
+        to_f32(segs[0].dtype, half.data(), half.size(), x);
+      }
+    }
     const int first = segs[0].n > 0 ? 0 : 1;
     ops::attention(&q[t0 * nh * hd], m, nh, nkv, hd, pos + t0, g,
                    std::span(segs + first, 2 - first), mask,

@@ -1,9 +1,10 @@
 // Multi-head attention with grouped-query sharing and the masks of ops::AttentionMask.
-// Few queries (decode): per (query, kv head) dot products over the keys, the keys split over
-// threads and the partial softmaxes merged. Many queries (prefill, vision): per kv head, the
-// keys are packed into panels (K transposed, V padded) and blocks of query rows run two small
-// matrix products per key block with an online softmax in between (flash-attention order);
-// without a mask (vision), AttendDense does the same with one query per vector lane.
+// With query positions, every query's result is computed in one fixed order (key_table, "one
+// order for every path" below), so a row of a batch equals the same query run alone: few queries
+// (decode) take the cached rows directly, one (query, kv head) per task; many queries (prefill)
+// pack the keys as f32 rows and the values into panels, and blocks of query rows run the same
+// dot products, softmax steps and value sums per key block. Without a mask (vision),
+// AttendDense runs one query per vector lane and two small matrix products per key block.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -63,6 +64,68 @@ inline bool sees(const AttnArgs& a, int64_t t, const ops::KvSegment& seg, int64_
   if (!a.q_pos || !seg.pos) return true;
   return ref::visible(a.q_pos[t], a.q_group ? a.q_group[t] : -1, seg.pos[j],
                       seg.group ? seg.group[j] : -1, a.mask);
+}
+
+// Keys per block of the online softmax: every path folds one block at a time into a query's
+// running max, sum and output.
+constexpr int64_t kKeyBlock = 64;
+
+// One key of the block table: key j of segment seg, or an empty slot (seg null).
+struct KeySlot {
+  const ops::KvSegment* seg = nullptr;
+  int64_t j = 0;
+};
+
+// The keys of a call laid out in blocks of kKeyBlock slots, in the one order every path (few
+// queries or many) reduces them in: keys without a position first, by key number; then keys
+// with a position >= 0 at slot `position - base` (base: the lowest position rounded down to a
+// block), empty slots elsewhere. A query's softmax then sums the same keys in the same blocks
+// whether they sit in the cache (a ring, in any slot) or among the batch's fresh keys, so its
+// result does not depend on how the positions before it were batched. Without query positions,
+// or with positions repeated or too sparse, keys go by key number (no such promise).
+std::vector<KeySlot> key_table(const AttnArgs& a) {
+  auto round_up = [](int64_t n) { return (n + kKeyBlock - 1) / kKeyBlock * kKeyBlock; };
+  auto by_number = [&] {
+    std::vector<KeySlot> t(round_up(a.n_keys));
+    for_key_range(a, 0, a.n_keys,
+                  [&](const ops::KvSegment& seg, int64_t j0, int64_t j1, int64_t k) {
+                    for (int64_t j = j0; j < j1; ++j) t[k + j - j0] = {&seg, j};
+                  });
+    return t;
+  };
+  if (!a.q_pos) return by_number();
+  int64_t n_free = 0, n_pos = 0;
+  int32_t lo = std::numeric_limits<int32_t>::max(), hi = -1;
+  for (const ops::KvSegment& seg : a.kv) {
+    if (!seg.pos) {
+      n_free += seg.n;
+      continue;
+    }
+    for (int64_t j = 0; j < seg.n; ++j) {
+      if (seg.pos[j] < 0) continue;
+      ++n_pos;
+      lo = std::min(lo, seg.pos[j]);
+      hi = std::max(hi, seg.pos[j]);
+    }
+  }
+  const int64_t base = n_pos ? lo / kKeyBlock * kKeyBlock : 0;
+  const int64_t span = n_pos ? hi - base + 1 : 0;
+  if (span > 4 * n_pos + kKeyBlock) return by_number();
+  const int64_t first = round_up(n_free);
+  std::vector<KeySlot> t(first + round_up(span));
+  int64_t f = 0;
+  for (const ops::KvSegment& seg : a.kv) {
+    for (int64_t j = 0; j < seg.n; ++j) {
+      if (!seg.pos) {
+        t[f++] = {&seg, j};
+      } else if (seg.pos[j] >= 0) {
+        KeySlot& slot = t[first + seg.pos[j] - base];
+        if (slot.seg) return by_number();  // a position given twice
+        slot = {&seg, j};
+      }
+    }
+  }
+  return t;
 }
 
 }  // namespace
@@ -127,18 +190,13 @@ HWY_INLINE void AddScaled(float* HWY_RESTRICT acc, const float* HWY_RESTRICT v, 
   for (; i < n; ++i) acc[i] += p * v[i];
 }
 
-// ---------------------------------------------------------------- few queries
+// ---------------------------------------------------------------- one order for every path
 //
-// Decode reads every cached key and value row once per kv head: the H query heads that share a
-// kv head (grouped-query attention) take each row together, and rows are read front to back, one
-// after the other, with the row `kRowsAhead` further prefetched: a sequential stream per K and V
-// that runs near the memory bandwidth. (Four rows side by side, or a strip of every row of a
-// block at a time, are several short streams, which read far slower.)
-
-constexpr int64_t kRowsAhead = 4;
-
-// Up to this many query heads go through a key or value row together.
-constexpr int kMaxHeads = 4;
+// Each query's result is the same sequence of float operations whatever the number of queries
+// in the call and the path it takes (batch invariance): over the blocks of key_table, in order,
+//   s_j = DotHeads(q, k_j) * scale (-inf where hidden);  SoftmaxBlock (running max m, sum l,
+//   output o rescaled by exp(m_old - m));  o = fma(p_j, v_j, o) key by key, in slot order;
+// and out = o / l at the end. Blocks a query sees nothing of leave its state as it was.
 
 // Cached keys and values are f32 or f16 (T): loaded as f32 vectors, or one f32 value.
 template <class D>
@@ -172,14 +230,12 @@ HWY_INLINE void RowToF32(const ops::KvSegment& seg, const void* base, int64_t of
   for (; i < n; ++i) dst[i] = ToF32(src[i]);
 }
 
-// Prefetches the row of `hd` values at p. Prefetches never fault.
-template <class T>
-HWY_INLINE void PrefetchRow(const T* p, int64_t hd) {
-  for (int64_t i = 0; i < hd; i += 64 / sizeof(T)) hwy::Prefetch(p + i);
-}
+// Up to this many query heads go through a key or value row together.
+constexpr int kMaxHeads = 4;
 
-// out[h] = q[h] · k over n values, for H <= 4 query heads. The accumulators are named locals,
-// not arrays: SVE vectors are sizeless and cannot be array elements.
+// out[h] = q[h] · k over n values, for H <= 4 query rows. Each row's value is the same whatever
+// H and the rows beside it. The accumulators are named locals, not arrays: SVE vectors are
+// sizeless and cannot be array elements.
 template <int H, class T>
 HWY_INLINE void DotHeads(const float* const* q, const T* HWY_RESTRICT k, int64_t n, float* out) {
   static_assert(H >= 1 && H <= kMaxHeads);
@@ -216,10 +272,11 @@ HWY_INLINE void DotHeads(const float* const* q, const T* HWY_RESTRICT k, int64_t
     if constexpr (H > 2) a2 = hn::MulAdd(hn::LoadU(df, q2 + i), k0, a2);
     if constexpr (H > 3) a3 = hn::MulAdd(hn::LoadU(df, q3 + i), k0, a3);
   }
+  const hn::CappedTag<float, 1> d1;
   auto finish = [&](const float* qh, V a, V b) {
-    float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(a, b)));
-    for (int64_t r = i; r < n; ++r) s += qh[r] * ToF32(k[r]);
-    return s;
+    auto s = hn::Set(d1, hn::GetLane(hn::SumOfLanes(df, hn::Add(a, b))));
+    for (int64_t r = i; r < n; ++r) s = hn::MulAdd(hn::Set(d1, qh[r]), hn::Set(d1, ToF32(k[r])), s);
+    return hn::GetLane(s);
   };
   out[0] = finish(q0, a0, b0);
   if constexpr (H > 1) out[1] = finish(q1, a1, b1);
@@ -227,7 +284,24 @@ HWY_INLINE void DotHeads(const float* const* q, const T* HWY_RESTRICT k, int64_t
   if constexpr (H > 3) out[3] = finish(q3, a3, b3);
 }
 
-// o[h][0..n) += p[h] * v over n values, for H <= 4 query heads (named locals, as in DotHeads).
+// DotHeads for any 1 <= h <= 4 rows.
+template <class T>
+HWY_INLINE void DotRows(int h, const float* const* q, const T* HWY_RESTRICT k, int64_t n,
+                        float* out) {
+  switch (h) {
+    case 1:
+      return DotHeads<1>(q, k, n, out);
+    case 2:
+      return DotHeads<2>(q, k, n, out);
+    case 3:
+      return DotHeads<3>(q, k, n, out);
+    default:
+      return DotHeads<4>(q, k, n, out);
+  }
+}
+
+// o[h][0..n) += p[h] * v over n values, for H <= 4 query heads (named locals, as in DotHeads):
+// o = fma(p, v, o) per value, as MicroKernel computes P·V (the tail too, in one-lane vectors).
 template <int H, class T>
 HWY_INLINE void AddRowHeads(float* const* o, const float* p, const T* HWY_RESTRICT v, int64_t n) {
   static_assert(H >= 1 && H <= kMaxHeads);
@@ -247,12 +321,40 @@ HWY_INLINE void AddRowHeads(float* const* o, const float* p, const T* HWY_RESTRI
     if constexpr (H > 2) add(o[2], i, p2, x);
     if constexpr (H > 3) add(o[3], i, p3, x);
   }
+  const hn::CappedTag<float, 1> d1;
   for (; i < n; ++i) {
-    for (int h = 0; h < H; ++h) o[h][i] += p[h] * ToF32(v[i]);
+    for (int h = 0; h < H; ++h) {
+      o[h][i] = hn::GetLane(
+          hn::MulAdd(hn::Set(d1, p[h]), hn::Set(d1, ToF32(v[i])), hn::Set(d1, o[h][i])));
+    }
   }
 }
 
-constexpr int64_t kKeyBlock = 64;
+// Folds one block of kKeyBlock scores s (scaled, -inf where hidden) into a query's softmax
+// state: s becomes the block's probabilities exp(s - m), and o (n_o values) is rescaled to the
+// new max. Returns false while the query has seen nothing (s is then all 0).
+HWY_INLINE bool SoftmaxBlock(float* HWY_RESTRICT s, float& m, float& l, float* HWY_RESTRICT o,
+                             int64_t n_o) {
+  const float m_new = std::max(m, MaxOf(s, kKeyBlock));
+  if (m_new == kNegInf) {
+    std::fill(s, s + kKeyBlock, 0.0f);
+    return false;
+  }
+  const float corr = std::exp(m - m_new);  // 0 while nothing was seen
+  if (corr != 1.0f) Scale(o, n_o, corr);
+  l = l * corr + ExpShiftSum(s, kKeyBlock, m_new);
+  m = m_new;
+  return true;
+}
+
+// ---------------------------------------------------------------- few queries
+//
+// Decode reads every cached key and value row once per kv head: the query heads that share a
+// kv head (grouped-query attention) take each row together, and rows are read front to back,
+// with the row `kRowsAhead` slots further prefetched. The keys are not split over threads: a
+// split would merge partial softmaxes in an order that depends on the thread count.
+
+constexpr int64_t kRowsAhead = 4;
 
 // Softmax state of one query row over some keys: running max, sum of exp, unnormalized output.
 struct Partial {
@@ -261,13 +363,21 @@ struct Partial {
   float* o;  // [rows][head_dim]
 };
 
-// Keys [jb, jb + nb) of a segment for the H query heads h0.. of kv head kh (key rows kp, value
-// rows vp, visibility vis): the scores key by key, the online-softmax update, then the values.
-// The rows `ahead` elements further are prefetched for the first nb_ahead keys.
-template <int H, class T>
-void AttendBlock(const AttnArgs& a, int64_t t, int kh, int h0, const T* const* kp,
-                 const T* const* vp, const bool* vis, int64_t nb, int64_t nb_ahead, int64_t ahead,
-                 float* scores, Partial p) {
+// Prefetches `bytes` bytes at p. Prefetches never fault.
+HWY_INLINE void PrefetchBytes(const void* p, int64_t bytes) {
+  for (int64_t i = 0; i < bytes; i += 64) hwy::Prefetch(static_cast<const uint8_t*>(p) + i);
+}
+
+// Key or value row of slot `sl` for kv head kh.
+HWY_INLINE const void* SlotRow(const KeySlot& sl, const void* base, int kh) {
+  const int64_t off = sl.j * sl.seg->pos_stride + kh * sl.seg->head_stride;
+  return static_cast<const uint8_t*>(base) + off * dtype_size(sl.seg->dtype);
+}
+
+// One block of the key table for the H query heads h0.. of kv head kh of query t.
+template <int H>
+void AttendBlock(const AttnArgs& a, int64_t t, int kh, int h0, const KeySlot* slots,
+                 const bool* vis, float* scores, Partial p) {
   const int hd = a.head_dim;
   const float* q[H];
   float* o[H];
@@ -275,76 +385,48 @@ void AttendBlock(const AttnArgs& a, int64_t t, int kh, int h0, const T* const* k
     q[h] = a.q + (t * a.n_heads + kh * a.group + h0 + h) * hd;
     o[h] = p.o + (h0 + h) * hd;
   }
-  for (int64_t j = 0; j < nb; ++j) {  // scores [H][kKeyBlock]
-    if (j < nb_ahead) PrefetchRow(kp[j] + ahead, hd);
+  for (int64_t j = 0; j < kKeyBlock; ++j) {  // scores [H][kKeyBlock]
+    if (!vis[j]) {
+      for (int h = 0; h < H; ++h) scores[h * kKeyBlock + j] = kNegInf;
+      continue;
+    }
+    if (j + kRowsAhead < kKeyBlock && vis[j + kRowsAhead]) {
+      const KeySlot& ahead = slots[j + kRowsAhead];
+      PrefetchBytes(SlotRow(ahead, ahead.seg->k, kh), hd * dtype_size(ahead.seg->dtype));
+    }
     float s[H];
-    DotHeads<H>(q, kp[j], hd, s);
-    for (int h = 0; h < H; ++h) scores[h * kKeyBlock + j] = vis[j] ? s[h] * a.scale : kNegInf;
+    const void* k = SlotRow(slots[j], slots[j].seg->k, kh);
+    if (slots[j].seg->dtype == DType::F16) {
+      DotHeads<H>(q, static_cast<const hwy::float16_t*>(k), hd, s);
+    } else {
+      DotHeads<H>(q, static_cast<const float*>(k), hd, s);
+    }
+    for (int h = 0; h < H; ++h) scores[h * kKeyBlock + j] = s[h] * a.scale;
   }
   for (int h = 0; h < H; ++h) {
-    float* s = scores + h * kKeyBlock;
     const int hh = h0 + h;
-    const float m_new = std::max(p.m[hh], MaxOf(s, nb));
-    const float corr = std::exp(p.m[hh] - m_new);  // 0 while nothing was seen
-    if (corr != 1.0f) Scale(o[h], hd, corr);
-    p.l[hh] = p.l[hh] * corr + ExpShiftSum(s, nb, m_new);
-    p.m[hh] = m_new;
+    SoftmaxBlock(scores + h * kKeyBlock, p.m[hh], p.l[hh], o[h], hd);
   }
-  for (int64_t j = 0; j < nb; ++j) {
-    if (j < nb_ahead) PrefetchRow(vp[j] + ahead, hd);
+  for (int64_t j = 0; j < kKeyBlock; ++j) {
     if (!vis[j]) continue;
+    if (j + kRowsAhead < kKeyBlock && vis[j + kRowsAhead]) {
+      const KeySlot& ahead = slots[j + kRowsAhead];
+      PrefetchBytes(SlotRow(ahead, ahead.seg->v, kh), hd * dtype_size(ahead.seg->dtype));
+    }
     float pj[H];
     for (int h = 0; h < H; ++h) pj[h] = scores[h * kKeyBlock + j];
-    AddRowHeads<H>(o, pj, vp[j], hd);
-  }
-}
-
-// Keys [j0, j1) of one segment (values of type T) for query t, kv head kh.
-template <class T>
-void AttendSegment(const AttnArgs& a, int64_t t, int kh, const ops::KvSegment& seg, int64_t j0,
-                   int64_t j1, float* scores, Partial p) {
-  const T* kp[kKeyBlock];
-  const T* vp[kKeyBlock];
-  bool vis[kKeyBlock];
-  const int64_t ahead = kRowsAhead * seg.pos_stride;
-  for (int64_t jb = j0; jb < j1; jb += kKeyBlock) {
-    const int64_t nb = std::min(kKeyBlock, j1 - jb);
-    const int64_t nb_ahead = std::max<int64_t>(0, std::min(nb, j1 - jb - kRowsAhead));
-    bool any = false;
-    for (int64_t j = 0; j < nb; ++j) {
-      vis[j] = sees(a, t, seg, jb + j);
-      any |= vis[j];
-      const int64_t off = (jb + j) * seg.pos_stride + kh * seg.head_stride;
-      // Hidden keys still get a (valid) pointer: their scores are computed, then masked.
-      kp[j] = static_cast<const T*>(seg.k) + off;
-      vp[j] = static_cast<const T*>(seg.v) + off;
-    }
-    if (!any) continue;
-    for (int h0 = 0; h0 < a.group; h0 += kMaxHeads) {
-      auto block = [&](auto heads) {
-        AttendBlock<decltype(heads)::value>(a, t, kh, h0, kp, vp, vis, nb, nb_ahead, ahead, scores,
-                                            p);
-      };
-      switch (std::min(kMaxHeads, a.group - h0)) {
-        case 1:
-          block(std::integral_constant<int, 1>());
-          break;
-        case 2:
-          block(std::integral_constant<int, 2>());
-          break;
-        case 3:
-          block(std::integral_constant<int, 3>());
-          break;
-        default:
-          block(std::integral_constant<int, 4>());
-          break;
-      }
+    const void* v = SlotRow(slots[j], slots[j].seg->v, kh);
+    if (slots[j].seg->dtype == DType::F16) {
+      AddRowHeads<H>(o, pj, static_cast<const hwy::float16_t*>(v), hd);
+    } else {
+      AddRowHeads<H>(o, pj, static_cast<const float*>(v), hd);
     }
   }
 }
 
-// Query t, kv head kh, keys [k0, k1): the `group` query heads of kh into p (rows = heads).
-void AttendKeys(const AttnArgs& a, int64_t t, int kh, int64_t k0, int64_t k1, Partial p) {
+// Query t, kv head kh, every block of the key table: the `group` query heads of kh into p.
+void AttendKeys(const AttnArgs& a, const std::vector<KeySlot>& table, int64_t t, int kh,
+                Partial p) {
   const int hd = a.head_dim, G = a.group;
   float* scores = thread_scratch(kScratchA, kMaxHeads * kKeyBlock);
   for (int hh = 0; hh < G; ++hh) {
@@ -352,68 +434,53 @@ void AttendKeys(const AttnArgs& a, int64_t t, int kh, int64_t k0, int64_t k1, Pa
     p.l[hh] = 0;
     std::fill(p.o + hh * hd, p.o + (hh + 1) * hd, 0.0f);
   }
-  for_key_range(a, k0, k1, [&](const ops::KvSegment& seg, int64_t j0, int64_t j1, int64_t) {
-    if (seg.dtype == DType::F16) {
-      AttendSegment<hwy::float16_t>(a, t, kh, seg, j0, j1, scores, p);
-    } else {
-      AttendSegment<float>(a, t, kh, seg, j0, j1, scores, p);
+  bool vis[kKeyBlock];
+  for (size_t b0 = 0; b0 < table.size(); b0 += kKeyBlock) {
+    const KeySlot* slots = table.data() + b0;
+    bool any = false;
+    for (int64_t j = 0; j < kKeyBlock; ++j) {
+      vis[j] = slots[j].seg && sees(a, t, *slots[j].seg, slots[j].j);
+      any |= vis[j];
     }
-  });
+    if (!any) continue;
+    for (int h0 = 0; h0 < G; h0 += kMaxHeads) {
+      switch (std::min(kMaxHeads, G - h0)) {
+        case 1:
+          AttendBlock<1>(a, t, kh, h0, slots, vis, scores, p);
+          break;
+        case 2:
+          AttendBlock<2>(a, t, kh, h0, slots, vis, scores, p);
+          break;
+        case 3:
+          AttendBlock<3>(a, t, kh, h0, slots, vis, scores, p);
+          break;
+        default:
+          AttendBlock<4>(a, t, kh, h0, slots, vis, scores, p);
+          break;
+      }
+    }
+  }
 }
 
-void AttendFew(const AttnArgs& a) {
-  ThreadPool& pool = ThreadPool::global();
+void AttendFew(const AttnArgs& a, const std::vector<KeySlot>& table) {
   const int hd = a.head_dim, G = a.group;
   const int64_t units = a.n_q * a.n_kv_heads;
-  // Split the keys when there are too few (query, kv head) pairs to keep every thread busy.
-  int64_t splits = 1;
-  if (units < 4 * pool.size()) {
-    const int64_t most = std::max<int64_t>(1, a.n_keys / 256);  // >= 256 keys per split
-    splits = std::min<int64_t>((4 * pool.size() + units - 1) / units, most);
-  }
-  const int64_t rows = units * splits * G;
-  std::vector<float> pm(rows), pl(rows), po(splits > 1 ? rows * hd : 0);
-  auto task = [&](int64_t i) {
-    const int64_t unit = i / splits, s = i % splits;
+  std::vector<float> pm(units * G), pl(units * G);
+  auto task = [&](int64_t unit) {
     const int64_t t = unit / a.n_kv_heads;
     const int kh = static_cast<int>(unit % a.n_kv_heads);
-    const int64_t k0 = a.n_keys * s / splits, k1 = a.n_keys * (s + 1) / splits;
-    Partial p{pm.data() + i * G, pl.data() + i * G, nullptr};
-    p.o = splits > 1 ? po.data() + i * G * hd : thread_scratch(kScratchB, G * hd);
-    AttendKeys(a, t, kh, k0, k1, p);
-    if (splits > 1) return;
+    Partial p{pm.data() + unit * G, pl.data() + unit * G, thread_scratch(kScratchB, G * hd)};
+    AttendKeys(a, table, t, kh, p);
     for (int hh = 0; hh < G; ++hh) {
       float* out = a.out + (t * a.n_heads + kh * G + hh) * hd;
       const float inv = p.l[hh] > 0 ? 1.0f / p.l[hh] : 0.0f;
       for (int d = 0; d < hd; ++d) out[d] = p.o[hh * hd + d] * inv;
     }
   };
-  const int64_t n_tasks = units * splits;
-  if (n_tasks == 1 || units * a.n_keys * hd < 8192) {
-    for (int64_t i = 0; i < n_tasks; ++i) task(i);
+  if (units == 1 || units * a.n_keys * hd < 8192) {
+    for (int64_t i = 0; i < units; ++i) task(i);
   } else {
-    parallel_blocks(n_tasks, [&](int64_t i, int) { task(i); });
-  }
-  if (splits == 1) return;
-  // Merge the partial softmaxes of each (query, head): rescale to the common max.
-  for (int64_t unit = 0; unit < units; ++unit) {
-    const int64_t t = unit / a.n_kv_heads;
-    const int kh = static_cast<int>(unit % a.n_kv_heads);
-    for (int hh = 0; hh < G; ++hh) {
-      float m = kNegInf;
-      for (int64_t s = 0; s < splits; ++s) m = std::max(m, pm[(unit * splits + s) * G + hh]);
-      float* out = a.out + (t * a.n_heads + kh * G + hh) * hd;
-      std::fill(out, out + hd, 0.0f);
-      if (m == kNegInf) continue;
-      float l = 0;
-      for (int64_t s = 0; s < splits; ++s) {
-        const int64_t i = (unit * splits + s) * G + hh;
-        const float w = std::exp(pm[i] - m);
-        l += w * pl[i];
-        AddScaled(out, po.data() + i * hd, hd, w);
-      }
-      Scale(out, hd, 1.0f / l);
-    }
+    parallel_blocks(units, [&](int64_t i, int) { task(i); });
   }
 }
 
@@ -447,16 +514,21 @@ TileMask Classify(const AttnArgs& a, const KeyBlockInfo& kb, int32_t q_min, int3
   return TileMask::kMixed;
 }
 
-void AttendMany(const AttnArgs& a) {
+// Per kv head, the key table is packed chunk by chunk (keys as f32 rows, values transposed into
+// panels, zero in empty slots); blocks of query rows then take each key block: the scores with
+// DotHeads, four rows per key row, the softmax update, and P·V with the GEMM micro-kernel
+// (one fma per key, in slot order, as AddRowHeads).
+void AttendMany(const AttnArgs& a, const std::vector<KeySlot>& table) {
   const int64_t hd = a.head_dim, G = a.group;
   const int64_t NR = static_cast<int64_t>(PanelWidth());
   const int64_t hd_pad = (hd + NR - 1) / NR * NR;
   const int64_t R = a.n_q * G;  // query rows per kv head: (t, hh), t-major
   const int64_t n_qb = (R + kQueryBlock - 1) / kQueryBlock;
-  const int64_t chunk = std::min(kChunk, (a.n_keys + kKeyBlock - 1) / kKeyBlock * kKeyBlock);
+  const int64_t n_slots = static_cast<int64_t>(table.size());
+  const int64_t chunk = std::min(kChunk, n_slots);
   const int64_t n_kb_max = chunk / kKeyBlock;
   // Shared by the threads: packed keys of one chunk and the softmax state of one kv head.
-  float* kt = thread_scratch(kScratchC, chunk * hd);      // [block][panel][hd][NR]
+  float* kr = thread_scratch(kScratchC, chunk * hd);      // [key][hd]
   float* vt = thread_scratch(kScratchD, chunk * hd_pad);  // [block][hd panel][key][NR]
   float* state = thread_scratch(kScratchE, R * (hd_pad + 2));
   float* o_all = state;  // [R][hd_pad]
@@ -466,57 +538,53 @@ void AttendMany(const AttnArgs& a) {
   std::vector<int32_t> kpos(chunk), kgrp(chunk);
   std::vector<uint8_t> kunmasked(chunk);
   for (int kh = 0; kh < a.n_kv_heads; ++kh) {
-    for (int64_t c0 = 0; c0 < a.n_keys; c0 += chunk) {
-      const int64_t nck = std::min(chunk, a.n_keys - c0), n_kb = (nck + kKeyBlock - 1) / kKeyBlock;
-      const bool first = c0 == 0, last = c0 + nck == a.n_keys;
-      // Pack: K transposed into panels of NR keys, V into panels of NR dims; zero padding.
+    for (int64_t c0 = 0; c0 < n_slots; c0 += chunk) {
+      const int64_t nck = std::min(chunk, n_slots - c0), n_kb = nck / kKeyBlock;
+      const bool first = c0 == 0, last = c0 + nck == n_slots;
       auto pack = [&](int64_t b) {
-        const int64_t kb0 = c0 + b * kKeyBlock;
-        float* ktb = kt + b * kKeyBlock * hd;
+        float* krb = kr + b * kKeyBlock * hd;
         float* vtb = vt + b * kKeyBlock * hd_pad;
-        std::fill(ktb, ktb + kKeyBlock * hd, 0.0f);
+        std::fill(krb, krb + kKeyBlock * hd, 0.0f);
         std::fill(vtb, vtb + kKeyBlock * hd_pad, 0.0f);
         KeyBlockInfo info;
-        std::vector<float> rows(2 * hd);  // one key and value row as f32
-        for (int64_t j = std::min(kKeyBlock, a.n_keys - kb0); j < kKeyBlock; ++j) {
-          kpos[b * kKeyBlock + j] = -1;
-          kunmasked[b * kKeyBlock + j] = 0;
+        std::vector<float> vrow(hd);
+        for (int64_t jk = 0; jk < kKeyBlock; ++jk) {
+          const int64_t ki = b * kKeyBlock + jk;
+          const KeySlot& sl = table[c0 + ki];
+          kpos[ki] = -1;
+          kgrp[ki] = -1;
+          kunmasked[ki] = 0;
+          if (!sl.seg) {
+            info.any_empty = true;
+            info.all_unmasked = false;
+            continue;
+          }
+          const ops::KvSegment& seg = *sl.seg;
+          const int64_t off = sl.j * seg.pos_stride + kh * seg.head_stride;
+          kunmasked[ki] = seg.pos == nullptr;
+          kpos[ki] = seg.pos ? seg.pos[sl.j] : 0;
+          kgrp[ki] = seg.group ? seg.group[sl.j] : -1;
+          // Empty slots stay zero: whatever they hold must not reach P·V.
+          if (!a.q_pos || !seg.pos || kpos[ki] >= 0) {
+            RowToF32(seg, seg.k, off, hd, krb + jk * hd);
+            RowToF32(seg, seg.v, off, hd, vrow.data());
+            for (int64_t d = 0; d < hd; ++d) {
+              vtb[(d / NR) * kKeyBlock * NR + jk * NR + d % NR] = vrow[d];
+            }
+          }
+          if (!seg.pos) {
+            info.any_unmasked = true;
+            continue;
+          }
+          info.all_unmasked = false;
+          if (kpos[ki] < 0) {
+            info.any_empty = true;
+            continue;
+          }
+          info.min_pos = std::min(info.min_pos, kpos[ki]);
+          info.max_pos = std::max(info.max_pos, kpos[ki]);
+          info.any_group |= kgrp[ki] >= 0;
         }
-        for_key_range(a, kb0, std::min(kb0 + kKeyBlock, a.n_keys),
-                      [&](const ops::KvSegment& seg, int64_t j0, int64_t j1, int64_t key0) {
-                        for (int64_t j = j0; j < j1; ++j) {
-                          const int64_t jk = key0 + (j - j0) - kb0;  // key within block
-                          const int64_t ki = b * kKeyBlock + jk;
-                          // Empty slots stay zero: whatever they hold must not reach P·V.
-                          if (!a.q_pos || !seg.pos || seg.pos[j] >= 0) {
-                            const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
-                            float* kr = rows.data();
-                            float* vr = kr + hd;
-                            RowToF32(seg, seg.k, off, hd, kr);
-                            RowToF32(seg, seg.v, off, hd, vr);
-                            float* kdst = ktb + (jk / NR) * hd * NR + jk % NR;
-                            for (int64_t d = 0; d < hd; ++d) kdst[d * NR] = kr[d];
-                            for (int64_t d = 0; d < hd; ++d) {
-                              vtb[(d / NR) * kKeyBlock * NR + jk * NR + d % NR] = vr[d];
-                            }
-                          }
-                          kunmasked[ki] = seg.pos == nullptr;
-                          kpos[ki] = seg.pos ? seg.pos[j] : 0;
-                          kgrp[ki] = seg.group ? seg.group[j] : -1;
-                          if (!seg.pos) {
-                            info.any_unmasked = true;
-                            continue;
-                          }
-                          info.all_unmasked = false;
-                          if (kpos[ki] < 0) {
-                            info.any_empty = true;
-                            continue;
-                          }
-                          info.min_pos = std::min(info.min_pos, kpos[ki]);
-                          info.max_pos = std::max(info.max_pos, kpos[ki]);
-                          info.any_group |= kgrp[ki] >= 0;
-                        }
-                      });
         kinfo[b] = info;
       };
       if (nck * hd < 16384) {
@@ -526,8 +594,6 @@ void AttendMany(const AttnArgs& a) {
       }
       auto compute = [&](int64_t qb) {
         float* s_tile = thread_scratch(kScratchA, kQueryBlock * kKeyBlock);
-        float* zeros = thread_scratch(kScratchB, NR);
-        std::fill(zeros, zeros + NR, 0.0f);
         const int64_t r0 = qb * kQueryBlock, nr = std::min(kQueryBlock, R - r0);
         const float* q_rows[kQueryBlock];
         const float* p_rows[kQueryBlock];
@@ -556,43 +622,30 @@ void AttendMany(const AttnArgs& a) {
         for (int64_t b = 0; b < n_kb; ++b) {
           const TileMask tm = Classify(a, kinfo[b], q_min, q_max, q_any_group);
           if (tm == TileMask::kNone) continue;
-          const float* ktb = kt + b * kKeyBlock * hd;
+          const float* krb = kr + b * kKeyBlock * hd;
           const float* vtb = vt + b * kKeyBlock * hd_pad;
-          // S = Q Kᵀ for the block.
-          for (int64_t r = 0; r < nr; r += kMR) {
-            const size_t mr = std::min<int64_t>(kMR, nr - r);
-            for (int64_t p = 0; p < kKeyBlock / NR; ++p) {
-              float* c[kMR];
-              for (size_t i = 0; i < mr; ++i) c[i] = s_rows[r + i] + p * NR;
-              MicroKernelRows(mr, q_rows + r, hd, ktb + p * hd * NR, c, zeros);
+          // Scores, four query rows per key row; hidden ones -inf.
+          for (int64_t r = 0; r < nr; r += kMaxHeads) {
+            const int h = static_cast<int>(std::min<int64_t>(kMaxHeads, nr - r));
+            for (int64_t j = 0; j < kKeyBlock; ++j) {
+              const int64_t ki = b * kKeyBlock + j;
+              bool vis[kMaxHeads];
+              bool any = false;
+              for (int i = 0; i < h; ++i) {
+                const int64_t t = (r0 + r + i) / G;
+                vis[i] = table[c0 + ki].seg &&
+                         (tm == TileMask::kAll || kunmasked[ki] ||
+                          (kpos[ki] >= 0 && ref::visible(a.q_pos[t], a.q_group ? a.q_group[t] : -1,
+                                                         kpos[ki], kgrp[ki], a.mask)));
+                any |= vis[i];
+              }
+              float s[kMaxHeads];
+              if (any) DotRows(h, q_rows + r, krb + j * hd, hd, s);
+              for (int i = 0; i < h; ++i) s_rows[r + i][j] = vis[i] ? s[i] * a.scale : kNegInf;
             }
           }
-          // Scale and mask, then the online softmax update of each row.
-          const int64_t n_valid = std::min(kKeyBlock, nck - b * kKeyBlock);
           for (int64_t r = 0; r < nr; ++r) {
-            float* s = s_rows[r];
-            const int64_t t = (r0 + r) / G;
-            if (tm == TileMask::kAll) {
-              Scale(s, n_valid, a.scale);
-            } else {
-              const int32_t qp = a.q_pos[t], qg = a.q_group ? a.q_group[t] : -1;
-              for (int64_t j = 0; j < n_valid; ++j) {
-                const int64_t ki = b * kKeyBlock + j;
-                const bool ok = kunmasked[ki] || ref::visible(qp, qg, kpos[ki], kgrp[ki], a.mask);
-                s[j] = ok ? s[j] * a.scale : kNegInf;
-              }
-            }
-            std::fill(s + n_valid, s + kKeyBlock, kNegInf);
-            float& m = m_all[r0 + r];
-            const float m_new = std::max(m, MaxOf(s, kKeyBlock));
-            if (m_new == kNegInf) {  // nothing visible yet: contribute nothing
-              std::fill(s, s + kKeyBlock, 0.0f);
-              continue;
-            }
-            const float corr = std::exp(m - m_new);
-            if (corr != 1.0f) Scale(o_rows[r], hd_pad, corr);
-            l_all[r0 + r] = l_all[r0 + r] * corr + ExpShiftSum(s, kKeyBlock, m_new);
-            m = m_new;
+            SoftmaxBlock(s_rows[r], m_all[r0 + r], l_all[r0 + r], o_rows[r], hd_pad);
           }
           // O += P V for the block.
           for (int64_t r = 0; r < nr; r += kMR) {
@@ -882,12 +935,13 @@ void AttentionImpl(const AttnArgs& a) {
   // Some query may miss some key only with positions on both sides.
   bool masked = false;
   for (const ops::KvSegment& seg : a.kv) masked |= a.q_pos && seg.pos;
-  if (a.n_q * a.group >= 2 * kMR) {
-    // AttendDense holds the keys and values of a whole kv head: up to 2 x 16 MB.
-    if (masked || a.n_keys * a.head_dim > (int64_t{1} << 22)) return AttendMany(a);
+  // AttendDense holds the keys and values of a whole kv head: up to 2 x 16 MB.
+  if (a.n_q * a.group >= 2 * kMR && !masked && a.n_keys * a.head_dim <= (int64_t{1} << 22)) {
     return AttendDense(a);
   }
-  AttendFew(a);
+  const std::vector<KeySlot> table = key_table(a);
+  if (a.n_q * a.group >= 2 * kMR) return AttendMany(a, table);
+  AttendFew(a, table);
 }
 
 }  // namespace gp::cpu::HWY_NAMESPACE
