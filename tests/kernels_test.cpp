@@ -517,24 +517,20 @@ TEST(LinearMany, SameValuesAsSeparateLinears) {
 // thread count and the rows beside it. So a request's tokens do not depend on how its prompt was
 // chunked, on the prompt cache, or on which sequences share a batch.
 
-// Row r of ops::linear_many over n rows: with int8 activations (quantized weights), bitwise the
-// same row alone (n = 1, the decode kernel); with f32 ones, the row in a batch of two, for any
-// n >= 2 (the f32 one-row kernel sums in another order).
+// Row r of ops::linear_many (f32 or int8 activations) over any n >= 2 rows == that row in a batch
+// of two, bitwise. The one-row (decode) kernels sum in another order: one order for both measured
+// 30 % slower decode on this project's machine (docs/BENCHMARKS.md), so n = 1 makes no such
+// promise.
 void check_rows_invariant(const Weight& w, ops::Activations act, const std::vector<float>& x,
                           const std::vector<float>& bias, const std::vector<int64_t>& ns) {
-  const bool with_bias = !bias.empty();
-  const bool int8 = act == ops::Activations::kInt8 && w.quantized;  // else linear's kernels
+  const bool with_bias = !bias.empty(), int8 = act == ops::Activations::kInt8;
   const int64_t n_max = static_cast<int64_t>(x.size()) / w.in;
   auto run = [&](const float* xr, int64_t n, float* y) {
     ops::linear_many({{&w, y, with_bias ? bias.data() : nullptr}}, xr, n, act);
   };
-  std::vector<float> one(n_max * w.out);  // every row alone, or first of a pair
+  std::vector<float> one(n_max * w.out);  // every row as the first of a pair
   std::vector<float> pair(2 * w.in), pair_y(2 * w.out);
   for (int64_t t = 0; t < n_max; ++t) {
-    if (int8) {
-      run(x.data() + t * w.in, 1, one.data() + t * w.out);
-      continue;
-    }
     std::copy(x.begin() + t * w.in, x.begin() + (t + 1) * w.in, pair.begin());
     const int64_t other = (t * 7 + 3) % n_max;
     std::copy(x.begin() + other * w.in, x.begin() + (other + 1) * w.in, pair.begin() + w.in);
@@ -559,7 +555,7 @@ void check_rows_invariant(const Weight& w, ops::Activations act, const std::vect
 
 // Shapes: K within one panel, K with a partial last panel (int8 panels are 2048 inputs, f32
 // ones 256), outputs not a multiple of any panel width; float weights have no int8 path.
-TEST(BatchInvariance, LinearRowsEqualOneRowOrPairResults) {
+TEST(BatchInvariance, LinearRowsEqualPairResults) {
   std::mt19937 rng(21);
   std::vector<TestWeight> ws;
   ws.push_back(make_quantized(37, 192, DType::BF16, 1, rng));
@@ -583,29 +579,6 @@ TEST(BatchInvariance, LinearRowsEqualOneRowOrPairResults) {
       });
     });
   }
-}
-
-// linear_many with int8 activations: one row through q/k/v-like weights (the fused decode pass)
-// equals those rows of a batched call.
-TEST(BatchInvariance, LinearManyOneRowEqualsBatchRows) {
-  std::mt19937 rng(22);
-  TestWeight q = make_quantized(256, 640, DType::BF16, 1, rng);
-  TestWeight k = make_quantized(136, 640, DType::F16, 0, rng);
-  const int64_t n = 9;
-  const std::vector<float> x = randn(n * 640, rng);
-  for_each_target([&] {
-    for_each_q8_kernel([&] {
-      const ops::Activations act = ops::Activations::kInt8;
-      std::vector<float> yq(n * q.w.out), yk(n * k.w.out);
-      ops::linear_many({{&q.w, yq.data()}, {&k.w, yk.data()}}, x.data(), n, act);
-      for (int64_t t = 0; t < n; ++t) {
-        std::vector<float> oq(q.w.out), ok(k.w.out);
-        ops::linear_many({{&q.w, oq.data()}, {&k.w, ok.data()}}, x.data() + t * 640, 1, act);
-        ASSERT_EQ(std::memcmp(oq.data(), yq.data() + t * q.w.out, oq.size() * 4), 0) << t;
-        ASSERT_EQ(std::memcmp(ok.data(), yk.data() + t * k.w.out, ok.size() * 4), 0) << t;
-      }
-    });
-  });
 }
 
 // |got - want| <= rel * |want| + abs for every element.

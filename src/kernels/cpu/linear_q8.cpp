@@ -3,11 +3,10 @@
 //   y = sum_g scale_g * dx_g * (q_g · xq_g) + bias_g * sum(x_g),   x ≈ dx_g * xq_g.
 // One row (decode) streams the weight once with u8 x i8 pair multiply-adds of the nibbles
 // (vpdpbusd on AVX-512 VNNI, pmaddubsw on other x86, sdot or smull on 64-bit ARM (q8_arm.cpp);
-// 16-bit products elsewhere), several weights of the same input in one pass over the pool; many
-// rows (prefill) unpack blocks of weight rows into u8 panels for the same multiply-adds, about
-// twice the f32 GEMM's rate. Both sum the groups' exact integer products in one float order
-// (ChainStep), so each row's result does not depend on the batch. Less precise than linear by
-// the int8 rounding of x.
+// 16-bit products elsewhere), several weights
+// of the same input in one pass over the pool; many rows (prefill) unpack blocks of weight rows
+// into u8 panels for the same multiply-adds, about twice the f32 GEMM's rate. Less precise than
+// linear by the int8 rounding of x.
 #include "kernels/cpu/linear_q8.h"
 
 #include <algorithm>
@@ -223,250 +222,116 @@ HWY_INLINE hn::Vec<DQ32> GroupDotQ(const uint32_t* group_words, const XQ* HWY_RE
 // Prefetches never fault.
 constexpr int64_t kPrefetchAhead = 2048;
 
-// Every output of linear_q8, whatever the batch and the path (this one-row pass or the panels
-// below), is the same chain of float operations over the groups, in order:
-//   acc = bias (or 0);  acc = fma(isum_g, scale_g * dx_g, acc);  acc = fma(bias_g, xsum_g, acc)
-// where isum_g = q_g · xq_g is an exact integer sum, so each row's result is bitwise the same
-// whatever rows share its batch (batch invariance). One step of that chain, in the fused or
-// unfused multiply-add of the vector kernels of this target.
-HWY_INLINE float ChainStep(float acc, float isum, float sd, float bi, float xs) {
-  const hn::CappedTag<float, 1> d1;
-  auto a = hn::MulAdd(hn::Set(d1, isum), hn::Set(d1, sd), hn::Set(d1, acc));
-  return hn::GetLane(hn::MulAdd(hn::Set(d1, bi), hn::Set(d1, xs), a));
-}
-
 #if GP_Q8_VNNI512
 // Two groups' 64 nibble bytes against their xq (even elements of both, then odd ones): lanes
-// 0-7 hold the first group's int32 partial sums, lanes 8-15 the second's.
-GP_VNNI_ATTR HWY_INLINE __m512i PairDotVnni(const uint8_t* w, const XQ* x, __m512i mask,
-                                            __m512i zero) {
+// 0-7 hold the first group's int32 partial sums, lanes 8-15 the second's, as f32.
+GP_VNNI_ATTR HWY_INLINE __m512 PairDotVnni(const uint8_t* w, const XQ* x, __m512i mask,
+                                           __m512i zero) {
   const __m512i v = _mm512_loadu_si512(w);
   const __m512i d = _mm512_dpbusd_epi32(zero, _mm512_and_si512(v, mask), _mm512_loadu_si512(x));
-  return _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask),
-                             _mm512_loadu_si512(x + 64));
+  return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask),
+                                                _mm512_loadu_si512(x + 64)));
 }
 
-// isum[g] = q_g · xq_g (as f32, exact) for the gpr groups of one weight row: 16 groups from 8
-// pair products, whose lanes are summed in a transposing tree (one vector of 16 totals); a last
-// partial block runs the same tree with zero pairs.
-GP_VNNI_ATTR void RowIsumsVnni(const uint32_t* row_words, const XQ* HWY_RESTRICT xq, int64_t gpr,
-                               float* HWY_RESTRICT isum) {
+// sum_g sd_g * (q_g · xq_g) over one weight row, in the 16 lanes of the result (only their
+// total counts): two groups per 64-byte load, lanes 0-7 the first group's, 8-15 the second's.
+GP_VNNI_ATTR hn::Vec<hn::ScalableTag<float>> RowDotVnni(const uint32_t* row_words,
+                                                        const XQ* HWY_RESTRICT xq,
+                                                        const float* HWY_RESTRICT sd, int64_t gpr) {
   const auto* row = reinterpret_cast<const uint8_t*>(row_words);
   const auto* ahead = row + kPrefetchAhead;
   const __m512i mask = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
-  // Lane 4k + m of the tree's result holds group 4m + k.
-  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-  // Groups g, g+1 (lanes 0-7 and 8-15), or g alone (a last unpaired group: 32 bytes, its xq in
-  // the order of the other targets, zero-extended to 512 bits; at 256 bits the compiler picks the
-  // VEX form, which needs AVX-VNNI: Ice Lake and Tiger Lake have AVX512-VNNI without it), or 0.
-  auto pair = [&](int64_t g) {
-    if (g + 2 <= gpr) return PairDotVnni(row + g * 32, xq + g * kGroup, mask, zero);
-    if (g >= gpr) return zero;
+  // Lanes 0-7 take scale 0 (or 2), lanes 8-15 scale 1 (or 3) of four broadcast scales.
+  const __m512i pick01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i pick23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  int64_t g = 0;
+  for (; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
+    hwy::Prefetch(ahead + g * 32);
+    hwy::Prefetch(ahead + g * 32 + 64);
+    const __m512 s = _mm512_broadcast_f32x4(_mm_loadu_ps(sd + g));
+    a0 = _mm512_fmadd_ps(PairDotVnni(row + g * 32, xq + g * kGroup, mask, zero),
+                         _mm512_permutexvar_ps(pick01, s), a0);
+    a1 = _mm512_fmadd_ps(PairDotVnni(row + g * 32 + 64, xq + g * kGroup + 128, mask, zero),
+                         _mm512_permutexvar_ps(pick23, s), a1);
+  }
+  if (g + 2 <= gpr) {
+    const __m512 s = _mm512_broadcast_f32x4(
+        _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sd + g))));  // sd[g], sd[g+1]
+    a0 = _mm512_fmadd_ps(PairDotVnni(row + g * 32, xq + g * kGroup, mask, zero),
+                         _mm512_permutexvar_ps(pick01, s), a0);
+    g += 2;
+  }
+  if (g < gpr) {
+    // A last unpaired group: 32 bytes, its xq in the order of the other targets, zero-extended
+    // to 512 bits. (At 256 bits the compiler picks the VEX form, which needs AVX-VNNI: Ice Lake
+    // and Tiger Lake have AVX512-VNNI without it.)
     auto load32 = [](const void* p) {
       return _mm512_zextsi256_si512(_mm256_loadu_si256(static_cast<const __m256i*>(p)));
     };
     const __m512i v = load32(row + g * 32);
     const __m512i d = _mm512_dpbusd_epi32(zero, _mm512_and_si512(v, mask), load32(xq + g * kGroup));
-    return _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask),
-                               load32(xq + g * kGroup + kGroup / 2));
-  };
-  // First the weight stream alone, a tight loop as the one that reads at the memory's pace:
-  // the pair products go to `pairs` (L1); then the trees.
-  __m512i* pairs = reinterpret_cast<__m512i*>(thread_scratch(kScratchB, (gpr / 16 + 1) * 128));
-  const int64_t n_pairs = (gpr + 1) / 2;
-  int64_t p = 0;
-  for (; p + 2 <= n_pairs; p += 2) {
-    hwy::Prefetch(ahead + p * 64);
-    hwy::Prefetch(ahead + p * 64 + 64);
-    _mm512_store_si512(pairs + p, pair(2 * p));
-    _mm512_store_si512(pairs + p + 1, pair(2 * p + 2));
+    const __m512i e = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(v, 4), mask),
+                                          load32(xq + g * kGroup + kGroup / 2));
+    a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(e), _mm512_set1_ps(sd[g]), a1);
   }
-  for (; p < (gpr + 15) / 16 * 8; ++p) _mm512_store_si512(pairs + p, pair(2 * p));
-  for (int64_t g = 0; g < gpr; g += 16) {
-    const __m512i* pg = pairs + g / 2;
-    // 128-bit block k of w_m: the 4 partial sums of group g + 4m + k.
-    auto quad = [&](int m) {
-      const __m512i a = _mm512_load_si512(pg + 2 * m), b = _mm512_load_si512(pg + 2 * m + 1);
-      return _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
-                              _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
-    };
-    const __m512i w0 = quad(0), w1 = quad(1), w2 = quad(2), w3 = quad(3);
-    const __m512i t0 =
-        _mm512_add_epi32(_mm512_unpacklo_epi32(w0, w1), _mm512_unpackhi_epi32(w0, w1));
-    const __m512i t1 =
-        _mm512_add_epi32(_mm512_unpacklo_epi32(w2, w3), _mm512_unpackhi_epi32(w2, w3));
-    const __m512i tot =
-        _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
-    const __m512 f = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, tot));
-    if (g + 16 <= gpr) {
-      _mm512_storeu_ps(isum + g, f);
-    } else {
-      _mm512_mask_storeu_ps(isum + g, static_cast<__mmask16>((1u << (gpr - g)) - 1), f);
-    }
-  }
-}
-#endif
-
-// isum[g] = q_g · xq_g (as f32, exact) for the gpr groups of one weight row.
-HWY_INLINE void RowIsums(const uint32_t* row, const XQ* HWY_RESTRICT xq, int64_t gpr,
-                         float* HWY_RESTRICT isum) {
-#if GP_Q8_VNNI512
-  RowIsumsVnni(row, xq, gpr, isum);
-#elif GP_Q8_ARM
-  arm::q8_kernels().row_isums(row, xq, gpr, isum);
-#else
-  const DQ32 d32;
-  const auto* ahead = reinterpret_cast<const uint8_t*>(row) + kPrefetchAhead;
-  for (int64_t g = 0; g < gpr; ++g) {
-    if (g % 4 == 0) {  // 128 bytes: two cache lines
-      hwy::Prefetch(ahead + g * 32);
-      hwy::Prefetch(ahead + g * 32 + 64);
-    }
-    isum[g] = static_cast<float>(
-        hn::GetLane(hn::SumOfLanes(d32, GroupDotQ(row + g * 8, xq + g * kGroup))));
-  }
-#endif
-}
-
-#if GP_Q8_VNNI512
-// dst[16 j + i] = src[i * stride + j] for i, j < 16: a 16 x 16 transpose in registers.
-HWY_INLINE void Transpose16(const float* HWY_RESTRICT src, int64_t stride,
-                            float* HWY_RESTRICT dst) {
-  __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * stride);
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  // u[4q + c], lane L: column 4L + c of rows 4q .. 4q+3.
-  for (int q = 0; q < 4; ++q) {
-    r[4 * q] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
-    r[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
-    r[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
-    r[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
-    const __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
-    const __m512 w0 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
-    const __m512 w1 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
-    _mm512_storeu_ps(dst + 16 * c, _mm512_shuffle_f32x4(v0, w0, 0x88));
-    _mm512_storeu_ps(dst + 16 * (4 + c), _mm512_shuffle_f32x4(v0, w0, 0xDD));
-    _mm512_storeu_ps(dst + 16 * (8 + c), _mm512_shuffle_f32x4(v1, w1, 0x88));
-    _mm512_storeu_ps(dst + 16 * (12 + c), _mm512_shuffle_f32x4(v1, w1, 0xDD));
-  }
-}
-
-// 16 rows o .. o+15 with their float chains side by side, one row per lane: each row's integer
-// sums, scales and biases are computed row by row (one sequential stream of weight bytes), then
-// transposed 16 groups at a time. buf: 6 * 16 * round_up(gpr, 16) floats.
-void GemvQ8Rows16Vnni(const Weight& w, const XQ* xq, const float* dx, const float* xsum, int64_t o,
-                      float* y, const float* bias, float* buf) {
-  const hn::ScalableTag<float> df;  // 16 lanes
-  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8, gp = (gpr + 15) / 16 * 16;
-  const size_t ss = dtype_size(w.scale_dtype);
-  float* is = buf;           // [16][gp]
-  float* sd = is + 16 * gp;  // [16][gp]
-  float* bi = sd + 16 * gp;  // [16][gp]
-  float* tr = bi + 16 * gp;  // [3][16][16]: one block of groups of each, transposed
-  // The scales and biases of the next 16 rows: two more short streams, which the hardware
-  // prefetchers leave to miss.
-  const int64_t row_bytes = gpr * static_cast<int64_t>(ss);
-  for (int64_t b = 0; b < 16 * row_bytes; b += 64) {
-    hwy::Prefetch(static_cast<const uint8_t*>(w.scales) + (o + 16) * row_bytes + b);
-    hwy::Prefetch(static_cast<const uint8_t*>(w.biases) + (o + 16) * row_bytes + b);
-  }
-  for (int64_t r = 0; r < 16; ++r) {
-    const void* scales = static_cast<const uint8_t*>(w.scales) + (o + r) * gpr * ss;
-    float* sdr = sd + r * gp;
-    int64_t g = 0;
-    const void* biases = static_cast<const uint8_t*>(w.biases) + (o + r) * gpr * ss;
-    for (; g + 16 <= gpr; g += 16) {
-      hn::StoreU(hn::Mul(LoadAsF32(df, w.scale_dtype, scales, g), hn::LoadU(df, dx + g)), df,
-                 sdr + g);
-      hn::StoreU(LoadAsF32(df, w.scale_dtype, biases, g), df, bi + r * gp + g);
-    }
-    if (g < gpr) {  // the last groups through zero-padded copies
-      HWY_ALIGN uint8_t sp[64] = {}, bp[64] = {};
-      HWY_ALIGN float dp[16] = {};
-      std::memcpy(sp, static_cast<const uint8_t*>(scales) + g * ss, (gpr - g) * ss);
-      std::memcpy(bp, static_cast<const uint8_t*>(biases) + g * ss, (gpr - g) * ss);
-      std::memcpy(dp, dx + g, (gpr - g) * sizeof(float));
-      hn::StoreU(hn::Mul(LoadAsF32(df, w.scale_dtype, sp, 0), hn::Load(df, dp)), df, sdr + g);
-      hn::StoreU(LoadAsF32(df, w.scale_dtype, bp, 0), df, bi + r * gp + g);
-    }
-    RowIsumsVnni(w.q + (o + r) * wpr, xq, gpr, is + r * gp);
-  }
-  __m512 acc = bias ? _mm512_loadu_ps(bias + o) : _mm512_setzero_ps();
-  for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
-    Transpose16(is + g0, gp, tr);
-    Transpose16(sd + g0, gp, tr + 256);
-    Transpose16(bi + g0, gp, tr + 512);
-    const int64_t ng = std::min<int64_t>(16, gpr - g0);
-    for (int64_t g = 0; g < ng; ++g) {
-      acc = _mm512_fmadd_ps(_mm512_loadu_ps(tr + 16 * g), _mm512_loadu_ps(tr + 256 + 16 * g), acc);
-      acc = _mm512_fmadd_ps(_mm512_loadu_ps(tr + 512 + 16 * g), _mm512_set1_ps(xsum[g0 + g]), acc);
-    }
-  }
-  _mm512_storeu_ps(y + o, acc);
+  return hn::Vec<hn::ScalableTag<float>>{_mm512_add_ps(a0, a1)};
 }
 #endif
 
 // Rows [r0, r1) one after the other, so each thread reads one sequential stream of weight bytes
 // (four rows side by side, sharing the activation loads, are four short streams that the
-// prefetchers follow badly: slower from DRAM). The integer sums and the scales of kRows rows are
-// gathered first, then their float chains run side by side, so that the multiply-add latency of
-// one chain hides behind the others.
+// prefetchers follow badly: slower from DRAM). Four accumulators over the groups.
 void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsum, int64_t r0,
                 int64_t r1, float* y, const float* bias) {
-  constexpr int64_t kRows = 4;
   const hn::Rebind<float, DQ32> df;
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const size_t ss = dtype_size(w.scale_dtype);
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
-  int64_t o = r0;
-#if GP_Q8_VNNI512
-  if (o + 16 <= r1) {
-    float* buf16 = thread_scratch(kScratchA, 48 * ((gpr + 15) / 16 * 16) + 3 * 256);
-    for (; o + 16 <= r1; o += 16) GemvQ8Rows16Vnni(w, xq, dx, xsum, o, y, bias, buf16);
-  }
+  float* sd = thread_scratch(kScratchA, gpr);  // scale_g * dx_g of one row
+#if GP_Q8_ARM
+  const arm::Q8Kernels& arm_kernels = arm::q8_kernels();
+#elif !GP_Q8_VNNI512
+  auto group = [&](const uint32_t* row, int64_t g, hn::Vec<decltype(df)> acc) {
+    return hn::MulAdd(hn::ConvertTo(df, GroupDotQ(row + g * 8, xq + g * kGroup)),
+                      hn::Set(df, sd[g]), acc);
+  };
 #endif
-  if (o == r1) return;
-  float* buf = thread_scratch(kScratchA, 3 * kRows * gpr);
-  float* is = buf;                // [kRows][gpr] integer sums
-  float* sd = buf + kRows * gpr;  // [kRows][gpr] scale_g * dx_g
-  float* bi = sd + kRows * gpr;   // [kRows][gpr] bias_g
-  for (; o < r1; o += kRows) {
-    const int64_t nr = std::min(kRows, r1 - o);
-    for (int64_t r = 0; r < nr; ++r) {
-      const void* scales = static_cast<const uint8_t*>(w.scales) + (o + r) * gpr * ss;
-      float* sdr = sd + r * gpr;
-      int64_t g = 0;
-      for (; g + L <= gpr; g += L) {
-        hn::StoreU(hn::Mul(LoadAsF32(df, w.scale_dtype, scales, g), hn::LoadU(df, dx + g)), df,
-                   sdr + g);
-      }
-      for (; g < gpr; ++g) sdr[g] = load_float(w.scale_dtype, scales, g) * dx[g];
-      ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + (o + r) * gpr * ss, gpr,
-            bi + r * gpr);
-      RowIsums(w.q + (o + r) * wpr, xq, gpr, is + r * gpr);
+  for (int64_t o = r0; o < r1; ++o) {
+    const void* scales = static_cast<const uint8_t*>(w.scales) + o * gpr * ss;
+    int64_t g = 0;
+    for (; g + L <= gpr; g += L) {
+      hn::StoreU(hn::Mul(LoadAsF32(df, w.scale_dtype, scales, g), hn::LoadU(df, dx + g)), df,
+                 sd + g);
     }
-    float acc[kRows];
-    for (int64_t r = 0; r < kRows; ++r) acc[r] = bias && r < nr ? bias[o + r] : 0.0f;
-    if (nr == kRows) {
-      for (int64_t g = 0; g < gpr; ++g) {
-        for (int64_t r = 0; r < kRows; ++r) {
-          acc[r] = ChainStep(acc[r], is[r * gpr + g], sd[r * gpr + g], bi[r * gpr + g], xsum[g]);
-        }
-      }
-    } else {
-      for (int64_t r = 0; r < nr; ++r) {
-        for (int64_t g = 0; g < gpr; ++g) {
-          acc[r] = ChainStep(acc[r], is[r * gpr + g], sd[r * gpr + g], bi[r * gpr + g], xsum[g]);
-        }
-      }
+    for (; g < gpr; ++g) sd[g] = load_float(w.scale_dtype, scales, g) * dx[g];
+    const uint32_t* row = w.q + o * wpr;
+#if GP_Q8_VNNI512
+    auto a0 = RowDotVnni(row, xq, sd, gpr), a1 = hn::Zero(df), a2 = a1, a3 = a1;
+#elif GP_Q8_ARM
+    const float dot = arm_kernels.row_dot(row, xq, sd, gpr);  // in lane 0 of a0
+    auto a0 = hn::IfThenElseZero(hn::FirstN(df, 1), hn::Set(df, dot)), a1 = hn::Zero(df), a2 = a1,
+         a3 = a1;
+#else
+    const auto* ahead = reinterpret_cast<const uint8_t*>(row) + kPrefetchAhead;
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+    for (g = 0; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
+      hwy::Prefetch(ahead + g * 32);
+      hwy::Prefetch(ahead + g * 32 + 64);
+      a0 = group(row, g, a0);
+      a1 = group(row, g + 1, a1);
+      a2 = group(row, g + 2, a2);
+      a3 = group(row, g + 3, a3);
     }
-    for (int64_t r = 0; r < nr; ++r) y[o + r] = acc[r];
+    for (; g < gpr; ++g) a0 = group(row, g, a0);
+#endif
+    // The bias terms bias_g * xsum_g join the same lanes: only the total of all lanes counts.
+    const void* biases = static_cast<const uint8_t*>(w.biases) + o * gpr * ss;
+    for (g = 0; g + L <= gpr; g += L)
+      a1 = hn::MulAdd(LoadAsF32(df, w.scale_dtype, biases, g), hn::LoadU(df, xsum + g), a1);
+    float tail = bias ? bias[o] : 0.0f;
+    for (; g < gpr; ++g) tail += load_float(w.scale_dtype, biases, g) * xsum[g];
+    y[o] = hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)))) + tail;
   }
 }
 
@@ -843,8 +708,7 @@ void Q8MicroKernel(const int8_t* const* a, const float* const* dx, const float* 
         for (int64_t k = g * kGroup; k < (g + 1) * kGroup; ++k) {
           isum += int32_t{panel[((k / 4) * NB + j) * 4 + k % 4]} * a[r][k];
         }
-        acc = ChainStep(acc, static_cast<float>(isum), sc[g * NB + j] * dx[r][g], bi[g * NB + j],
-                        xs[r][g]);
+        acc += static_cast<float>(isum) * (sc[g * NB + j] * dx[r][g]) + bi[g * NB + j] * xs[r][g];
       }
       c[r][j] = acc;
     }
@@ -898,11 +762,10 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
     // Slot A: the panels; slot B: their scales and biases, then the output tile.
     auto* panels =
         reinterpret_cast<uint8_t*>(thread_scratch(kScratchA, kQPanels * kc_max * NB / 4));
-    float* sb = thread_scratch(kScratchB, 2 * kQPanels * (kc_max / kGroup) * NB + kQMR * NB + NB);
+    float* sb = thread_scratch(kScratchB, 2 * kQPanels * (kc_max / kGroup) * NB + kQMR * NB);
     float* sc = sb;
     float* bi = sb + kQPanels * (kc_max / kGroup) * NB;
     float* tile = bi + kQPanels * (kc_max / kGroup) * NB;
-    float* bias_pad = tile + kQMR * NB;  // the bias of a partial panel, zero-padded
     const int64_t o0 = tk / n_tb * OB, o1 = std::min(w.out, o0 + OB);
     const int64_t t0 = tk % n_tb * tb, t1 = std::min(n, t0 + tb);
     const int64_t np = ceil_div(o1 - o0, NB);
@@ -933,18 +796,14 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
               std::memcpy(c[r], y + (t + r) * w.out + oc, nc * sizeof(float));
             }
           }
-          // The bias starts every column's chain, partial panels included (see ChainStep).
-          const float* init = bias && nc == NB ? bias + oc : nullptr;
-          if (bias && nc < NB) {
-            std::fill(bias_pad, bias_pad + NB, 0.0f);
-            std::copy(bias + oc, bias + oc + nc, bias_pad);
-            init = bias_pad;
-          }
           Q8MicroKernel(a, d, s, kc, panels + p * kc_max * NB, sc + p * ng * NB, bi + p * ng * NB,
-                        c, k0 == 0, init);
+                        c, k0 == 0, bias && nc == NB ? bias + oc : nullptr);
           if (nc < NB) {
-            for (int64_t r = 0; r < mr; ++r)
-              std::copy(tile + r * NB, tile + r * NB + nc, y + (t + r) * w.out + oc);
+            for (int64_t r = 0; r < mr; ++r) {
+              float* yr = y + (t + r) * w.out + oc;
+              for (int64_t j = 0; j < nc; ++j)
+                yr[j] = tile[r * NB + j] + (k0 == 0 && bias ? bias[oc + j] : 0.0f);
+            }
           }
         }
       }

@@ -73,24 +73,40 @@ inline int32x4_t GroupDotSmull(const uint8_t* wb, const int8_t* xg) {
   return vpaddlq_s16(s);
 }
 
-// A row's exact per-group sums, prefetching one cache line ahead per two groups. Written out
-// twice rather than shared through a template: the sdot loop must be compiled for the
-// dot-product extension and the other one must not be.
-GP_TARGET_DOTPROD void RowIsumsSdot(const uint32_t* row, const int8_t* xq, int64_t gpr,
-                                    float* isum) {
+// A row: two groups at a time into two accumulators, prefetching one cache line ahead per pair.
+// Written out twice rather than shared through a template: the sdot loop must be compiled
+// for the dot-product extension and the other one must not be.
+GP_TARGET_DOTPROD float RowDotSdot(const uint32_t* row, const int8_t* xq, const float* sd,
+                                   int64_t gpr) {
   const auto* wb = reinterpret_cast<const uint8_t*>(row);
-  for (int64_t g = 0; g < gpr; ++g) {
-    if (g % 2 == 0) __builtin_prefetch(wb + g * 32 + kPrefetchAhead);
-    isum[g] = static_cast<float>(vaddvq_s32(GroupDotSdot(wb + g * 32, xq + g * kGroup)));
+  float32x4_t a0 = vdupq_n_f32(0), a1 = vdupq_n_f32(0);
+  int64_t g = 0;
+  for (; g + 2 <= gpr; g += 2) {
+    __builtin_prefetch(wb + g * 32 + kPrefetchAhead);
+    a0 = vfmaq_n_f32(a0, vcvtq_f32_s32(GroupDotSdot(wb + g * 32, xq + g * kGroup)), sd[g]);
+    a1 = vfmaq_n_f32(a1, vcvtq_f32_s32(GroupDotSdot(wb + g * 32 + 32, xq + (g + 1) * kGroup)),
+                     sd[g + 1]);
   }
+  if (g < gpr) {
+    a0 = vfmaq_n_f32(a0, vcvtq_f32_s32(GroupDotSdot(wb + g * 32, xq + g * kGroup)), sd[g]);
+  }
+  return vaddvq_f32(vaddq_f32(a0, a1));
 }
 
-void RowIsumsSmull(const uint32_t* row, const int8_t* xq, int64_t gpr, float* isum) {
+float RowDotSmull(const uint32_t* row, const int8_t* xq, const float* sd, int64_t gpr) {
   const auto* wb = reinterpret_cast<const uint8_t*>(row);
-  for (int64_t g = 0; g < gpr; ++g) {
-    if (g % 2 == 0) __builtin_prefetch(wb + g * 32 + kPrefetchAhead);
-    isum[g] = static_cast<float>(vaddvq_s32(GroupDotSmull(wb + g * 32, xq + g * kGroup)));
+  float32x4_t a0 = vdupq_n_f32(0), a1 = vdupq_n_f32(0);
+  int64_t g = 0;
+  for (; g + 2 <= gpr; g += 2) {
+    __builtin_prefetch(wb + g * 32 + kPrefetchAhead);
+    a0 = vfmaq_n_f32(a0, vcvtq_f32_s32(GroupDotSmull(wb + g * 32, xq + g * kGroup)), sd[g]);
+    a1 = vfmaq_n_f32(a1, vcvtq_f32_s32(GroupDotSmull(wb + g * 32 + 32, xq + (g + 1) * kGroup)),
+                     sd[g + 1]);
   }
+  if (g < gpr) {
+    a0 = vfmaq_n_f32(a0, vcvtq_f32_s32(GroupDotSmull(wb + g * 32, xq + g * kGroup)), sd[g]);
+  }
+  return vaddvq_f32(vaddq_f32(a0, a1));
 }
 
 // ---------------------------------------------------------------- many activation rows
@@ -196,8 +212,8 @@ void MicroSmull(const int8_t* const* a, const float* const* dx, const float* con
   vst1q_f32(c[3], c3);
 }
 
-constexpr Q8Kernels kSdot{"neon-sdot", RowIsumsSdot, MicroSdot};
-constexpr Q8Kernels kSmull{"neon-smull", RowIsumsSmull, MicroSmull};
+constexpr Q8Kernels kSdot{"neon-sdot", RowDotSdot, MicroSdot};
+constexpr Q8Kernels kSmull{"neon-smull", RowDotSmull, MicroSmull};
 
 // The dot-product extension (ARMv8.2 FEAT_DotProd): required by the compiler's baseline, or
 // reported by the Linux kernel; elsewhere, not assumed.

@@ -14,9 +14,9 @@ namespace gp::cpu::arm {
 // element 2i low, 2i+1 high); a prefill panel is [kc/4][4 rows][4 bytes] of unpacked u8.
 struct Q8Kernels {
   const char* name;  // "neon-sdot" or "neon-smull"
-  // isum[g] = q_g · xq_g (exact, as f32) for the gpr groups of one weight row, where each group
-  // of xq holds its 32 even elements, then its 32 odd ones.
-  void (*row_isums)(const uint32_t* row, const int8_t* xq, int64_t gpr, float* isum);
+  // sum_g sd[g] * (q_g · xq_g) over the gpr groups of one weight row, where each group of xq
+  // holds its 32 even elements, then its 32 odd ones.
+  float (*row_dot)(const uint32_t* row, const int8_t* xq, const float* sd, int64_t gpr);
   // Q8MicroKernel of linear_q8.cpp for 4 rows of x against one 4-column panel.
   void (*micro)(const int8_t* const* a, const float* const* dx, const float* const* xs, int64_t kc,
                 const uint8_t* panel, const float* sc, const float* bi, float* const* c, bool first,
