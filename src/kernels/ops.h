@@ -30,7 +30,8 @@ struct LinearOut {
 // same input x [n, in] (every w has that `in`; each y [n, w.out], bias [w.out] or null), e.g. q, k
 // and v. With int8 activations and one row, x is quantized once and the rows of all the weights
 // share one pass over the thread pool: decode reads the weights as one stream instead of several
-// short ones.
+// short ones. Batch invariance: row t of any call with n >= 2 is bitwise the same whatever the
+// other rows and the thread count; n = 1 (the decode kernels) sums in another order.
 void linear_many(std::span<const LinearOut> outs, const float* x, int64_t n, Activations act);
 inline void linear_many(std::initializer_list<LinearOut> outs, const float* x, int64_t n,
                         Activations act) {
@@ -81,7 +82,9 @@ struct AttentionMask {
 };
 
 // Multi-head attention with grouped-query sharing (n_heads / n_kv_heads query heads per kv head).
-// q, out [n_q, n_heads, head_dim]; q_pos / q_group [n_q] (null: no mask / no groups).
+// q, out [n_q, n_heads, head_dim]; q_pos / q_group [n_q] (null: no mask / no groups). With
+// positions, each query's row is bitwise the same whatever the other queries of the call and the
+// thread count, and whichever segment (cached or fresh) holds a key: it sums the keys by position.
 void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int head_dim,
                const int32_t* q_pos, const int32_t* q_group, std::span<const KvSegment> kv,
                AttentionMask mask, float scale, float* out);
