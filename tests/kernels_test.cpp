@@ -562,14 +562,18 @@ TEST(BatchInvariance, LinearRowsEqualPairResults) {
   ws.push_back(make_quantized(70, 2624, DType::F16, 0, rng));
   ws.push_back(make_quantized(33, 4160, DType::BF16, 0, rng));
   ws.push_back(make_float(19, 200, DType::BF16, 1, rng));
-  const std::vector<int64_t> ns = {2, 3, 7, 16, 64, 65, 256};
   for (int threads : {1, 3}) {
     SCOPED_TRACE("threads=" + std::to_string(threads));
     ScopedThreads pool(threads);
     for_each_target([&] {
       for_each_q8_kernel([&] {
         for (const TestWeight& t : ws) {
-          const std::vector<float> x = randn(256 * t.w.in, rng);
+          // 256 rows (several token blocks of both kernels) on the smallest weight only: the
+          // emulated aarch64 CI runs this on every target.
+          const bool small = t.w.in < 256;
+          const std::vector<int64_t> ns = small ? std::vector<int64_t>{2, 3, 7, 16, 65, 256}
+                                                : std::vector<int64_t>{2, 3, 7, 16, 65};
+          const std::vector<float> x = randn((small ? 256 : 65) * t.w.in, rng);
           const std::vector<float> bias = randn(t.w.out, rng);
           for (ops::Activations act : {ops::Activations::kInt8, ops::Activations::kF32}) {
             check_rows_invariant(t.w, act, x, {}, ns);
