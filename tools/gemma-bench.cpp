@@ -372,8 +372,7 @@ int main(int argc, char** argv) {
   app.add_option("--image", a.image,
                  "image for the image test (default: a generated test picture)");
   app.add_option("--reps", a.reps, "repetitions of each test")->check(CLI::PositiveNumber);
-  app.add_option("--threads", a.threads, "worker threads (0: all cores)")
-      ->check(CLI::NonNegativeNumber);
+  gp::add_threads_option(app, a.threads);
   app.add_option("--pp", a.pp, "prompt length of the prefill benchmark")
       ->check(CLI::PositiveNumber);
   app.add_option("--pp-short", a.pp_short, "short prompt lengths also measured (int8 only)")

@@ -37,9 +37,9 @@ struct Args {
   std::string model, prompt, system, logits_out, embeddings_out, tokens;
   std::vector<std::string> images;
   GenerateOptions gen;
-  int threads = 0, ctx_size = 4096;
-  bool chat = false, json = false, exact = false;
-  std::optional<DType> kv;
+  EngineOptions engine;
+  int ctx_size = 4096;
+  bool chat = false, json = false;
 };
 
 void print_stats(const Engine& engine, const GenerateResult& r) {
@@ -125,7 +125,9 @@ int run_chat(Engine& engine, const Args& a, std::vector<Image> images) {
 
 int run(const Args& a) {
   if (!a.json) std::fprintf(stderr, "loading %s ...\n", a.model.c_str());
-  Engine engine(a.model, EngineOptions{a.threads, !a.json, a.exact, a.kv});
+  EngineOptions options = a.engine;
+  options.progress = !a.json;
+  Engine engine(a.model, options);
   std::vector<Image> images = load_images(a.images);
   if (!a.embeddings_out.empty()) {
     check(!images.empty(), "--embeddings-out needs at least one --image");
@@ -213,14 +215,8 @@ int main(int argc, char** argv) {
       ->check(gp::kFinite)
       ->check(CLI::PositiveNumber);
   app.add_option("--seed", a.gen.sampling.seed, "random seed for sampling");
-  app.add_option("--threads", a.threads, "worker threads (0: all cores)")
-      ->check(CLI::NonNegativeNumber);
   app.add_option("--ctx-size", a.ctx_size, "context size in tokens")->check(CLI::PositiveNumber);
-  app.add_flag("--exact", a.exact,
-               "f32 activations in every linear and an f32 KV cache unless --kv says otherwise "
-               "(default: int8 per group of 64 and an f16 cache, as llama.cpp): slower, matches "
-               "the float reference to 1e-3");
-  gp::add_kv_option(app, a.kv);
+  gp::add_engine_options(app, a.engine);
   app.add_flag("--chat", a.chat, "interactive multi-turn chat (/image PATH attaches an image)");
   app.add_flag("--json", a.json, "print one JSON object instead of streaming text");
   app.add_option("--tokens", a.tokens, "prompt as comma-separated token ids, no template");

@@ -1,6 +1,5 @@
 // gemma-eval: the quality cost of a compressed checkpoint. `ppl` scores a text; `compare` measures
 // how far checkpoint B's next-token distributions are from checkpoint A's over the same text.
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -51,14 +50,14 @@ int main(int argc, char** argv) {
     sub->add_option("--window", eo.window, "tokens per independent window, BOS included")
         ->capture_default_str()
         ->check(CLI::Range(2, 1 << 20));
-    sub->add_option("--threads", threads, "worker threads (0: all cores)");
+    gp::add_threads_option(*sub, threads);
     sub->add_flag("--quiet", quiet, "no progress display");
     sub->add_flag("--json", json, "print one JSON object");
   }
   CLI11_PARSE(app, argc, argv);
   try {
     if (threads > 0) gp::ThreadPool::set_global_threads(threads);
-    eo.progress = !quiet && ::isatty(STDERR_FILENO);
+    eo.progress = gp::show_progress(quiet);
     const std::string text = read_text_file(text_file);
     gp::Timer timer;
     if (*ppl) {

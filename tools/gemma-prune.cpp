@@ -126,7 +126,7 @@ int analyze_main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-tokens", max_tokens, "tokens per calibration paragraph")
       ->capture_default_str();
-  app.add_option("--threads", threads, "worker threads (0: all cores)");
+  add_threads_option(app, threads);
   app.add_flag("--quiet", quiet, "no progress display");
   try {
     app.parse(argc, argv);
@@ -141,7 +141,7 @@ int analyze_main(int argc, char** argv) {
         calibration.empty() ? default_calibration_texts() : read_calibration_file(calibration);
     ProfileOptions po;
     po.max_tokens = max_tokens;
-    po.progress = !quiet && ::isatty(STDERR_FILENO);
+    po.progress = show_progress(quiet);
     const ModelProfile prof = profile_model(in, texts, po);
     const TextConfig& t = in.config().text;
     std::printf("%s: %zu calibration texts, %lld tokens, %.1f s\n\n", model.c_str(), texts.size(),
@@ -232,7 +232,7 @@ int prune_main(int argc, char** argv) {
   app.add_flag("--keep-intermediate", o.keep_intermediate,
                "keep every step's checkpoint under OUT_DIR/steps/NN-name");
   app.add_flag("--force", o.force, "replace OUT_DIR if it exists (once the new one is complete)");
-  app.add_option("--threads", threads, "worker threads (0: all cores)");
+  add_threads_option(app, threads);
   app.add_flag("--quiet", quiet, "no progress display");
   try {
     app.parse(argc, argv);
@@ -249,7 +249,7 @@ int prune_main(int argc, char** argv) {
     parse_range(neuron_layers, &o.prune.neuron_first, &o.prune.neuron_last);
     if (!calibration.empty()) o.prune.calibration = read_calibration_file(calibration);
     if (!word_list.empty()) o.prune.words = read_word_list(word_list);
-    o.prune.progress = !quiet && ::isatty(STDERR_FILENO);
+    o.prune.progress = show_progress(quiet);
     Timer timer;
     PipelineCallbacks cb;
     cb.on_start = [&](int i, int n, Step s) {

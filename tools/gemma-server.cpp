@@ -48,8 +48,6 @@ int main(int argc, char** argv) {
   app.add_option("--host", o.host, "address to listen on (loopback by default)");
   app.add_option("--port", o.port, "port (0: any free port, printed at start)")
       ->check(CLI::Range(0, 65535));
-  app.add_option("--threads", eo.threads, "worker threads (0: all cores)")
-      ->check(CLI::NonNegativeNumber);
   app.add_option("--ctx-size", o.ctx_size, "context size in tokens")->check(CLI::PositiveNumber);
   app.add_option("--parallel", o.parallel,
                  "requests generated at once, each in a slot with its own KV cache and prompt "
@@ -68,11 +66,7 @@ int main(int argc, char** argv) {
   app.add_option("--alias", o.model_name, "model id clients see (default: the directory name)");
   bool quiet = false;
   app.add_flag("-q,--quiet", quiet, "no log line per request");
-  app.add_flag("--exact", eo.exact,
-               "f32 activations and an f32 KV cache unless --kv says otherwise (default: int8 "
-               "and f16, faster): answers then do not depend on how much of a prompt came from "
-               "the cache");
-  gp::add_kv_option(app, eo.kv);
+  gp::add_engine_options(app, eo);
   CLI11_PARSE(app, argc, argv);
   o.log = !quiet;
   // A client that goes away mid-answer must not end the server.

@@ -1,5 +1,4 @@
 // gemma-synth: writes a Gemma 3 checkpoint with seeded random weights in the exact MLX layout.
-#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -33,7 +32,7 @@ int main(int argc, char** argv) {
     gp::SynthOptions options;
     options.seed = seed;
     options.force = force;
-    options.progress = !quiet && ::isatty(STDERR_FILENO);
+    options.progress = gp::show_progress(quiet);
     gp::write_synth_checkpoint(plan, out_dir, options);
     size_t n_tensors = 0;
     for (const auto& f : plan.files) n_tensors += f.entries.size();

@@ -1,6 +1,8 @@
 // Shared by the command-line programs: flag checks CLI11 lacks, and the last-resort error line.
 #pragma once
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdlib>
@@ -25,6 +27,20 @@ inline const CLI::Validator kFinite(
     },
     "FINITE");
 
+// --threads N: the worker pool's size (ThreadPool::set_global_threads; 0: all cores).
+inline CLI::Option* add_threads_option(CLI::App& app, int& threads) {
+  const CLI::Validator count(
+      [](std::string& s) -> std::string {
+        char* end = nullptr;
+        const long n = std::strtol(s.c_str(), &end, 10);
+        if (end == s.c_str() || *end != '\0' || n < 0)
+          return "'" + s + "' is not a thread count (expected 0 for all cores, or more)";
+        return "";
+      },
+      "N");
+  return app.add_option("--threads", threads, "worker threads (0: all cores)")->check(count);
+}
+
 // --kv f16|f32: how the KV cache stores keys and values (EngineOptions::kv); refused at parse
 // time with parse_kv_dtype's message otherwise.
 inline CLI::Option* add_kv_option(CLI::App& app, std::optional<DType>& kv) {
@@ -44,6 +60,20 @@ inline CLI::Option* add_kv_option(CLI::App& app, std::optional<DType>& kv) {
           "KV cache values: f16 (half the memory; the default) or f32 (the default with --exact)")
       ->check(valid);
 }
+
+// The engine's options as every tool that builds an Engine spells them: --threads, --exact, --kv.
+inline void add_engine_options(CLI::App& app, EngineOptions& o) {
+  add_threads_option(app, o.threads);
+  app.add_flag("--exact", o.exact,
+               "f32 activations in every linear and an f32 KV cache unless --kv says otherwise "
+               "(default: int8 per group of 64 and an f16 cache, as llama.cpp): slower, matches "
+               "the float reference to 1e-3, and answers do not depend on how much of a prompt "
+               "came from the cache");
+  add_kv_option(app, o.kv);
+}
+
+// A progress display is drawn unless --quiet, and only on a terminal.
+inline bool show_progress(bool quiet) { return !quiet && ::isatty(STDERR_FILENO); }
 
 // The one line a tool prints for an exception that escaped the input checks: an allocation
 // failure says what it means instead of "std::bad_alloc".
