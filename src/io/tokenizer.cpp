@@ -131,13 +131,17 @@ std::string Tokenizer::token_bytes(int32_t id) const {
   const std::string& p = sp_->IdToPiece(id);
   if (is_byte(id)) return std::string(1, static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16)));
   if (is_unknown(id)) return decode({id});  // the model's unk surface, " ⁇ " by default
+  return unescape_piece(p);
+}
+
+std::string unescape_piece(const std::string& piece) {
   std::string text;
-  for (size_t i = 0; i < p.size();) {
-    if (p.compare(i, kSpaceSymbol.size(), kSpaceSymbol) == 0) {
+  for (size_t i = 0; i < piece.size();) {
+    if (piece.compare(i, kSpaceSymbol.size(), kSpaceSymbol) == 0) {
       text += ' ';
       i += kSpaceSymbol.size();
     } else {
-      text += p[i++];
+      text += piece[i++];
     }
   }
   return text;

@@ -73,4 +73,7 @@ class TokenStreamer {
   std::string pending_;  // bytes not yet printed
 };
 
+// A piece's text: SentencePiece's escaped space ▁ (U+2581) becomes ' '; nothing else changes.
+std::string unescape_piece(const std::string& piece);
+
 }  // namespace gp

@@ -6,31 +6,13 @@
 
 namespace gp::prune {
 
-namespace {
-const std::string kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's escaped space
-
-// Replaces ▁ by ' '.
-std::string unescape(const std::string& piece) {
-  std::string s;
-  for (size_t i = 0; i < piece.size();) {
-    if (piece.compare(i, kSpace.size(), kSpace) == 0) {
-      s += ' ';
-      i += kSpace.size();
-    } else {
-      s += piece[i++];
-    }
-  }
-  return s;
-}
-}  // namespace
-
 const char* const kWordSuffixes[26] = {"s",    "ed",   "ing",  "er",   "est", "ly",   "tion",
                                        "ness", "ment", "able", "ible", "ful", "less", "ous",
                                        "ive",  "al",   "ize",  "ise",  "ity", "ence", "ance",
                                        "ure",  "dom",  "ship", "ward", "wise"};
 
 bool is_printable_ascii_piece(const std::string& piece) {
-  const std::string s = unescape(piece);
+  const std::string s = unescape_piece(piece);
   if (s.empty()) return false;
   for (unsigned char ch : s)
     if (ch < 32 || ch > 126) return false;
@@ -38,7 +20,7 @@ bool is_printable_ascii_piece(const std::string& piece) {
 }
 
 bool is_whitespace_piece(const std::string& piece) {
-  const std::string s = unescape(piece);
+  const std::string s = unescape_piece(piece);
   bool control = false;
   for (char ch : s) {
     if (ch != ' ' && ch != '\n' && ch != '\t' && ch != '\r') return false;
@@ -48,7 +30,7 @@ bool is_whitespace_piece(const std::string& piece) {
 }
 
 bool is_number_piece(const std::string& piece) {
-  std::string s = unescape(piece);
+  std::string s = unescape_piece(piece);
   if (!s.empty() && s[0] == ' ') s.erase(0, 1);
   if (s.empty() || s[0] < '0' || s[0] > '9') return false;
   for (size_t i = 0; i < s.size(); ++i) {
