@@ -389,11 +389,5 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-image", a.skip_image, "skip the image test");
   app.add_flag("--json", a.json_out, "print JSON");
   gp::add_kv_option(app, a.kv);
-  CLI11_PARSE(app, argc, argv);
-  try {
-    return run(a);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", gp::error_message(e).c_str());
-    return 1;
-  }
+  return gp::run_tool("gemma-bench", app, argc, argv, [&] { return run(a); });
 }

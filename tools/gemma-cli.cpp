@@ -223,11 +223,5 @@ int main(int argc, char** argv) {
   app.add_option("--logits-out", a.logits_out, "write the prompt logits (f32 [n_prompt, vocab])");
   app.add_option("--embeddings-out", a.embeddings_out,
                  "write the image embeddings (f32 [tokens, hidden] per image)");
-  CLI11_PARSE(app, argc, argv);
-  try {
-    return run(a);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", gp::error_message(e).c_str());
-    return 1;
-  }
+  return gp::run_tool("gemma-cli", app, argc, argv, [&] { return run(a); });
 }

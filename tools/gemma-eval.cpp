@@ -54,8 +54,7 @@ int main(int argc, char** argv) {
     sub->add_flag("--quiet", quiet, "no progress display");
     sub->add_flag("--json", json, "print one JSON object");
   }
-  CLI11_PARSE(app, argc, argv);
-  try {
+  return gp::run_tool("gemma-eval", app, argc, argv, [&] {
     if (threads > 0) gp::ThreadPool::set_global_threads(threads);
     eo.progress = gp::show_progress(quiet);
     const std::string text = read_text_file(text_file);
@@ -88,9 +87,6 @@ int main(int argc, char** argv) {
             r.max_kl, 100 * r.top1, 100 * r.top5, r.excluded_mass, timer.seconds(),
             gp::peak_rss_mb());
     }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "gemma-eval: error: %s\n", gp::error_message(e).c_str());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -128,12 +128,7 @@ int analyze_main(int argc, char** argv) {
       ->capture_default_str();
   add_threads_option(app, threads);
   app.add_flag("--quiet", quiet, "no progress display");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  try {
+  return run_tool("gemma-prune", app, argc, argv, [&] {
     if (threads > 0) ThreadPool::set_global_threads(threads);
     Timer timer;
     const Checkpoint in(model);
@@ -180,11 +175,8 @@ int analyze_main(int argc, char** argv) {
         "block infl.: 1 - cos(layer input, layer output), mean over tokens; rank 1 = least "
         "influential.\npeak RSS %.0f MB\n",
         peak_rss_mb());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "gemma-prune: error: %s\n", error_message(e).c_str());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }
 
 int prune_main(int argc, char** argv) {
@@ -234,12 +226,7 @@ int prune_main(int argc, char** argv) {
   app.add_flag("--force", o.force, "replace OUT_DIR if it exists (once the new one is complete)");
   add_threads_option(app, threads);
   app.add_flag("--quiet", quiet, "no progress display");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  try {
+  return run_tool("gemma-prune", app, argc, argv, [&] {
     if (threads > 0) ThreadPool::set_global_threads(threads);
     install_signal_handlers();
     o.steps = !preset.empty()  ? preset_steps(preset)
@@ -263,11 +250,8 @@ int prune_main(int argc, char** argv) {
     const auto reports = run_pipeline(in_dir, out_dir, o, cb);
     print_table(reports, timer.seconds());
     std::printf("wrote %s\n", out_dir.c_str());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "gemma-prune: error: %s\n", error_message(e).c_str());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }
 
 }  // namespace

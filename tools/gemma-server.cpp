@@ -67,14 +67,10 @@ int main(int argc, char** argv) {
   bool quiet = false;
   app.add_flag("-q,--quiet", quiet, "no log line per request");
   gp::add_engine_options(app, eo);
-  CLI11_PARSE(app, argc, argv);
-  o.log = !quiet;
-  // A client that goes away mid-answer must not end the server.
-  std::signal(SIGPIPE, SIG_IGN);
-  try {
+  return gp::run_tool("gemma-server", app, argc, argv, [&] {
+    o.log = !quiet;
+    // A client that goes away mid-answer must not end the server.
+    std::signal(SIGPIPE, SIG_IGN);
     return run(model, eo, o);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", gp::error_message(e).c_str());
-    return 1;
-  }
+  });
 }

@@ -23,9 +23,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "random seed")->required();
   app.add_flag("--force", force, "replace OUT_DIR if it exists");
   app.add_flag("--quiet", quiet, "no progress bar");
-  CLI11_PARSE(app, argc, argv);
-
-  try {
+  return gp::run_tool("gemma-synth", app, argc, argv, [&] {
     gp::Timer timer;
     const gp::SynthPreset preset = gp::parse_synth_preset(preset_name);
     const gp::SynthPlan plan = gp::synth_plan(preset);
@@ -41,9 +39,6 @@ int main(int argc, char** argv) {
         "peak RSS %.0f MB\n",
         out_dir.c_str(), gp::synth_preset_name(preset), static_cast<unsigned long long>(seed),
         n_tensors, plan.files.size(), plan.data_bytes() / 1e6, timer.seconds(), gp::peak_rss_mb());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "gemma-synth: error: %s\n", gp::error_message(e).c_str());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

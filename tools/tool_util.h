@@ -5,8 +5,10 @@
 
 #include <CLI/CLI.hpp>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <functional>
 #include <new>
 #include <optional>
 #include <string>
@@ -81,6 +83,23 @@ inline std::string error_message(const std::exception& e) {
   if (dynamic_cast<const std::bad_alloc*>(&e))
     return "out of memory (an input size too large for this machine, or a memory limit)";
   return e.what();
+}
+
+// A tool's main: the command line is parsed (CLI11 prints its own errors and --help), then body
+// runs; an exception that escapes it prints one line, "TOOL: error: ...", and exits 1.
+inline int run_tool(const char* tool, CLI::App& app, int argc, char** argv,
+                    const std::function<int()>& body) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", tool, error_message(e).c_str());
+    return 1;
+  }
 }
 
 }  // namespace gp
