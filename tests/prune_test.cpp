@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <set>
 
@@ -1102,14 +1103,10 @@ TEST_F(BadInput, ExistingOutputNeedsForce) {
   EXPECT_THROW(prune::run_pipeline(original(), test::data_path(""), o), Error);
 }
 
-// In a death-test child: runs two steps under a 600 KB file-size limit; exits 3 on Error.
-void prune_with_file_limit(const std::string& out) {
-  std::signal(SIGXFSZ, SIG_IGN);
-  struct rlimit lim;
-  lim.rlim_cur = lim.rlim_max = 600 * 1024;
-  setrlimit(RLIMIT_FSIZE, &lim);
+// In a death-test child: runs the steps into out; exits 3 on Error (its message on stderr), else 0.
+[[noreturn]] void run_steps_in_child(const std::string& out, std::vector<Step> steps) {
   prune::PipelineOptions o;
-  o.steps = {Step::Fc2, Step::Split};
+  o.steps = std::move(steps);
   try {
     prune::run_pipeline(original(), out, o);
   } catch (const Error& e) {
@@ -1117,6 +1114,16 @@ void prune_with_file_limit(const std::string& out) {
     std::_Exit(3);
   }
   std::_Exit(0);
+}
+
+// child(out) runs in a death-test child and must fail with `message`, leaving nothing beside out.
+void expect_failure_leaves_nothing(const std::string& name,
+                                   const std::function<void(const std::string&)>& child,
+                                   const std::string& message) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::string parent = test::temp_dir(name), out = parent + "/out";
+  EXPECT_EXIT(child(out), ::testing::ExitedWithCode(3), message);
+  EXPECT_TRUE(listing(parent).empty()) << "left behind: " << *listing(parent).begin();
 }
 
 TEST_F(BadInput, FullDiskLeavesNothingBehind) {
@@ -1124,25 +1131,15 @@ TEST_F(BadInput, FullDiskLeavesNothingBehind) {
   GTEST_SKIP() << "native only: the death test re-executes the test binary, which the host "
                << "cannot run outside the emulator";
 #endif
-  GTEST_FLAG_SET(death_test_style, "threadsafe");
-  const std::string parent = test::temp_dir("full-disk"), out = parent + "/out";
   // A file-size limit makes writes fail with EFBIG partway through, as a full disk would.
-  EXPECT_EXIT(prune_with_file_limit(out), ::testing::ExitedWithCode(3), "write failed");
-  EXPECT_TRUE(listing(parent).empty()) << "left behind: " << *listing(parent).begin();
-}
-
-// In a death-test child: a cancel request (what Ctrl-C sends) stops the pipeline; exits 3 on Error.
-void prune_cancelled(const std::string& out) {
-  prune::request_cancel();
-  prune::PipelineOptions o;
-  o.steps = {Step::Split};
-  try {
-    prune::run_pipeline(original(), out, o);
-  } catch (const Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    std::_Exit(3);
-  }
-  std::_Exit(0);
+  auto under_file_limit = [](const std::string& out) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim;
+    lim.rlim_cur = lim.rlim_max = 600 * 1024;
+    setrlimit(RLIMIT_FSIZE, &lim);
+    run_steps_in_child(out, {Step::Fc2, Step::Split});
+  };
+  expect_failure_leaves_nothing("full-disk", under_file_limit, "write failed");
 }
 
 TEST_F(BadInput, InterruptLeavesNothingBehind) {
@@ -1150,10 +1147,12 @@ TEST_F(BadInput, InterruptLeavesNothingBehind) {
   GTEST_SKIP() << "native only: the death test re-executes the test binary, which the host "
                << "cannot run outside the emulator";
 #endif
-  GTEST_FLAG_SET(death_test_style, "threadsafe");
-  const std::string parent = test::temp_dir("interrupt"), out = parent + "/out";
-  EXPECT_EXIT(prune_cancelled(out), ::testing::ExitedWithCode(3), "interrupted");
-  EXPECT_TRUE(listing(parent).empty()) << "left behind: " << *listing(parent).begin();
+  // A cancel request (what Ctrl-C sends) stops the pipeline.
+  auto cancelled = [](const std::string& out) {
+    prune::request_cancel();
+    run_steps_in_child(out, {Step::Split});
+  };
+  expect_failure_leaves_nothing("interrupt", cancelled, "interrupted");
 }
 
 TEST(Tool, ReportsErrorsAndExitsNonZero) {
