@@ -14,7 +14,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string dir = gp::fuzz::scratch_dir();
   const auto parts = gp::fuzz::split_parts(data, size, 3);
   const char* files[3] = {"config.json", "generation_config.json", "preprocessor_config.json"};
-  nlohmann::json json[3];
+  nlohmann::ordered_json json[3];
   for (int i = 0; i < 3; ++i) {
     const std::string path = dir + "/" + files[i];
     gp::fuzz::write_file(path, parts[i]);

@@ -15,17 +15,15 @@
 #include "base/error.h"
 #include "fuzz_util.h"
 #include "io/model_dir.h"
-#include "model/config.h"
-#include "model/tensor_table.h"
+#include "model/model_files.h"
 #include "model/text_model.h"
 
 namespace {
 const char* kTokenMap = "language_model.model.embed_tokens.token_map";
 
 struct Fixture {
-  gp::ModelDir dir{gp::fuzz::data_path("tiny-mobile")};
-  gp::ModelConfig config = gp::parse_config(dir.config(), nullptr, dir.path() + "/config.json");
-  gp::TableLayout layout = gp::detect_layout(dir);
+  gp::ModelFiles files{gp::fuzz::data_path("tiny-mobile")};
+  const gp::ModelDir& dir = files.dir();
   uint8_t* map = nullptr;  // the token_map bytes, made writable (copy-on-write, never the file)
   size_t map_bytes = 0;
 
@@ -48,8 +46,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::memset(f.map, 0, f.map_bytes);
   std::memcpy(f.map, data, std::min(size, f.map_bytes));
   try {
-    const gp::ModelConfig& c = f.config;
-    gp::TextModel model(c, gp::load_text_weights(f.dir, c, f.layout));
+    const gp::ModelConfig& c = f.files.config();
+    gp::TextModel model(c, gp::load_text_weights(f.dir, c, f.files.layout()));
     std::vector<float> x(c.text.d_model), logits(c.text.n_vocab);
     for (int32_t id = 0; id < c.text.n_vocab; ++id) model.embed(id, x.data());
     model.logits(x.data(), 1, logits.data());

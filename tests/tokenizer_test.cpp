@@ -323,6 +323,35 @@ TEST(TokenizerJson, ConvertsMergeRanksAndTypes) {
   }
 }
 
+// Found by fuzz/tokenizer_json_fuzz: a string or boolean field of another type was a raw JSON
+// type_error (json::value) naming no file.
+TEST(TokenizerJson, FieldsOfAnotherTypeAreNamedErrors) {
+  auto message = [](const nlohmann::json& j) {
+    try {
+      sp_model_proto_from_tokenizer_json(j.dump(), "t.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  nlohmann::json j = small_tokenizer_json(false);
+  j["pre_tokenizer"]["type"] = 1;
+  EXPECT_EQ(message(j).rfind("t.json: unsupported pre_tokenizer {", 0), 0u) << message(j);
+  j = small_tokenizer_json(false);
+  j["normalizer"]["pattern"]["String"] = 32;
+  EXPECT_EQ(message(j).rfind("t.json: unsupported normalizer {", 0), 0u) << message(j);
+  j = small_tokenizer_json(false);
+  j["model"]["type"] = 7;
+  EXPECT_EQ(message(j).rfind("t.json: model.type is \"\", expected \"BPE\"", 0), 0u) << message(j);
+  j = small_tokenizer_json(false);
+  j["model"]["byte_fallback"] = "yes";
+  EXPECT_EQ(message(j), "t.json: model.byte_fallback is \"yes\", expected true or false");
+  j = small_tokenizer_json(false);
+  j["added_tokens"][4]["normalized"] = 0;
+  EXPECT_EQ(message(j).rfind("t.json: added token \"", 0), 0u) << message(j);
+  EXPECT_NE(message(j).find("normalized is 0, expected true or false"), std::string::npos);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 

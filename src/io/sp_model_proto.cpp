@@ -350,11 +350,28 @@ class PieceIndex {
   size_t mask_ = 0;
 };
 
+// j[key] as a string, "" when j is not an object or holds no string there: json::value() throws
+// a raw type_error for a key of another type (a fuzzed {"type": 1}).
+std::string string_at(const json& j, const char* key) {
+  if (!j.is_object()) return {};
+  const auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+// j[key] as a boolean, `fallback` when absent or null; another type is an Error naming the key.
+bool bool_at(const json& j, const char* key, bool fallback, const std::string& where) {
+  const auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  check(it->is_boolean(),
+        where + key + " is " + it->dump().substr(0, 100) + ", expected true or false");
+  return it->get<bool>();
+}
+
 // HF's Replace normalizer: {"type":"Replace","pattern":{"String":" "},"content":"▁"}.
 bool is_space_to_meta(const json& n) {
-  return n.is_object() && n.value("type", "") == "Replace" && n.contains("pattern") &&
-         n["pattern"].is_object() && n["pattern"].value("String", "") == " " &&
-         n.value("content", "") == "\u2581";
+  return n.is_object() && string_at(n, "type") == "Replace" && n.contains("pattern") &&
+         n["pattern"].is_object() && string_at(n["pattern"], "String") == " " &&
+         string_at(n, "content") == "\u2581";
 }
 
 // Checks that the pipeline around the model is Gemma's, the one sentencepiece reproduces: spaces
@@ -368,9 +385,9 @@ void check_pipeline(const json& root, const std::string& source) {
     throw Error(source + ": unsupported normalizer " + normalizer.dump().substr(0, 200) + expected);
   // After the normalizer there is no space left, so a Split on " " never splits.
   const json pre = root.value("pre_tokenizer", json());
-  const bool split_on_space = pre.is_object() && pre.value("type", "") == "Split" &&
+  const bool split_on_space = pre.is_object() && string_at(pre, "type") == "Split" &&
                               pre.contains("pattern") && pre["pattern"].is_object() &&
-                              pre["pattern"].value("String", "") == " ";
+                              string_at(pre["pattern"], "String") == " ";
   if (!pre.is_null() && !split_on_space)
     throw Error(source + ": unsupported pre_tokenizer " + pre.dump().substr(0, 200) + expected);
 }
@@ -456,15 +473,15 @@ std::string sp_model_proto_from_tokenizer_json(const std::string& json_text,
             ": expected an object with model.vocab and model.merges (not a Hugging Face "
             "tokenizer.json, or truncated?)");
   const json& model = root["model"];
-  const std::string type = model.value("type", "");
+  const std::string type = string_at(model, "type");
   check(type == "BPE", source + ": model.type is \"" + type +
                            "\", expected \"BPE\" (Gemma's tokenizer is BPE with byte fallback)");
-  check(!model.value("ignore_merges", false),
+  check(!bool_at(model, "ignore_merges", false, source + ": model."),
         source + ": model.ignore_merges is true, which sentencepiece cannot reproduce");
   check_pipeline(root, source);
   const json unk_token = model.value("unk_token", json());
   check(unk_token.is_string(), source + ": model.unk_token missing (sentencepiece needs one)");
-  const bool byte_fallback = model.value("byte_fallback", false);
+  const bool byte_fallback = bool_at(model, "byte_fallback", false, source + ": model.");
 
   // Pieces by id: model.vocab, then the added tokens (some lie beyond it: <image_soft_token>).
   std::vector<SpPiece> pieces;
@@ -510,7 +527,8 @@ std::string sp_model_proto_from_tokenizer_json(const std::string& json_text,
       p.type = SpPiece::kUnknown;
     } else if (control.count(content)) {
       p.type = SpPiece::kControl;
-    } else if (t.value("normalized", false) || content.find("\u2581") == std::string::npos) {
+    } else if (bool_at(t, "normalized", false, source + ": added token \"" + content + "\": ") ||
+               content.find("\u2581") == std::string::npos) {
       p.type = SpPiece::kUserDefined;
     }
   }
