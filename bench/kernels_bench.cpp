@@ -265,7 +265,8 @@ void BM_LinearQ8Target(benchmark::State& state) {
     return;
   }
   const size_t bytes = QuantWeight(1, in, 0).w.bytes() * out;
-  const size_t copies = n > 1 ? 1 : std::max<size_t>(1, (size_t{256} << 20) / bytes + 1);
+  // Decode and batched decode (a few rows) read the weights from DRAM, as in a model.
+  const size_t copies = n > 16 ? 1 : std::max<size_t>(1, (size_t{256} << 20) / bytes + 1);
   std::vector<QuantWeight> ws;
   for (size_t c = 0; c < copies; ++c) ws.emplace_back(out, in, static_cast<uint32_t>(c));
   const std::vector<float> x = activations(n * in);
@@ -285,6 +286,8 @@ BENCHMARK(BM_LinearQ8Target)
     ->ArgNames({"n", "in", "out", "simd"})
     ->ArgsProduct({{1}, {2560}, {10240}, {0, 1}})
     ->ArgsProduct({{1}, {10240}, {2560}, {0, 1}})
+    ->ArgsProduct({{2, 4, 8}, {2560}, {10240}, {0, 1}})
+    ->ArgsProduct({{2, 4, 8}, {10240}, {2560}, {0, 1}})
     ->ArgsProduct({{16, 64, 512}, {2560}, {10240}, {0, 1}})
     ->ArgsProduct({{16, 512}, {10240}, {2560}, {0, 1}})
     ->UseRealTime()

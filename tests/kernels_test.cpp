@@ -585,6 +585,47 @@ TEST(BatchInvariance, LinearRowsEqualPairResults) {
   }
 }
 
+// The few-row int8 kernel (2 <= n <= linear_q8_few_rows_max()) against the panel kernel it
+// stands in for, bitwise, row by row: outputs of full and of last partial panels, K within one
+// panel chunk and past it, an odd group count (the unpaired last group of the VNNI layout).
+TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
+  std::mt19937 rng(23);
+  std::vector<TestWeight> ws;
+  ws.push_back(make_quantized(37, 192, DType::BF16, 1, rng));
+  ws.push_back(make_quantized(70, 2624, DType::F16, 0, rng));
+  ws.push_back(make_quantized(45, 4160, DType::BF16, 0, rng));
+  ws.push_back(make_quantized(300, 576, DType::F32, 1, rng));
+  std::string ran;
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    for_each_target([&] {
+      const int64_t max_rows = cpu::linear_q8_few_rows_max();
+      if (threads == 1 && max_rows > 0)
+        ran += std::string(ran.empty() ? "" : " ") + cpu::target_name();
+      for (const TestWeight& t : ws) {
+        const std::vector<float> x = randn(16 * t.w.in, rng), bias = randn(t.w.out, rng);
+        for (int64_t n = 2; n <= std::max<int64_t>(max_rows, 4); ++n) {
+          for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
+            std::vector<float> got(n * t.w.out, std::nanf("")), want(n * t.w.out, std::nanf(""));
+            cpu::linear_q8(t.w, x.data(), n, got.data(), b);
+            cpu::linear_q8_gemm(t.w, x.data(), n, want.data(), b);
+            for (int64_t r = 0; r < n; ++r) {
+              ASSERT_EQ(std::memcmp(got.data() + r * t.w.out, want.data() + r * t.w.out,
+                                    t.w.out * sizeof(float)),
+                        0)
+                  << "row " << r << " of " << n << ", out=" << t.w.out << " in=" << t.w.in
+                  << " bias=" << (b != nullptr);
+            }
+          }
+        }
+      }
+    });
+  }
+  std::printf("few-row int8 kernel tested on: %s\n",
+              ran.empty() ? "(none of these targets)" : ran.c_str());
+}
+
 // |got - want| <= rel * |want| + abs for every element.
 void expect_close(const float* got, const float* want, int64_t n, double rel, double abs,
                   const std::string& what) {

@@ -816,7 +816,215 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
   }
 }
 
+// ---------------------------------------------------------------- a few activation rows
+//
+// Batched decode (2 to kFewRows rows): each weight row is read once from its mapped layout, as
+// in decode, and each of its groups meets every row of x, instead of being unpacked into panels
+// that so few rows cannot repay. Every output gets GemmQ8's bits: the same exact per-group
+// integer sums and the same chain of multiply-adds in group order, started from the bias in
+// full panels, the bias added after the first kQKC inputs in a last partial panel. Four rows of
+// x share one 128-bit float chain.
+#undef GP_Q8_FEW
+#undef GP_FEW_ATTR
+#if GP_Q8_VNNI512 || (GP_Q8_X86 && HWY_TARGET <= HWY_AVX2)
+#define GP_Q8_FEW 1
+#if GP_Q8_VNNI512
+#define GP_FEW_ATTR GP_VNNI_ATTR
+#else
+#define GP_FEW_ATTR
+#endif
+constexpr int64_t kFewRows = 8;  // at 16 rows the panel kernel was as fast (docs/BENCHMARKS.md)
+using D4 = hn::Full128<float>;
+using D4I = hn::Full128<int32_t>;
+
+#if GP_Q8_VNNI512
+// Two groups' 64 nibble bytes (lo, hi: their low and high nibbles) against one row's xq: int32
+// partial sums, lanes 0-7 the first group's, 8-15 the second's.
+GP_VNNI_ATTR HWY_INLINE __m512i DotPairI(__m512i lo, __m512i hi, const XQ* x) {
+  const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x));
+  return _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(x + 64));
+}
+// One group's 32 nibble bytes (zero-extended) against xq in the order of the other targets.
+GP_VNNI_ATTR HWY_INLINE __m512i DotLastI(__m512i lo, __m512i hi, const XQ* x) {
+  auto load32 = [](const XQ* p) {
+    return _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  };
+  const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, load32(x));
+  return _mm512_dpbusd_epi32(d, hi, load32(x + kGroup / 2));
+}
+// Lane i of 128-bit block L: the total of block L of the i-th vector; then blocks 0 + 1 in
+// block 0 (the first group's sums of the four rows) and 2 + 3 in block 2 (the second's).
+GP_VNNI_ATTR HWY_INLINE __m512i Reduce4(__m512i a, __m512i b, __m512i c, __m512i e) {
+  const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+  const __m512i ce = _mm512_add_epi32(_mm512_unpacklo_epi32(c, e), _mm512_unpackhi_epi32(c, e));
+  const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, ce), _mm512_unpackhi_epi64(ab, ce));
+  return _mm512_add_epi32(s, _mm512_shuffle_i32x4(s, s, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+#else
+// One group's 32 nibble bytes (lo, hi) against one row's xq (even elements, then odd ones).
+HWY_INLINE hn::Vec<DB32> DotGroupI(hn::Vec<DBU8> lo, hn::Vec<DBU8> hi, const XQ* x) {
+  const DBI8 di8;
+  return PairSumI16(
+      hn::Add(PairDotU8I8(lo, hn::LoadU(di8, x)), PairDotU8I8(hi, hn::LoadU(di8, x + kGroup / 2))));
+}
+// The totals of the 8 lanes of a, b, c, e, in lanes 0-3.
+HWY_INLINE hn::Vec<D4I> Reduce4(hn::Vec<DB32> a, hn::Vec<DB32> b, hn::Vec<DB32> c,
+                                hn::Vec<DB32> e) {
+  const DB32 d;
+  const hn::Repartition<int64_t, DB32> d64;
+  const auto ab =
+      hn::BitCast(d64, hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b)));
+  const auto ce =
+      hn::BitCast(d64, hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e)));
+  const auto s = hn::Add(hn::BitCast(d, hn::InterleaveLower(d64, ab, ce)),
+                         hn::BitCast(d, hn::InterleaveUpper(d64, ab, ce)));
+  return hn::Add(hn::LowerHalf(s), hn::UpperHalf(hn::Half<DB32>(), s));
+}
+#endif
+
+// Outputs [r0, r1) for np rows of x (np a multiple of 4, xq row i at xq + i * in, the group
+// scales and sums transposed: dxt[g * np + i], xst[g * np + i]); rows from n on are padding.
+GP_FEW_ATTR void FewRowsQ8(const Weight& w, const XQ* xq, int64_t np, const float* dxt,
+                           const float* xst, int64_t r0, int64_t r1, int64_t n, float* y,
+                           const float* bias) {
+  const D4 df;
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8, nb = np / 4;
+  const size_t ss = dtype_size(w.scale_dtype);
+  // Outputs from `partial` on form GemmQ8's last partial panel.
+  const int64_t partial = w.out - w.out % QPanelWidth();
+  const int64_t first_chunk = std::min(gpr, kQKC / kGroup);
+  float* sc = thread_scratch(kScratchA, 2 * gpr);
+  float* bi = sc + gpr;
+  hn::Vec<D4> acc[kFewRows / 4];
+  hn::Vec<D4I> sums[kFewRows / 4];
+  for (int64_t o = r0; o < r1; ++o) {
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + o * gpr * ss, gpr, sc);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + o * gpr * ss, gpr, bi);
+    const bool full = o < partial;
+    for (int64_t b = 0; b < nb; ++b) acc[b] = full && bias ? hn::Set(df, bias[o]) : hn::Zero(df);
+    const auto* row = reinterpret_cast<const uint8_t*>(w.q + o * wpr);
+    // Group g's two multiply-adds for every row block, sums[b] its integer sums.
+    auto steps = [&](int64_t g) {
+      const auto s = hn::Set(df, sc[g]), bg = hn::Set(df, bi[g]);
+      for (int64_t b = 0; b < nb; ++b) {
+        acc[b] = hn::MulAdd(hn::ConvertTo(df, sums[b]),
+                            hn::Mul(s, hn::LoadU(df, dxt + g * np + 4 * b)), acc[b]);
+        acc[b] = hn::MulAdd(bg, hn::LoadU(df, xst + g * np + 4 * b), acc[b]);
+      }
+      if (!full && g + 1 == first_chunk) {
+        const auto add = hn::Set(df, bias ? bias[o] : 0.0f);
+        for (int64_t b = 0; b < nb; ++b) acc[b] = hn::Add(acc[b], add);
+      }
+    };
+#if GP_Q8_VNNI512
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    __m512i both[kFewRows / 4];
+    int64_t g = 0;
+    for (; g + 2 <= gpr; g += 2) {
+      hwy::Prefetch(row + kPrefetchAhead + g * 32);
+      const __m512i v = _mm512_loadu_si512(row + g * 32);
+      const __m512i lo = _mm512_and_si512(v, mask);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+      for (int64_t b = 0; b < nb; ++b) {
+        const XQ* x = xq + 4 * b * w.in + g * kGroup;
+        both[b] = Reduce4(DotPairI(lo, hi, x), DotPairI(lo, hi, x + w.in),
+                          DotPairI(lo, hi, x + 2 * w.in), DotPairI(lo, hi, x + 3 * w.in));
+        sums[b] = hn::Vec<D4I>{_mm512_castsi512_si128(both[b])};
+      }
+      steps(g);
+      for (int64_t b = 0; b < nb; ++b)
+        sums[b] = hn::Vec<D4I>{_mm512_extracti32x4_epi32(both[b], 2)};
+      steps(g + 1);
+    }
+    if (g < gpr) {
+      // A last unpaired group: 32 bytes against xq in the order of the other targets, zero-
+      // extended (the upper half's sums are zero and unused).
+      const __m512i v = _mm512_zextsi256_si512(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * 32)));
+      const __m512i lo = _mm512_and_si512(v, mask);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+      for (int64_t b = 0; b < nb; ++b) {
+        const XQ* x = xq + 4 * b * w.in + g * kGroup;
+        sums[b] = hn::Vec<D4I>{_mm512_castsi512_si128(
+            Reduce4(DotLastI(lo, hi, x), DotLastI(lo, hi, x + w.in), DotLastI(lo, hi, x + 2 * w.in),
+                    DotLastI(lo, hi, x + 3 * w.in)))};
+      }
+      steps(g);
+    }
+#else
+    const DBU8 du8;
+    const hn::Repartition<uint16_t, DB32> du16;
+    const auto mask = hn::Set(du8, 0x0F);
+    for (int64_t g = 0; g < gpr; ++g) {
+      if (g % 2 == 0) hwy::Prefetch(row + kPrefetchAhead + g * 32);
+      const auto v = hn::LoadU(du8, row + g * 32);
+      const auto lo = hn::And(v, mask);
+      const auto hi = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, v))), mask);
+      for (int64_t b = 0; b < nb; ++b) {
+        const XQ* x = xq + 4 * b * w.in + g * kGroup;
+        sums[b] = Reduce4(DotGroupI(lo, hi, x), DotGroupI(lo, hi, x + w.in),
+                          DotGroupI(lo, hi, x + 2 * w.in), DotGroupI(lo, hi, x + 3 * w.in));
+      }
+      steps(g);
+    }
+#endif
+    HWY_ALIGN float out[4];
+    for (int64_t b = 0; b < nb; ++b) {
+      hn::Store(acc[b], df, out);
+      for (int64_t i = 0; i < 4 && 4 * b + i < n; ++i) y[(4 * b + i) * w.out + o] = out[i];
+    }
+  }
+}
+
+// x [n, in], 2 <= n <= kFewRows: rows quantized as for decode, padded to a multiple of 4 with
+// copies of the last one.
+void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
+  const int64_t gpr = w.groups_per_row(), np = (n + 3) / 4 * 4;
+  auto* xq =
+      reinterpret_cast<XQ*>(thread_scratch(kScratchC, np * w.in * sizeof(XQ) / sizeof(float)));
+  float* dx = thread_scratch(kScratchD, 2 * gpr);
+  float* xs = dx + gpr;
+  float* t = thread_scratch(kScratchE, 2 * np * gpr);
+  float *dxt = t, *xst = t + np * gpr;
+  for (int64_t i = 0; i < np; ++i) {
+    QuantizeX(x + std::min(i, n - 1) * w.in, w.in, xq + i * w.in, dx, xs);
+    for (int64_t g = 0; g < gpr; ++g) {
+      dxt[g * np + i] = dx[g];
+      xst[g * np + i] = xs[g];
+    }
+  }
+  const int64_t rb = gemv_row_block(w.out);
+  const int64_t blocks = (w.out + rb - 1) / rb;
+  auto run = [&](int64_t k, int) {
+    FewRowsQ8(w, xq, np, dxt, xst, k * rb, std::min(w.out, (k + 1) * rb), n, y, bias);
+  };
+  if (w.bytes() < kGemvInlineBytes) {
+    for (int64_t k = 0; k < blocks; ++k) run(k, 0);
+  } else {
+    parallel_blocks(blocks, run);
+  }
+}
+#endif  // GP_Q8_FEW
+
+// The most rows the few-row kernel takes on this target (0: none).
+int64_t FewRowsMaxImpl() {
+#if GP_Q8_FEW
+  return kFewRows;
+#else
+  return 0;
+#endif
+}
+
 void LinearQ8BatchImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
+  if (n <= 0 || w.out <= 0) return;
+#if GP_Q8_FEW
+  if (n <= kFewRows) return LinearQ8FewImpl(w, x, n, y, bias);
+#endif
+  GemmQ8(w, x, n, y, bias);
+}
+
+// GemmQ8 for any n: the reference of the few-row kernel's tests.
+void LinearQ8GemmImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
   if (n <= 0 || w.out <= 0) return;
   GemmQ8(w, x, n, y, bias);
 }
@@ -829,6 +1037,8 @@ namespace gp::cpu {
 
 HWY_EXPORT(LinearQ8OneRowImpl);
 HWY_EXPORT(LinearQ8BatchImpl);
+HWY_EXPORT(LinearQ8GemmImpl);
+HWY_EXPORT(FewRowsMaxImpl);
 
 namespace {
 // Only MLX 4-bit group-64 weights have an int8 path.
@@ -846,6 +1056,13 @@ void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float
   }
   HWY_DYNAMIC_DISPATCH(LinearQ8BatchImpl)(w, x, n, y, bias);
 }
+
+void linear_q8_gemm(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
+  if (!has_q8_path(w)) return linear(w, x, n, y, bias);
+  HWY_DYNAMIC_DISPATCH(LinearQ8GemmImpl)(w, x, n, y, bias);
+}
+
+int64_t linear_q8_few_rows_max() { return HWY_DYNAMIC_DISPATCH(FewRowsMaxImpl)(); }
 
 void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n,
                  ops::Activations act) {
