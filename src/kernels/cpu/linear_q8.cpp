@@ -833,7 +833,9 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
 #else
 #define GP_FEW_ATTR
 #endif
-constexpr int64_t kFewRows = 8;  // at 16 rows the panel kernel was as fast (docs/BENCHMARKS.md)
+// Where the panel kernel overtakes it (BM_LinearQ8Target, docs/BENCHMARKS.md): with
+// vpdpbusd panels at 8 rows, with pmaddubsw ones at 16.
+constexpr int64_t kFewRows = GP_Q8_VNNI512 ? 4 : 8;
 using D4 = hn::Full128<float>;
 using D4I = hn::Full128<int32_t>;
 
@@ -882,98 +884,128 @@ HWY_INLINE hn::Vec<D4I> Reduce4(hn::Vec<DB32> a, hn::Vec<DB32> b, hn::Vec<DB32> 
 }
 #endif
 
-// Outputs [r0, r1) for np rows of x (np a multiple of 4, xq row i at xq + i * in, the group
-// scales and sums transposed: dxt[g * np + i], xst[g * np + i]); rows from n on are padding.
-GP_FEW_ATTR void FewRowsQ8(const Weight& w, const XQ* xq, int64_t np, const float* dxt,
-                           const float* xst, int64_t r0, int64_t r1, int64_t n, float* y,
-                           const float* bias) {
+// Outputs o .. o+K-1 for the 4 * NB rows of x (xq row i at xq + i * in, the group scales and
+// sums transposed: dxt[g * 4NB + i], xst[g * 4NB + i]); rows from n on are padding. NB and K
+// fixed at compile time keep the K * NB float chains in registers, and K > 1 interleaves
+// independent chains, which alone would wait on each other's latency.
+template <int NB, int K>
+GP_FEW_ATTR HWY_INLINE void FewRowsQ8(const Weight& w, const XQ* xq, const float* dxt,
+                                      const float* xst, int64_t o, int64_t n, float* y,
+                                      const float* bias, float* sc_buf) {
   const D4 df;
-  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8, nb = np / 4;
+  constexpr int64_t np = 4 * NB;
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const size_t ss = dtype_size(w.scale_dtype);
   // Outputs from `partial` on form GemmQ8's last partial panel.
   const int64_t partial = w.out - w.out % QPanelWidth();
   const int64_t first_chunk = std::min(gpr, kQKC / kGroup);
-  float* sc = thread_scratch(kScratchA, 2 * gpr);
-  float* bi = sc + gpr;
-  hn::Vec<D4> acc[kFewRows / 4];
-  hn::Vec<D4I> sums[kFewRows / 4];
-  for (int64_t o = r0; o < r1; ++o) {
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + o * gpr * ss, gpr, sc);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + o * gpr * ss, gpr, bi);
-    const bool full = o < partial;
-    for (int64_t b = 0; b < nb; ++b) acc[b] = full && bias ? hn::Set(df, bias[o]) : hn::Zero(df);
-    const auto* row = reinterpret_cast<const uint8_t*>(w.q + o * wpr);
-    // Group g's two multiply-adds for every row block, sums[b] its integer sums.
-    auto steps = [&](int64_t g) {
-      const auto s = hn::Set(df, sc[g]), bg = hn::Set(df, bi[g]);
-      for (int64_t b = 0; b < nb; ++b) {
-        acc[b] = hn::MulAdd(hn::ConvertTo(df, sums[b]),
-                            hn::Mul(s, hn::LoadU(df, dxt + g * np + 4 * b)), acc[b]);
-        acc[b] = hn::MulAdd(bg, hn::LoadU(df, xst + g * np + 4 * b), acc[b]);
+  hn::Vec<D4> acc[K][NB];
+  hn::Vec<D4I> sums[K][NB];
+  const uint8_t* row[K];
+  const float *sc[K], *bi[K];
+  bool full[K];
+  for (int k = 0; k < K; ++k) {
+    float* s = sc_buf + 2 * k * gpr;
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + (o + k) * gpr * ss, gpr, s);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + (o + k) * gpr * ss, gpr, s + gpr);
+    sc[k] = s;
+    bi[k] = s + gpr;
+    full[k] = o + k < partial;
+    row[k] = reinterpret_cast<const uint8_t*>(w.q + (o + k) * wpr);
+    for (int b = 0; b < NB; ++b)
+      acc[k][b] = full[k] && bias ? hn::Set(df, bias[o + k]) : hn::Zero(df);
+  }
+  // Group g's two multiply-adds for every output and row block, sums[k][b] its integer sums.
+  auto steps = [&](int64_t g) {
+    for (int k = 0; k < K; ++k) {
+      const auto s = hn::Set(df, sc[k][g]), bg = hn::Set(df, bi[k][g]);
+      for (int b = 0; b < NB; ++b) {
+        acc[k][b] = hn::MulAdd(hn::ConvertTo(df, sums[k][b]),
+                               hn::Mul(s, hn::LoadU(df, dxt + g * np + 4 * b)), acc[k][b]);
+        acc[k][b] = hn::MulAdd(bg, hn::LoadU(df, xst + g * np + 4 * b), acc[k][b]);
       }
-      if (!full && g + 1 == first_chunk) {
-        const auto add = hn::Set(df, bias ? bias[o] : 0.0f);
-        for (int64_t b = 0; b < nb; ++b) acc[b] = hn::Add(acc[b], add);
+      if (!full[k] && g + 1 == first_chunk) {
+        const auto add = hn::Set(df, bias ? bias[o + k] : 0.0f);
+        for (int b = 0; b < NB; ++b) acc[k][b] = hn::Add(acc[k][b], add);
       }
-    };
-#if GP_Q8_VNNI512
-    const __m512i mask = _mm512_set1_epi8(0x0F);
-    __m512i both[kFewRows / 4];
-    int64_t g = 0;
-    for (; g + 2 <= gpr; g += 2) {
-      hwy::Prefetch(row + kPrefetchAhead + g * 32);
-      const __m512i v = _mm512_loadu_si512(row + g * 32);
-      const __m512i lo = _mm512_and_si512(v, mask);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-      for (int64_t b = 0; b < nb; ++b) {
-        const XQ* x = xq + 4 * b * w.in + g * kGroup;
-        both[b] = Reduce4(DotPairI(lo, hi, x), DotPairI(lo, hi, x + w.in),
-                          DotPairI(lo, hi, x + 2 * w.in), DotPairI(lo, hi, x + 3 * w.in));
-        sums[b] = hn::Vec<D4I>{_mm512_castsi512_si128(both[b])};
-      }
-      steps(g);
-      for (int64_t b = 0; b < nb; ++b)
-        sums[b] = hn::Vec<D4I>{_mm512_extracti32x4_epi32(both[b], 2)};
-      steps(g + 1);
     }
-    if (g < gpr) {
-      // A last unpaired group: 32 bytes against xq in the order of the other targets, zero-
-      // extended (the upper half's sums are zero and unused).
-      const __m512i v = _mm512_zextsi256_si512(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g * 32)));
+  };
+#if GP_Q8_VNNI512
+  const __m512i mask = _mm512_set1_epi8(0x0F);
+  __m512i both[K][NB];
+  int64_t g = 0;
+  for (; g + 2 <= gpr; g += 2) {
+    for (int k = 0; k < K; ++k) {
+      hwy::Prefetch(row[k] + kPrefetchAhead + g * 32);
+      const __m512i v = _mm512_loadu_si512(row[k] + g * 32);
       const __m512i lo = _mm512_and_si512(v, mask);
       const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-      for (int64_t b = 0; b < nb; ++b) {
+      for (int b = 0; b < NB; ++b) {
         const XQ* x = xq + 4 * b * w.in + g * kGroup;
-        sums[b] = hn::Vec<D4I>{_mm512_castsi512_si128(
+        both[k][b] = Reduce4(DotPairI(lo, hi, x), DotPairI(lo, hi, x + w.in),
+                             DotPairI(lo, hi, x + 2 * w.in), DotPairI(lo, hi, x + 3 * w.in));
+        sums[k][b] = hn::Vec<D4I>{_mm512_castsi512_si128(both[k][b])};
+      }
+    }
+    steps(g);
+    for (int k = 0; k < K; ++k)
+      for (int b = 0; b < NB; ++b)
+        sums[k][b] = hn::Vec<D4I>{_mm512_extracti32x4_epi32(both[k][b], 2)};
+    steps(g + 1);
+  }
+  if (g < gpr) {
+    // A last unpaired group: 32 bytes against xq in the order of the other targets, zero-
+    // extended (the upper half's sums are zero and unused).
+    for (int k = 0; k < K; ++k) {
+      const __m512i v = _mm512_zextsi256_si512(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[k] + g * 32)));
+      const __m512i lo = _mm512_and_si512(v, mask);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+      for (int b = 0; b < NB; ++b) {
+        const XQ* x = xq + 4 * b * w.in + g * kGroup;
+        sums[k][b] = hn::Vec<D4I>{_mm512_castsi512_si128(
             Reduce4(DotLastI(lo, hi, x), DotLastI(lo, hi, x + w.in), DotLastI(lo, hi, x + 2 * w.in),
                     DotLastI(lo, hi, x + 3 * w.in)))};
       }
-      steps(g);
     }
+    steps(g);
+  }
 #else
-    const DBU8 du8;
-    const hn::Repartition<uint16_t, DB32> du16;
-    const auto mask = hn::Set(du8, 0x0F);
-    for (int64_t g = 0; g < gpr; ++g) {
-      if (g % 2 == 0) hwy::Prefetch(row + kPrefetchAhead + g * 32);
-      const auto v = hn::LoadU(du8, row + g * 32);
+  const DBU8 du8;
+  const hn::Repartition<uint16_t, DB32> du16;
+  const auto mask = hn::Set(du8, 0x0F);
+  for (int64_t g = 0; g < gpr; ++g) {
+    for (int k = 0; k < K; ++k) {
+      if (g % 2 == 0) hwy::Prefetch(row[k] + kPrefetchAhead + g * 32);
+      const auto v = hn::LoadU(du8, row[k] + g * 32);
       const auto lo = hn::And(v, mask);
       const auto hi = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, v))), mask);
-      for (int64_t b = 0; b < nb; ++b) {
+      for (int b = 0; b < NB; ++b) {
         const XQ* x = xq + 4 * b * w.in + g * kGroup;
-        sums[b] = Reduce4(DotGroupI(lo, hi, x), DotGroupI(lo, hi, x + w.in),
-                          DotGroupI(lo, hi, x + 2 * w.in), DotGroupI(lo, hi, x + 3 * w.in));
+        sums[k][b] = Reduce4(DotGroupI(lo, hi, x), DotGroupI(lo, hi, x + w.in),
+                             DotGroupI(lo, hi, x + 2 * w.in), DotGroupI(lo, hi, x + 3 * w.in));
       }
-      steps(g);
     }
+    steps(g);
+  }
 #endif
-    HWY_ALIGN float out[4];
-    for (int64_t b = 0; b < nb; ++b) {
-      hn::Store(acc[b], df, out);
-      for (int64_t i = 0; i < 4 && 4 * b + i < n; ++i) y[(4 * b + i) * w.out + o] = out[i];
+  HWY_ALIGN float out[4];
+  for (int k = 0; k < K; ++k) {
+    for (int b = 0; b < NB; ++b) {
+      hn::Store(acc[k][b], df, out);
+      for (int64_t i = 0; i < 4 && 4 * b + i < n; ++i) y[(4 * b + i) * w.out + o + k] = out[i];
     }
   }
+}
+
+// Outputs [r0, r1), two at a time.
+template <int NB>
+GP_FEW_ATTR void FewRowsQ8Block(const Weight& w, const XQ* xq, const float* dxt, const float* xst,
+                                int64_t r0, int64_t r1, int64_t n, float* y, const float* bias) {
+  float* sc = thread_scratch(kScratchA, 4 * w.groups_per_row());
+  int64_t o = r0;
+  for (; o + 2 <= r1; o += 2) FewRowsQ8<NB, 2>(w, xq, dxt, xst, o, n, y, bias, sc);
+  if (o < r1) FewRowsQ8<NB, 1>(w, xq, dxt, xst, o, n, y, bias, sc);
 }
 
 // x [n, in], 2 <= n <= kFewRows: rows quantized as for decode, padded to a multiple of 4 with
@@ -996,7 +1028,12 @@ void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const
   const int64_t rb = gemv_row_block(w.out);
   const int64_t blocks = (w.out + rb - 1) / rb;
   auto run = [&](int64_t k, int) {
-    FewRowsQ8(w, xq, np, dxt, xst, k * rb, std::min(w.out, (k + 1) * rb), n, y, bias);
+    const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
+    if (np == 4) {
+      FewRowsQ8Block<1>(w, xq, dxt, xst, r0, r1, n, y, bias);
+    } else {
+      FewRowsQ8Block<2>(w, xq, dxt, xst, r0, r1, n, y, bias);
+    }
   };
   if (w.bytes() < kGemvInlineBytes) {
     for (int64_t k = 0; k < blocks; ++k) run(k, 0);
