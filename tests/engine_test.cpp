@@ -350,12 +350,76 @@ TEST(Engine, BatchedSequencesMatchEachRunAloneClosely) {
   expect_batched_equals_alone(true, true, 1e-4);
 }
 
-// Bitwise, both modes, once the linears give a row the same result whatever the batch size
-// (issue 17 item 2, branch `invariant`): enable then. Today it fails on the kernels alone (the
-// session's steps are bitwise: InterleavedSequencesMatchEachRunAloneBitwise).
-TEST(Engine, DISABLED_BatchedSequencesMatchEachRunAloneBitwise) {
-  expect_batched_equals_alone(true, true, 0);
-  expect_batched_equals_alone(false, true, 0);
+// A sequence's logits in one forward over several sequences do not depend on which others share
+// it, bitwise, in both modes: A's decode steps with B, with C, with B and C, with five others (6
+// rows: the panel kernel where the few-row one stops) and with a whole 8-token prompt. (Against A
+// run alone they differ in the last bits: one row takes the decode kernels, with another order.)
+void expect_rows_independent_of_batch(bool exact) {
+  SCOPED_TRACE(exact ? "exact" : "int8");
+  Engine e(test::data_path("tiny-mobile"), {0, false, exact});
+  const int64_t V = e.config().text.n_vocab;
+  const auto seq40 = test::read_ids(test::data_path("tiny-mobile/ref/seq40.tokens.txt"));
+  auto slice = [&](int from, int len) {
+    return std::vector<int32_t>(seq40.begin() + from, seq40.begin() + from + len);
+  };
+  const std::vector<int32_t> prompt_a = slice(0, 10), steps_a = slice(10, 4);
+  constexpr int kChunk = 8;
+  // companions: prompts prefilled before the steps (they then decode a fixed token per step);
+  // `joining`: a prompt evaluated in the first step, beside A's first decode row, then decoding.
+  auto run = [&](const std::vector<std::vector<int32_t>>& companions,
+                 const std::vector<int32_t>& joining) {
+    Session a(e, 128, kChunk);
+    a.prefill(prompt_a, {});
+    std::vector<std::unique_ptr<Session>> others;
+    for (const auto& p : companions) {
+      others.push_back(std::make_unique<Session>(e, 128, kChunk));
+      others.back()->prefill(p, {});
+    }
+    std::unique_ptr<Session> join;
+    if (!joining.empty()) {
+      join = std::make_unique<Session>(e, 128, kChunk);
+      join->begin_prompt(joining, {});
+    }
+    std::vector<std::vector<float>> logits;
+    for (size_t t = 0; t < steps_a.size(); ++t) {
+      std::vector<SequenceRows> rows{a.decode_rows(steps_a[t])};
+      std::vector<Session*> ran{&a};
+      for (size_t i = 0; i < others.size(); ++i) {
+        rows.push_back(others[i]->decode_rows(seq40[20 + i + t]));
+        ran.push_back(others[i].get());
+      }
+      if (join) {  // its prompt, then a fixed token per step
+        rows.push_back(join->prompt_pending() ? join->prompt_rows() : join->decode_rows(seq40[t]));
+        ran.push_back(join.get());
+      }
+      EXPECT_GE(rows.size(), 2u);
+      e.text().forward(rows);
+      for (Session* s : ran) s->rows_ran();
+      logits.push_back(a.last_logits());
+    }
+    return logits;
+  };
+  const auto b = slice(3, 7), c = slice(15, 12), d = slice(1, 2), f = slice(25, 9), g = slice(8, 5);
+  const auto with_b = run({b}, {});
+  ASSERT_EQ(with_b.size(), steps_a.size());
+  const std::vector<std::pair<std::string, std::vector<std::vector<float>>>> cases = {
+      {"C", run({c}, {})},
+      {"B and C", run({b, c}, {})},
+      {"B, C, D, F, G", run({b, c, d, f, g}, {})},
+      {"an 8-token prompt", run({}, slice(30, 8))}};
+  for (const auto& [name, logits] : cases) {
+    ASSERT_EQ(logits.size(), with_b.size()) << name;
+    for (size_t t = 0; t < logits.size(); ++t) {
+      EXPECT_EQ(std::memcmp(logits[t].data(), with_b[t].data(), V * sizeof(float)), 0)
+          << "step " << t << ": A with " << name << " against A with B, max |diff| "
+          << max_abs_diff(logits[t].data(), with_b[t].data(), V);
+    }
+  }
+}
+
+TEST(Engine, BatchedRowsDoNotDependOnTheirCompanionsBitwise) {
+  expect_rows_independent_of_batch(false);
+  expect_rows_independent_of_batch(true);
 }
 
 TEST(Engine, TextOnlyRunNeverMapsVisionFileAndFirstImageDoes) {
