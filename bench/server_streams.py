@@ -40,6 +40,18 @@ def stream(port, prompt, tokens, out):
     out["end"] = time.monotonic()
 
 
+def start_server(binary, model, port, flags):
+    """gemma-server on 127.0.0.1:port, returned once it listens (its log goes on to stderr)."""
+    server = subprocess.Popen([binary, model, "--port", str(port), "-q"] + flags,
+                              stderr=subprocess.PIPE, text=True)
+    for line in server.stderr:
+        sys.stderr.write(line)
+        if "listening on" in line:
+            break
+    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+    return server
+
+
 def load_average():
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
@@ -53,26 +65,24 @@ def cpu_name():
     return "?"
 
 
+def add_server_arguments(ap):
+    ap.add_argument("--server", default=os.path.join(os.path.dirname(__file__), "..", "build",
+                                                      "bin", "gemma-server"))
+    ap.add_argument("--extra", default="", help="more gemma-server flags")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
     ap.add_argument("--streams", default="1,2,4,8")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--port", type=int, default=8093)
-    ap.add_argument("--server", default=os.path.join(os.path.dirname(__file__), "..", "build",
-                                                      "bin", "gemma-server"))
-    ap.add_argument("--extra", default="", help="more gemma-server flags")
+    add_server_arguments(ap)
     a = ap.parse_args()
     counts = [int(x) for x in a.streams.split(",")]
-    server = subprocess.Popen([a.server, a.model, "--port", str(a.port), "--parallel",
-                               str(max(counts)), "--ctx-size", "1024", "-q"] + a.extra.split(),
-                              stderr=subprocess.PIPE, text=True)
+    server = start_server(a.server, a.model, a.port,
+                          ["--parallel", str(max(counts)), "--ctx-size", "1024"] + a.extra.split())
     try:
-        for line in server.stderr:
-            sys.stderr.write(line)
-            if "listening on" in line:
-                break
-        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
         stream(a.port, "Warm up", 8, {})
         print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; {a.tokens} tokens per stream")
         print("| streams | generated tokens | wall s | aggregate tokens/s | per stream tokens/s "
