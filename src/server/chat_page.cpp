@@ -19,8 +19,9 @@ const char* chat_asset(const std::string& name) {
 // the page loads; seed, temperature and max_tokens preset the request; markdown=0 shows answers
 // as plain text; paste=1 pastes a small generated PNG into the message box first (through the
 // paste handler a user's paste takes); reload=1 reloads the page once the answer is in;
-// report=URL posts the page's HTML to URL when the scripted steps are done (after a reload, from
-// the reloaded page), so a test reads the finished page instead of guessing when it is finished.
+// report=URL posts the page's HTML to URL, a loopback http address only, when the scripted steps
+// are done (after a reload, from the reloaded page), so a test reads the finished page instead of
+// guessing when it is finished.
 const std::string& chat_page() {
   static const std::string page = [] {
     std::string p = R"PAGE(<!DOCTYPE html>
@@ -502,9 +503,13 @@ async function main() {
       }
     }
   }
-  if (params.has("report"))
-    fetch(params.get("report"), {method: "POST", mode: "no-cors",
-                                 body: document.documentElement.outerHTML}).catch(() => {});
+  if (params.has("report")) {
+    // Only to this machine: a link must not be able to send a user's chats elsewhere.
+    const to = new URL(params.get("report"), location.href);
+    if (to.protocol === "http:" && ["127.0.0.1", "localhost", "[::1]"].includes(to.hostname))
+      fetch(to, {method: "POST", mode: "no-cors", body: document.documentElement.outerHTML})
+        .catch(() => {});
+  }
 }
 main();
 </script>
