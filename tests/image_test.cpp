@@ -340,6 +340,22 @@ TEST_F(ImageFiles, TruncatedPngIsRefused) {
   EXPECT_THAT(msg, HasSubstr("truncated or corrupt"));
 }
 
+// stb_image reads a BMP cut short as if its missing rows were black: refused from the header's
+// row size instead (64x64 at 24 bits: 54 + 64 * 192 = 12342 bytes).
+TEST_F(ImageFiles, TruncatedBmpIsRefused) {
+  const Image src = make_image(64, 64, noise);
+  ASSERT_TRUE(stbi_write_bmp(path("full.bmp").c_str(), 64, 64, 3, src.rgb.data()));
+  std::vector<uint8_t> bytes = read_bytes(path("full.bmp"));
+  ASSERT_EQ(bytes.size(), 12342u);
+  EXPECT_EQ(load_image(path("full.bmp")).rgb, src.rgb);
+  bytes.resize(bytes.size() - 1);
+  write_bytes(path("cut.bmp"), bytes);
+  const std::string msg = error_of([&] { load_image(path("cut.bmp")); });
+  EXPECT_THAT(msg, HasSubstr(path("cut.bmp")));
+  EXPECT_THAT(msg, HasSubstr("is a 64x64 BMP whose pixel rows end at byte 12342, but the file has "
+                             "12341 bytes; the file is truncated"));
+}
+
 TEST_F(ImageFiles, TextFileIsRefused) {
   test::write_text(path("notes.png"), "This is plain text, not a picture.\n");
   const std::string msg = error_of([&] { load_image(path("notes.png")); });

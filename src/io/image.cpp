@@ -157,6 +157,22 @@ std::vector<uint8_t> resize_u8(const Image& img, int out_w, int out_h) {
   return out;
 }
 
+// Bytes an uncompressed BMP (BI_RGB or BI_BITFIELDS) needs for its pixel rows, counted from the
+// start of the file; 0 when it is not such a BMP. stb_image fills the rows missing from a truncated
+// one with zeros instead of failing, so the size is checked here.
+uint64_t bmp_bytes_needed(const uint8_t* data, size_t size, int w, int h) {
+  if (size < 34 || data[0] != 'B' || data[1] != 'M') return 0;
+  auto u32 = [&](size_t at) {
+    return uint32_t{data[at]} | uint32_t{data[at + 1]} << 8 | uint32_t{data[at + 2]} << 16 |
+           uint32_t{data[at + 3]} << 24;
+  };
+  const uint32_t offset = u32(10), compression = u32(30);
+  const unsigned bits = data[28] | data[29] << 8;
+  if (compression != 0 && compression != 3) return 0;  // RLE and embedded JPEG/PNG: stb checks
+  const uint64_t row = (uint64_t{bits} * static_cast<uint64_t>(w) + 31) / 32 * 4;
+  return offset + row * static_cast<uint64_t>(h);
+}
+
 }  // namespace
 
 Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
@@ -185,6 +201,11 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& name) {
         where + "is " + dims(w, h) + " = " + std::to_string(int64_t{w} * h) +
             " pixels, beyond the budget of " + std::to_string(kMaxImagePixels) +
             " (corrupt header, or scale the image down)");
+
+  const uint64_t bmp_needed = bmp_bytes_needed(data, size, w, h);
+  check(bmp_needed <= size, where + "is a " + dims(w, h) + " BMP whose pixel rows end at byte " +
+                                std::to_string(bmp_needed) + ", but the file has " +
+                                std::to_string(size) + " bytes; the file is truncated");
 
   int dw = 0, dh = 0;
   std::unique_ptr<uint8_t, void (*)(void*)> pixels(
