@@ -838,6 +838,8 @@ std::vector<Case> model_cases() {
   add({"ImagePngTruncated", kOrig, image(png(64, 64).substr(0, 200)), cli_image(),
        "cannot decode the 64x64 pixels"});
   add({"ImagePngValid", kOrig, image(png(30, 40)), cli_image(), ""});
+  add({"ImageBmpTruncated", kOrig, image(bmp(20, 10).substr(0, 600)), cli_image(),
+       "is a 20x10 BMP whose pixel rows end at byte 654, but the file has 600 bytes"});
   add({"ImageMissing", kOrig, [](const Ctx& c) { fs::remove(c.root + "/img.bmp"); }, cli_image(),
        "img.bmp: cannot open"});
   add({"ImageDirectory", kOrig,
