@@ -1022,6 +1022,12 @@ std::string html_escape(const std::string& s) {
   return out;
 }
 
+// Headless Chromium in a 900x600 window, without background traffic of its own.
+const char* const kChromiumFlags =
+    " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+    " --disable-background-networking --disable-component-update --disable-sync"
+    " --window-size=900,600";
+
 // The chat page as headless Chromium shows it once its scripted steps are done. `url` is the
 // page's address with its scripted-use query; the page posts its HTML to a report route of this
 // test (the report= parameter), and Chromium is stopped then. Waiting for that post in real time,
@@ -1046,12 +1052,9 @@ std::string finished_page(const std::string& chromium, const std::string& url,
 
   const std::string script = dir + "/chromium.sh", pid_file = dir + "/chromium.pid";
   test::write_text(script, "echo $$ > " + pid_file + "\nexec timeout 150 " + chromium +
-                               " --headless --no-sandbox --disable-gpu --disable-quic"
-                               " --no-first-run --disable-background-networking"
-                               " --disable-component-update --disable-sync"
-                               " --window-size=900,600 --user-data-dir=" +
-                               dir + "/profile '" + url + "&report=http%3A%2F%2F127.0.0.1%3A" +
-                               std::to_string(port) + "%2Freport' >/dev/null 2>&1\n");
+                               kChromiumFlags + " --user-data-dir=" + dir + "/profile '" + url +
+                               "&report=http%3A%2F%2F127.0.0.1%3A" + std::to_string(port) +
+                               "%2Freport' >/dev/null 2>&1\n");
   std::thread browser([&] {
     std::string out;
     test::run_command("sh " + script, &out);
@@ -1106,12 +1109,9 @@ TEST(Server, ChatPageShowsAStreamedAnswerInHeadlessChromium) {
   // The page is drawn: a screenshot of it (no request) is not blank.
   const std::string png = dir + "/page.png";
   std::string out;
-  ASSERT_EQ(test::run_command("timeout 60 " + chromium +
-                                  " --headless --no-sandbox --disable-gpu --no-first-run"
-                                  " --disable-background-networking --disable-sync"
-                                  " --virtual-time-budget=5000 --window-size=900,600"
-                                  " --user-data-dir=" +
-                                  dir + "/profile-shot --screenshot=" + png + " " + page_url,
+  ASSERT_EQ(test::run_command("timeout 60 " + chromium + kChromiumFlags +
+                                  " --virtual-time-budget=5000 --user-data-dir=" + dir +
+                                  "/profile-shot --screenshot=" + png + " " + page_url,
                               &out),
             0)
       << out;
