@@ -54,7 +54,8 @@ VisionWeights load_vision_weights(const ModelDir& dir, const ModelConfig& c,
   if (!layout.vision) {
     TableLayout with_vision = layout;
     with_vision.vision = true;
-    const TensorSpec* patch = find_spec(tensor_table(c, with_vision), &VisionWeights::patch_f32);
+    const auto table = tensor_table(c, with_vision);  // patch points into it
+    const TensorSpec* patch = find_spec(table, &VisionWeights::patch_f32);
     throw Error(dir.path() + ": no vision tower (tensor '" + patch->name +
                 "' is absent): a text-only checkpoint cannot encode images");
   }
