@@ -561,7 +561,9 @@ std::vector<Case> model_cases() {
            {"IndexDotDot", ".."},
            {"IndexDot", "."},
            {"IndexEmptyName", ""},
-           {"IndexBackslash", "..\\language_model.safetensors"}})
+           {"IndexBackslash", "..\\language_model.safetensors"},
+           // Found by the index fuzz target: a name beyond NAME_MAX threw a raw filesystem error.
+           {"IndexNameTooLong", std::string(300, 'a') + ".safetensors"}})
     add({name, kMobile, index_entry(E, file), prune(), "expected a plain file name"});
   // The reported traversal: a shard outside the folder read, and the output written over it.
   add({"IndexTraversalNeverWritesOutside", kMobile,

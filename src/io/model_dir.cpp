@@ -11,9 +11,24 @@ namespace gp {
 namespace fs = std::filesystem;
 
 bool is_plain_file_name(const std::string& name) {
-  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
-         name.find('\\') == std::string::npos && name.find('\0') == std::string::npos;
+  // 255 bytes: NAME_MAX of Linux and macOS file systems; a longer name cannot be opened.
+  return !name.empty() && name.size() <= 255 && name != "." && name != ".." &&
+         name.find('/') == std::string::npos && name.find('\\') == std::string::npos &&
+         name.find('\0') == std::string::npos;
 }
+
+namespace {
+
+// fs::exists, with a path the system refuses (too long, not searchable) one named error instead
+// of a std::filesystem exception.
+bool path_exists(const std::string& path) {
+  std::error_code ec;
+  const bool found = fs::exists(path, ec);
+  check(!ec, path + ": cannot be checked (" + ec.message() + ")");
+  return found;
+}
+
+}  // namespace
 
 nlohmann::ordered_json read_json_file(const std::string& path) {
   check_regular_file(path);
@@ -27,14 +42,15 @@ nlohmann::ordered_json read_json_file(const std::string& path) {
 }
 
 nlohmann::ordered_json read_optional_json_file(const std::string& path) {
-  if (!fs::exists(path)) return nullptr;
+  if (!path_exists(path)) return nullptr;
   return read_json_file(path);
 }
 
 nlohmann::ordered_json read_model_config(const std::string& dir) {
-  check(fs::is_directory(dir), dir + ": not a directory (expected a checkpoint directory)");
+  std::error_code ec;
+  check(fs::is_directory(dir, ec), dir + ": not a directory (expected a checkpoint directory)");
   const std::string cfg = dir + "/config.json";
-  check(fs::exists(cfg),
+  check(path_exists(cfg),
         cfg + ": missing (expected a Gemma 3 checkpoint directory with config.json)");
   nlohmann::ordered_json config = read_json_file(cfg);
   check(config.is_object(), cfg + ": expected a JSON object");
@@ -46,7 +62,7 @@ ModelDir::ModelDir(const std::string& dir) : ModelDir(dir, read_model_config(dir
 ModelDir::ModelDir(const std::string& dir, nlohmann::ordered_json config)
     : dir_(dir), config_(std::move(config)) {
   const std::string index = dir + "/model.safetensors.index.json";
-  if (fs::exists(index)) {
+  if (path_exists(index)) {
     auto j = read_json_file(index);
     check(j.contains("weight_map") && j["weight_map"].is_object(),
           index + ": expected a \"weight_map\" object");
@@ -56,12 +72,12 @@ ModelDir::ModelDir(const std::string& dir, nlohmann::ordered_json config)
       // A shard outside the folder would be read from (and a rewrite written to) anywhere.
       check(is_plain_file_name(f), index + ": weight_map entry '" + name + "' names '" + f +
                                        "', expected a plain file name inside the model folder "
-                                       "(no '/', no '..', not absolute)");
+                                       "(no '/', no '..', not absolute, at most 255 bytes)");
       weight_map_[name] = f;
     }
     for (const auto& f : shard_files())
-      check(fs::exists(dir + "/" + f), index + ": lists '" + f + "', which is missing from " + dir +
-                                           " (incomplete download?)");
+      check(path_exists(dir + "/" + f), index + ": lists '" + f + "', which is missing from " +
+                                            dir + " (incomplete download?)");
   } else {
     std::vector<std::string> files;
     for (auto& e : fs::directory_iterator(dir))
