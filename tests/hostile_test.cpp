@@ -1495,8 +1495,18 @@ std::vector<HttpCase> http_cases() {
          return std::string("GET /health HTTP/1.1\r\nX-Big: " + std::string(100000, 'x') +
                             "\r\nConnection: close\r\n\r\n");
        },
-       400,
-       ""},
+       431,
+       "headers_too_large"},
+      {"HeadersOver64KiB",
+       {},
+       [] {
+         std::string r = "GET /health HTTP/1.1\r\nConnection: close\r\n";
+         for (int i = 0; i < 200; ++i)
+           r += "X-H" + std::to_string(i) + ": " + std::string(1000, 'v') + "\r\n";
+         return r + "\r\n";
+       },
+       431,
+       "headers_too_large"},
       {"ManyHeaders",
        {},
        [] {
@@ -1570,6 +1580,42 @@ TEST(HostileServer, SlowClientsDoNotBlockHealth) {
   });
   const std::string health =
       exchange(server.port(), "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  done = true;
+  trickle.join();
+  for (int fd : slow) ::close(fd);
+  EXPECT_EQ(health.rfind("HTTP/1.1 200", 0), 0u) << health;
+  EXPECT_TRUE(server.stop()) << server.log().substr(0, 4000);
+}
+
+// Slow clients beyond the threads and the waiting places: a connection cap of 8 (and 8 waiting),
+// 40 connections trickling header bytes. Each holds a thread at most --header-timeout, those
+// beyond the cap are refused at once, and /health (asked again after a 503) gets through.
+TEST(HostileServer, SlowClientsBeyondTheConnectionCapDoNotBlockHealth) {
+  ServerProcess server(test::data_path(kMobile), {"--max-connections", "8", "--max-queue", "2",
+                                                  "--parallel", "1", "--header-timeout", "2"});
+  ASSERT_GT(server.port(), 0) << server.log();
+  std::vector<int> slow;
+  for (int i = 0; i < 40; ++i) {
+    const int fd = connect_to(server.port());
+    ASSERT_GE(fd, 0);
+    ::send(fd, "GET /health HTTP/1.1\r\nHost: x\r\n", 32, MSG_NOSIGNAL);
+    slow.push_back(fd);
+  }
+  std::atomic<bool> done{false};
+  std::thread trickle([&] {
+    while (!done) {
+      for (int fd : slow) ::send(fd, "X", 1, MSG_NOSIGNAL);
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  });
+  std::string health;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kTimeoutSeconds);
+  while (health.rfind("HTTP/1.1 200", 0) != 0 && std::chrono::steady_clock::now() < deadline) {
+    health =
+        exchange(server.port(), "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if (health.rfind("HTTP/1.1 200", 0) != 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   done = true;
   trickle.join();
   for (int fd : slow) ::close(fd);

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -537,6 +538,40 @@ class RawClient {
       received_.append(buf, static_cast<size_t>(n));
     }
   }
+  // Sends `bytes` as they are; false once the server has closed the connection.
+  bool send_raw(const std::string& bytes) {
+    return send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  }
+  // The next whole response (head and Content-Length body); empty when the connection ends first.
+  std::string next_response() {
+    if (!read_until("\r\n\r\n", 1)) return "";
+    const size_t head = received_.find("\r\n\r\n") + 4;
+    const std::smatch m = [&] {
+      std::smatch r;
+      static const std::regex length("\r\nContent-Length: (\\d+)\r\n", std::regex::icase);
+      const std::string h = received_.substr(0, head);
+      std::regex_search(h, r, length);
+      return r;
+    }();
+    const size_t end = head + (m.empty() ? 0 : std::stoul(m[1]));
+    char buf[4096];
+    while (received_.size() < end) {
+      const ssize_t n = recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) return "";
+      received_.append(buf, static_cast<size_t>(n));
+    }
+    std::string r = received_.substr(0, end);
+    received_.erase(0, end);
+    return r;
+  }
+  // Everything until the server closes the connection (by a FIN or a reset).
+  std::string read_to_end() {
+    char buf[4096];
+    ssize_t n;
+    while ((n = recv(fd_, buf, sizeof buf, 0)) > 0) received_.append(buf, static_cast<size_t>(n));
+    return received_;
+  }
   int fd() const { return fd_; }
   void close() {
     if (fd_ >= 0) ::close(fd_);
@@ -934,6 +969,169 @@ TEST(Server, QueuedClientLeavingFreesItsSlotAtOnce) {
   EXPECT_EQ(h["cancelled"], 4);
   EXPECT_EQ(h["rejected"], 0);
   EXPECT_EQ(h["completed"], 1);
+}
+
+// ---- Hostile clients: the head deadline and the connection cap.
+
+const std::string kHealthHead = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+
+// /health on a new connection until it answers 200 (a full server answers 503 or closes);
+// false after `seconds`, a bound for liveness only.
+bool health_answers(int port, double seconds = 30) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    RawClient c(port);
+    if (c.send_raw(kHealthHead + "Connection: close\r\n\r\n") &&
+        c.read_to_end().rfind("HTTP/1.1 200 ", 0) == 0)
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// The reported slowloris: a header byte every few seconds held a thread for ever. The head must
+// come within --header-timeout, whatever the pace of its bytes.
+TEST(Server, HeadTrickledPastItsDeadlineIsClosedWith408) {
+  ServerOptions o;
+  o.header_timeout = 1;
+  TestServer s(o);
+  RawClient c(s.port());
+  // 50 s at a byte every 200 ms.
+  const std::string head = kHealthHead + "X-Pad: " + std::string(200, 'x') + "\r\n\r\n";
+  size_t sent = 0;
+  bool closed = false;
+  while (sent < head.size() && !closed) {
+    if (!c.send_raw(head.substr(sent, 1))) break;
+    ++sent;
+    pollfd p{c.fd(), POLLIN, 0};
+    closed = poll(&p, 1, 200) > 0;
+  }
+  EXPECT_TRUE(closed);
+  EXPECT_LT(sent, head.size());
+  const std::string got = c.read_to_end();
+  EXPECT_THAT(got, StartsWith("HTTP/1.1 408 Request Timeout\r\n"));
+  EXPECT_THAT(got, HasSubstr("\"code\":\"request_timeout\""));
+  EXPECT_THAT(got, HasSubstr("did not arrive within 1 s (--header-timeout)"));
+}
+
+// A head may hold 64 KiB (common servers allow less); beyond it 431, without reading the rest.
+TEST(Server, HeadOverItsSizeBoundGets431) {
+  TestServer s;
+  for (const int lines : {60, 70}) {  // of 1 KB: httplib refuses one line over 8 KB with 400
+    std::string head = kHealthHead;
+    for (int i = 0; i < lines; ++i) head += "X-Pad: " + std::string(1016, 'x') + "\r\n";
+    RawClient c(s.port());
+    ASSERT_TRUE(c.send_raw(head + "Connection: close\r\n\r\n"));
+    const std::string got = c.read_to_end();
+    if (head.size() < 65536) {
+      EXPECT_THAT(got, StartsWith("HTTP/1.1 200 OK\r\n"));
+      continue;
+    }
+    EXPECT_THAT(got, StartsWith("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+    EXPECT_THAT(got, HasSubstr("\"code\":\"headers_too_large\""));
+    EXPECT_THAT(got, HasSubstr("the request line and headers are over 65536 bytes"));
+  }
+}
+
+// Beyond --max-connections served and as many waiting, a connection gets 503 and is closed at once.
+TEST(Server, ConnectionsBeyondTheCapGet503AtOnce) {
+  ServerOptions o;
+  o.parallel = 1;
+  o.max_queue = 1;
+  o.max_connections = 4;
+  o.header_timeout = 600;  // the held connections stay for the test's length
+  TestServer s(o);
+  // Four served (a thread each, reading their heads) and four waiting for a thread. Each sends a
+  // first byte: a connection silent for the keep-alive timeout (2 s) is closed.
+  std::vector<std::unique_ptr<RawClient>> held;
+  for (int i = 0; i < 8; ++i) {
+    held.push_back(std::make_unique<RawClient>(s.port()));
+    ASSERT_TRUE(held.back()->send_raw("G"));
+  }
+  for (int i = 0; i < 4; ++i) {
+    RawClient refused(s.port());
+    const std::string got = refused.read_to_end();
+    EXPECT_THAT(got, StartsWith("HTTP/1.1 503 Service Unavailable\r\n"));
+    EXPECT_THAT(got, HasSubstr("\r\nRetry-After: 1\r\n"));
+    EXPECT_THAT(got, HasSubstr("\"code\":\"server_busy\""));
+  }
+  held.clear();
+  EXPECT_TRUE(health_answers(s.port()));
+}
+
+// Slow clients beyond the threads and the waiting places: each holds its thread at most the head
+// deadline, so /health gets through.
+TEST(Server, SlowClientsBeyondTheCapDoNotKeepHealthWaiting) {
+  ServerOptions o;
+  o.parallel = 1;
+  o.max_queue = 1;
+  o.max_connections = 4;
+  o.header_timeout = 1;
+  TestServer s(o);
+  std::vector<std::unique_ptr<RawClient>> slow;
+  for (int i = 0; i < 12; ++i) {
+    slow.push_back(std::make_unique<RawClient>(s.port()));
+    slow.back()->send_raw("GET");
+  }
+  std::atomic<bool> done{false};
+  std::thread trickle([&] {
+    while (!done) {
+      for (auto& c : slow) c->send_raw("X");
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
+  EXPECT_TRUE(health_answers(s.port()));
+  done = true;
+  trickle.join();
+}
+
+// The deadline is for the head only: keep-alive and pipelined requests are answered, and a body
+// may take longer than the deadline while its bytes keep coming.
+TEST(Server, KeepAlivePipeliningAndSlowBodiesWithinTheHeadDeadline) {
+  ServerOptions o;
+  o.header_timeout = 1;
+  TestServer s(o);
+  RawClient c(s.port());
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(c.send_raw(kHealthHead + "\r\n"));
+    const std::string r = c.next_response();
+    EXPECT_THAT(r, StartsWith("HTTP/1.1 200 OK\r\n"));
+    EXPECT_THAT(r, HasSubstr("\"status\":\"ok\""));
+  }
+  // Three requests in one write: the bytes of the next ones are kept while one is answered.
+  ASSERT_TRUE(c.send_raw(kHealthHead + "\r\n" + kHealthHead + "\r\n" + kHealthHead +
+                         "Connection: close\r\n\r\n"));
+  for (int i = 0; i < 3; ++i) EXPECT_THAT(c.next_response(), StartsWith("HTTP/1.1 200 OK\r\n"));
+  EXPECT_EQ(c.read_to_end(), "");
+
+  // 200 bytes, 10 every 100 ms: 2 s of body after a head sent at once.
+  std::string body = json{{"prompt", "Once upon"}, {"max_tokens", 2}}.dump();
+  body.insert(body.size() - 1, std::string(200 - body.size(), ' '));
+  RawClient slow(s.port());
+  ASSERT_TRUE(slow.send_raw(
+      "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n"));
+  for (size_t at = 0; at < body.size(); at += 10) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ASSERT_TRUE(slow.send_raw(body.substr(at, 10)));
+  }
+  const std::string r = slow.next_response();
+  EXPECT_THAT(r, StartsWith("HTTP/1.1 200 OK\r\n"));
+  const json answer = json::parse(r.substr(r.find("\r\n\r\n") + 4));
+  EXPECT_EQ(answer["usage"]["completion_tokens"], 2);
+}
+
+TEST(Server, ConnectionOptionsAreChecked) {
+  std::string out;
+  const std::string server =
+      test::bin_path("gemma-server") + " " + test::data_path("tiny-mobile") + " --port 0";
+  EXPECT_EQ(test::run_command(server + " --max-queue 1 --parallel 2 --max-connections 3", &out), 1);
+  EXPECT_THAT(out, HasSubstr("error: --max-connections must be more than --max-queue + "
+                             "--parallel (3), got 3"));
+  EXPECT_EQ(test::run_command(server + " --header-timeout nan", &out), 1);
+  EXPECT_THAT(out,
+              HasSubstr("error: --header-timeout must be from 0.001 to 3600 seconds, got nan"));
 }
 
 TEST(Server, SecondTurnReusesTheCache) {

@@ -63,6 +63,12 @@ int main(int argc, char** argv) {
       ->envname("GEMMA_API_KEY");
   app.add_option("--max-body", o.max_body, "largest request body in bytes (413 beyond)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--max-connections", o.max_connections,
+                 "connections served at once, a thread each (0: 256, more for a long "
+                 "--max-queue); as many more wait, and beyond them a connection gets 503")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--header-timeout", o.header_timeout,
+                 "seconds a request's line and headers may take to arrive (408 and closed after)");
   app.add_option("--alias", o.model_name, "model id clients see (default: the directory name)");
   bool quiet = false;
   app.add_flag("-q,--quiet", quiet, "no log line per request");

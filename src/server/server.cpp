@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <httplib.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <strings.h>
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -30,34 +32,23 @@ using nlohmann::json;
 
 namespace {
 
+// The socket of the connection this thread serves (HttpServer::process_and_close_socket), -1 when
+// none (Server::serve_bytes): handlers run on their connection's thread.
+thread_local int t_connection = -1;
+// Set while ConnectionPool runs a connection beyond its cap: HttpServer then refuses it.
+thread_local bool t_refuse = false;
+// Whether this thread's current request was answered 408 or 431 by the connection loop (httplib's
+// 400 for its unfinished head is not logged).
+thread_local bool t_head_refused = false;
+
 // Whether the client of a waiting request is still connected. A streamed answer asks its
 // DataSink::is_writable; a non-streamed request waits with no response yet, and httplib 0.11 gives
-// its handler no view of the connection (Request::is_connection_closed came in 0.19; the
-// per-connection hook process_and_close_socket is private). So the request's socket is found once
-// among the process's descriptors by its address pair (unique while the handler runs: the
-// connection stays open until it returns) and polled.
+// its handler no view of the connection (Request::is_connection_closed came in 0.19), so the
+// handler polls its thread's connection socket.
 class ClientWatch {
  public:
-  explicit ClientWatch(const httplib::Request& req) {
-    std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
-      const std::string name = entry.path().filename().string();
-      if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-      const int fd = std::stoi(name);
-      sockaddr_storage peer{}, local{};
-      socklen_t peer_len = sizeof peer, local_len = sizeof local;
-      if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0 &&
-          getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) == 0 &&
-          same_address(peer, req.remote_addr, req.remote_port) &&
-          same_address(local, req.local_addr, req.local_port)) {
-        fd_ = fd;
-        return;
-      }
-    }
-  }
-
-  // True when the client closed its side of the connection (or it broke); false when no socket
-  // was found (Server::serve_bytes).
+  // True when the client closed its side of the connection (or it broke); false when there is no
+  // socket (Server::serve_bytes).
   bool gone() const {
     if (fd_ < 0) return false;
     pollfd p{fd_, POLLRDHUP, 0};
@@ -65,22 +56,7 @@ class ClientWatch {
   }
 
  private:
-  static bool same_address(const sockaddr_storage& a, const std::string& addr, int port) {
-    char text[INET6_ADDRSTRLEN] = {};
-    int p = -1;
-    if (a.ss_family == AF_INET) {
-      const auto* in = reinterpret_cast<const sockaddr_in*>(&a);
-      p = ntohs(in->sin_port);
-      inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
-    } else if (a.ss_family == AF_INET6) {
-      const auto* in = reinterpret_cast<const sockaddr_in6*>(&a);
-      p = ntohs(in->sin6_port);
-      inet_ntop(AF_INET6, &in->sin6_addr, text, sizeof text);
-    }
-    return p == port && addr == text;
-  }
-
-  int fd_ = -1;
+  const int fd_ = t_connection;
 };
 
 // Sampling for the fields a request leaves out (ModelConfig::sampling).
@@ -106,6 +82,14 @@ void reply_error(httplib::Response& res, const ApiError& e) {
   if (e.status == 503) res.set_header("Retry-After", "1");
 }
 
+// A response written as it is, on a connection then closed (HttpServer's 408, 431 and 503).
+std::string whole_response(const char* status_line, const ApiError& e) {
+  const std::string body = dump(error_body(e));
+  return std::string("HTTP/1.1 ") + status_line +
+         "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+         (e.status == 503 ? "\r\nRetry-After: 1" : "") + "\r\nConnection: close\r\n\r\n" + body;
+}
+
 // Compares without stopping at the first difference, so the time taken tells nothing of the key.
 bool same_secret(const std::string& a, const std::string& b) {
   unsigned char diff = a.size() != b.size();
@@ -128,9 +112,21 @@ Completion completion_of(const GenerateResult& r) {
   return c;
 }
 
-// httplib's server, with its request loop run over a Stream of our own (Server::serve_bytes).
+// httplib's server with a connection loop of its own: httplib 0.11's has no deadline for a
+// request's head, only a read timeout between bytes, so a client trickling a header byte every few
+// seconds held its thread for ever; nor a bound on the head's size. Here each request's line and
+// headers must arrive within head_timeout and hold at most kMaxHeadBytes; the body keeps the read
+// timeout between bytes (and the server's --max-body).
 class HttpServer : public httplib::Server {
  public:
+  static constexpr size_t kMaxHeadBytes = 64 << 10;  // as common servers allow (nginx: 32 KB)
+
+  std::chrono::milliseconds head_timeout{10000};
+  // Whole HTTP responses, written as they are: a head too slow (408) or too large (431), and a
+  // connection beyond the cap (503).
+  std::string head_timeout_response, head_too_large_response, busy_response;
+  bool log = false;
+
   // One connection's requests answered as listen() answers them, from and into memory.
   std::string serve_bytes(const std::string& request) {
     MemoryStream stream(request);
@@ -141,6 +137,197 @@ class HttpServer : public httplib::Server {
   }
 
  private:
+  // httplib's loop (process_server_socket), with the head's limits: the wait for a request's
+  // first byte (at most the keep-alive timeout) counts against its deadline too, so a request
+  // ties its thread for at most head_timeout before its handler runs. One stream for the whole
+  // connection keeps the bytes of a pipelined next request.
+  bool process_and_close_socket(socket_t sock) override {
+    if (t_refuse) {
+      refuse(sock);
+      return false;
+    }
+    struct Serving {
+      explicit Serving(int fd) { t_connection = fd; }
+      ~Serving() { t_connection = -1; }
+    } serving(sock);
+    Connection conn(*this, sock);
+    const auto keep_alive = std::chrono::seconds(keep_alive_timeout_sec_);
+    bool ret = false;
+    for (size_t left = keep_alive_max_count_; left > 0 && svr_sock_ != INVALID_SOCKET; --left) {
+      const auto start = std::chrono::steady_clock::now();
+      if (!conn.wait_for_request(std::min<std::chrono::milliseconds>(keep_alive, head_timeout)))
+        break;
+      conn.begin_request(start + head_timeout);
+      bool closed = false;
+      ret = process_request(conn, left == 1, closed, [&](httplib::Request&) { conn.head_done(); });
+      if (conn.refused_head()) {
+        linger(sock);
+        break;
+      }
+      if (!ret || closed) break;
+    }
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+    return ret;
+  }
+
+  // After a 408 or 431 the client may still be sending: closing on unread bytes would reset the
+  // connection, and the client could lose the answer. So the answer is followed by the end of
+  // the server's side, and what the client still sends is read for at most a second.
+  static void linger(socket_t sock) {
+    ::shutdown(sock, SHUT_WR);
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    char buf[4096];
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            end - std::chrono::steady_clock::now())
+                            .count();
+      pollfd p{sock, POLLIN, 0};
+      if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0 ||
+          ::recv(sock, buf, sizeof buf, 0) <= 0)
+        return;
+    }
+  }
+
+  // A connection beyond the cap, on the accepting thread: answered 503 and closed at once. The
+  // bytes that already came are read first (best effort; see linger).
+  void refuse(socket_t sock) const {
+    char buf[4096];
+    for (int i = 0; i < 16 && ::recv(sock, buf, sizeof buf, MSG_DONTWAIT) > 0; ++i) {
+    }
+    ::send(sock, busy_response.data(), busy_response.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    ::shutdown(sock, SHUT_RDWR);
+    ::close(sock);
+    if (log) std::fprintf(stderr, "refused a connection: too many open (--max-connections)\n");
+  }
+
+  // A client's socket as httplib's SocketStream reads it (a read buffer, the read timeout between
+  // bytes, is_writable false once the peer has gone), plus the head's deadline and size bound.
+  class Connection : public httplib::Stream {
+   public:
+    Connection(const HttpServer& server, int fd)
+        : server_(server),
+          fd_(fd),
+          read_timeout_ms_(server.read_timeout_sec_ * 1000 + server.read_timeout_usec_ / 1000),
+          write_timeout_ms_(server.write_timeout_sec_ * 1000 + server.write_timeout_usec_ / 1000) {}
+
+    // Whether a request's first byte (or the end of the connection) comes within `timeout`.
+    bool wait_for_request(std::chrono::milliseconds timeout) {
+      return off_ < size_ || poll_for(POLLIN, timeout.count());
+    }
+    void begin_request(std::chrono::steady_clock::time_point deadline) {
+      deadline_ = deadline;
+      in_head_ = true;
+      head_bytes_ = 0;
+      t_head_refused = false;
+    }
+    // Called once the request's line and headers are read: the body has no deadline.
+    void head_done() { in_head_ = false; }
+    // Whether the request's head was answered 408 or 431: nothing more goes in or out.
+    bool refused_head() const { return refused_; }
+
+    bool is_readable() const override { return off_ < size_ || poll_for(POLLIN, read_wait_ms()); }
+    // As httplib's: the socket takes bytes, and the peer has not closed it (a readable socket
+    // with nothing to peek at has reached its end).
+    bool is_writable() const override {
+      if (refused_ || !poll_for(POLLOUT, write_timeout_ms_)) return false;
+      if (!poll_for(POLLIN, 0)) return true;
+      char c;
+      return ::recv(fd_, &c, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+    }
+    ssize_t read(char* ptr, size_t size) override {
+      if (refused_) return -1;
+      if (off_ == size_) {
+        // Checked at each refill too: a head whose bytes never stop coming has the same deadline.
+        const bool late = in_head_ && std::chrono::steady_clock::now() >= deadline_;
+        if (late || !poll_for(POLLIN, read_wait_ms())) {
+          if (in_head_ && std::chrono::steady_clock::now() >= deadline_) {
+            refuse_head(server_.head_timeout_response);
+            if (server_.log)
+              std::fprintf(stderr, "408: no whole request head within %.3g s (%s)\n",
+                           server_.head_timeout.count() / 1000.0, peer().c_str());
+          }
+          return -1;
+        }
+        const ssize_t n = ::recv(fd_, buf_, sizeof buf_, 0);
+        if (n <= 0) return n;
+        off_ = 0;
+        size_ = static_cast<size_t>(n);
+      }
+      const size_t n = std::min(size, size_ - off_);
+      if (in_head_ && (head_bytes_ += n) > kMaxHeadBytes) {
+        refuse_head(server_.head_too_large_response);
+        if (server_.log)
+          std::fprintf(stderr, "431: a request head over %zu bytes (%s)\n", kMaxHeadBytes,
+                       peer().c_str());
+        return -1;
+      }
+      std::memcpy(ptr, buf_ + off_, n);
+      off_ += n;
+      return static_cast<ssize_t>(n);
+    }
+    ssize_t write(const char* ptr, size_t size) override {
+      if (!is_writable()) return -1;
+      return ::send(fd_, ptr, size, MSG_NOSIGNAL);
+    }
+    void get_remote_ip_and_port(std::string& ip, int& port) const override {
+      address(getpeername, ip, port);
+    }
+    void get_local_ip_and_port(std::string& ip, int& port) const override {
+      address(getsockname, ip, port);
+    }
+    socket_t socket() const override { return fd_; }
+
+   private:
+    // The read timeout, cut to what is left of the head's deadline while the head is read.
+    int64_t read_wait_ms() const {
+      if (!in_head_) return read_timeout_ms_;
+      using namespace std::chrono;
+      const auto left = duration_cast<milliseconds>(deadline_ - steady_clock::now()).count();
+      return std::clamp<int64_t>(left, 0, read_timeout_ms_);
+    }
+    bool poll_for(short events, int64_t timeout_ms) const {
+      pollfd p{fd_, events, 0};
+      int r;
+      do r = ::poll(&p, 1, static_cast<int>(timeout_ms));
+      while (r < 0 && errno == EINTR);
+      return r > 0;
+    }
+    // Answers `response` instead of httplib, whose 400 for the unfinished head is then neither
+    // written nor logged.
+    void refuse_head(const std::string& response) {
+      refused_ = t_head_refused = true;
+      ::send(fd_, response.data(), response.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    std::string peer() const {
+      std::string ip;
+      int port = 0;
+      get_remote_ip_and_port(ip, port);
+      return ip + ":" + std::to_string(port);
+    }
+    void address(int (*get)(int, sockaddr*, socklen_t*), std::string& ip, int& port) const {
+      sockaddr_storage a{};
+      socklen_t len = sizeof a;
+      char host[NI_MAXHOST] = {};
+      if (get(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0 ||
+          getnameinfo(reinterpret_cast<sockaddr*>(&a), len, host, sizeof host, nullptr, 0,
+                      NI_NUMERICHOST) != 0)
+        return;
+      ip = host;
+      port = ntohs(a.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&a)->sin6_port
+                                           : reinterpret_cast<sockaddr_in*>(&a)->sin_port);
+    }
+
+    const HttpServer& server_;
+    const int fd_;
+    const int64_t read_timeout_ms_, write_timeout_ms_;
+    std::chrono::steady_clock::time_point deadline_;
+    bool in_head_ = false, refused_ = false;
+    size_t head_bytes_ = 0;  // of the current request's head, so far
+    char buf_[4096];
+    size_t off_ = 0, size_ = 0;
+  };
+
   // A connection whose client sent `in` and then waits for the answer.
   class MemoryStream : public httplib::Stream {
    public:
@@ -176,18 +363,31 @@ class HttpServer : public httplib::Server {
 
 // httplib's ThreadPool has a fixed number of threads and an unbounded queue: slow clients that
 // hold every thread (slowloris) leave even /health waiting behind them. This pool starts a thread
-// per waiting connection up to a cap, so a few dozen slow connections cost threads, not service.
+// per waiting connection up to a cap, so a few dozen slow connections cost threads, not service;
+// beyond it up to `max_waiting` connections wait for a thread (each slow one holds its thread at
+// most the head deadline, so they move), and more are refused at once: the job of such a
+// connection runs on the accepting thread with t_refuse set (HttpServer answers 503 and closes).
 class ConnectionPool : public httplib::TaskQueue {
  public:
-  explicit ConnectionPool(size_t max_threads) : max_threads_(max_threads) {}
+  ConnectionPool(size_t max_threads, size_t max_waiting)
+      : max_threads_(max_threads), max_waiting_(max_waiting) {}
   ~ConnectionPool() override { shutdown(); }
 
   void enqueue(std::function<void()> fn) override {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
+    // Jobs are taken in order by the idle threads and the ones that may still start.
+    if (jobs_.size() >= idle_ + (max_threads_ - threads_.size()) + max_waiting_) {
+      lock.unlock();
+      t_refuse = true;
+      fn();
+      t_refuse = false;
+      return;
+    }
     jobs_.push_back(std::move(fn));
     if (jobs_.size() > idle_ && threads_.size() < max_threads_) {
       try {
         threads_.emplace_back([this] { work(); });
+        ++idle_;  // from now on: a thread that has not taken its first job is free too
       } catch (const std::system_error& e) {
         // The connection waits for a free thread instead; say so once.
         if (!warned_)
@@ -211,8 +411,7 @@ class ConnectionPool : public httplib::TaskQueue {
  private:
   void work() {
     std::unique_lock<std::mutex> lock(mutex_);
-    for (;;) {
-      ++idle_;
+    for (;;) {  // counted in idle_ while not running a job
       wake_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
       --idle_;
       if (jobs_.empty()) return;  // stopping, nothing left
@@ -221,10 +420,11 @@ class ConnectionPool : public httplib::TaskQueue {
       lock.unlock();
       fn();
       lock.lock();
+      ++idle_;
     }
   }
 
-  const size_t max_threads_;
+  const size_t max_threads_, max_waiting_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> jobs_;
@@ -232,9 +432,6 @@ class ConnectionPool : public httplib::TaskQueue {
   size_t idle_ = 0;
   bool stop_ = false, warned_ = false;
 };
-
-// Connection threads: each slow or idle connection holds one until its read timeout.
-constexpr int kMaxConnections = 256;
 
 constexpr auto kPoll =
     std::chrono::milliseconds(50);  // how often a waiting request checks its client
@@ -412,7 +609,7 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   generator.submit(job, true);
   if (r.stream) return stream(res, job, head, r.include_usage);
 
-  const ClientWatch client(req);
+  const ClientWatch client;
   std::unique_lock<std::mutex> lock(job->mutex);
   while (!job->done)
     if (!job->changed.wait_for(lock, kPoll, [&] { return job->done; }) && client.gone()) {
@@ -523,9 +720,28 @@ std::string Server::Impl::metrics() const {
 
 void Server::Impl::routes() {
   // Waiting requests hold a thread each: room for a full queue, the running ones and many more.
-  const size_t threads =
-      static_cast<size_t>(std::max(kMaxConnections, options.max_queue + options.parallel + 64));
-  http.new_task_queue = [threads] { return new ConnectionPool(threads); };
+  const size_t threads = static_cast<size_t>(
+      options.max_connections > 0 ? options.max_connections
+                                  : std::max(256, options.max_queue + options.parallel + 64));
+  http.new_task_queue = [threads] { return new ConnectionPool(threads, threads); };
+  http.head_timeout = std::chrono::milliseconds(std::llround(options.header_timeout * 1000));
+  char seconds[32];
+  std::snprintf(seconds, sizeof seconds, "%g", options.header_timeout);
+  http.head_timeout_response =
+      whole_response("408 Request Timeout",
+                     ApiError(408, "invalid_request_error", "request_timeout",
+                              std::string("the request line and headers did not arrive within ") +
+                                  seconds + " s (--header-timeout)"));
+  http.head_too_large_response =
+      whole_response("431 Request Header Fields Too Large",
+                     ApiError(431, "invalid_request_error", "headers_too_large",
+                              "the request line and headers are over " +
+                                  std::to_string(HttpServer::kMaxHeadBytes) + " bytes"));
+  http.busy_response = whole_response(
+      "503 Service Unavailable",
+      ApiError(503, "server_error", "server_busy",
+               "the server has too many open connections (--max-connections); retry later"));
+  http.log = options.log;
   // httplib sets SO_REUSEPORT too, with which a second server on the same port starts silently
   // and takes half the connections: SO_REUSEADDR alone makes that bind fail.
   // The callback gets the listening socket before it is bound (the last one it gets is the one
@@ -615,6 +831,7 @@ void Server::Impl::routes() {
       });
   if (options.log)
     http.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+      if (t_head_refused) return;  // answered and logged by the connection loop
       std::fprintf(stderr, "%s %s %d (%s:%d)\n", req.method.c_str(), req.path.c_str(), res.status,
                    req.remote_addr.c_str(), req.remote_port);
     });
@@ -625,6 +842,14 @@ const ServerOptions& checked(const ServerOptions& o) {
   check(o.ctx_size > 0, "--ctx-size must be at least 1, got " + std::to_string(o.ctx_size));
   check(o.parallel >= 1, "--parallel must be at least 1, got " + std::to_string(o.parallel));
   check(o.max_queue >= 0, "--max-queue must be at least 0, got " + std::to_string(o.max_queue));
+  // Waiting and running requests hold a connection each: /health needs one more.
+  check(o.max_connections == 0 || o.max_connections > o.max_queue + o.parallel,
+        "--max-connections must be more than --max-queue + --parallel (" +
+            std::to_string(o.max_queue + o.parallel) + "), got " +
+            std::to_string(o.max_connections));
+  check(std::isfinite(o.header_timeout) && o.header_timeout >= 0.001 && o.header_timeout <= 3600,
+        "--header-timeout must be from 0.001 to 3600 seconds, got " +
+            std::to_string(o.header_timeout));
   return o;
 }
 }  // namespace

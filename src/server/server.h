@@ -22,8 +22,12 @@ struct ServerOptions {
   int max_queue = 16;              // requests that may wait for a slot; more get 503
   std::string api_key;             // when set, /v1/ needs "Authorization: Bearer KEY"
   size_t max_body = 32u << 20;     // request bodies beyond this get 413
-  std::string model_name;          // the id clients see; default: the checkpoint's directory name
-  bool log = true;                 // one line per request and per generation on stderr
+  // Connections served at once, a thread each (0: 256, or max_queue + parallel + 64 when more);
+  // as many more wait for a thread, and beyond those a connection gets 503 and is closed.
+  int max_connections = 0;
+  double header_timeout = 10;  // seconds for a request's line and headers to arrive, else 408
+  std::string model_name;      // the id clients see; default: the checkpoint's directory name
+  bool log = true;             // one line per request and per generation on stderr
 };
 
 class Server {
