@@ -547,13 +547,9 @@ class RawClient {
   std::string next_response() {
     if (!read_until("\r\n\r\n", 1)) return "";
     const size_t head = received_.find("\r\n\r\n") + 4;
-    const std::smatch m = [&] {
-      std::smatch r;
-      static const std::regex length("\r\nContent-Length: (\\d+)\r\n", std::regex::icase);
-      const std::string h = received_.substr(0, head);
-      std::regex_search(h, r, length);
-      return r;
-    }();
+    const std::string h = received_.substr(0, head);
+    std::smatch m;
+    std::regex_search(h, m, std::regex("\r\nContent-Length: (\\d+)\r\n", std::regex::icase));
     const size_t end = head + (m.empty() ? 0 : std::stoul(m[1]));
     char buf[4096];
     while (received_.size() < end) {

@@ -240,8 +240,9 @@ class HttpServer : public httplib::Server {
       if (off_ == size_) {
         // Checked at each refill too: a head whose bytes never stop coming has the same deadline.
         const bool late = in_head_ && std::chrono::steady_clock::now() >= deadline_;
-        if (late || !poll_for(POLLIN, read_wait_ms())) {
-          if (in_head_ && std::chrono::steady_clock::now() >= deadline_) {
+        const int64_t wait = read_wait_ms();
+        if (late || !poll_for(POLLIN, wait)) {
+          if (in_head_ && (late || wait < read_timeout_ms_)) {  // the deadline, not the timeout
             refuse_head(server_.head_timeout_response);
             if (server_.log)
               std::fprintf(stderr, "408: no whole request head within %.3g s (%s)\n",
@@ -279,11 +280,12 @@ class HttpServer : public httplib::Server {
     socket_t socket() const override { return fd_; }
 
    private:
-    // The read timeout, cut to what is left of the head's deadline while the head is read.
+    // The read timeout, cut to what is left of the head's deadline while the head is read
+    // (rounded up: a wait of 0 would end a read at once while the head still has time).
     int64_t read_wait_ms() const {
       if (!in_head_) return read_timeout_ms_;
       using namespace std::chrono;
-      const auto left = duration_cast<milliseconds>(deadline_ - steady_clock::now()).count();
+      const auto left = ceil<milliseconds>(deadline_ - steady_clock::now()).count();
       return std::clamp<int64_t>(left, 0, read_timeout_ms_);
     }
     bool poll_for(short events, int64_t timeout_ms) const {
