@@ -1,7 +1,8 @@
 // gemma-server over real sockets on 127.0.0.1, on the fixture checkpoints: answers against the
 // engine and llama.cpp's greedy reference, streaming against non-streaming, images, the error
-// objects, API keys, concurrent clients, a client leaving mid-stream, a full queue, prefix reuse
-// across turns, the binary, and the chat page in headless Chromium.
+// objects, API keys, concurrent clients, a client leaving mid-stream, a full queue, slow and
+// oversized request heads, the connection cap, prefix reuse across turns, the binary, and the chat
+// page in headless Chromium.
 #include "server/server.h"
 
 #include <arpa/inet.h>
