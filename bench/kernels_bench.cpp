@@ -159,10 +159,10 @@ void BM_LinearPrefillQ8(benchmark::State& state) {
 }
 BENCHMARK(BM_LinearPrefillQ8)
     ->ArgNames({"n", "in", "out", "q8"})
-    ->ArgsProduct({{512}, {2560}, {10240}, {0, 1}})  // prefill gate/up
-    ->ArgsProduct({{512}, {10240}, {2560}, {0, 1}})  // prefill down
-    ->ArgsProduct({{8}, {2560}, {10240}, {0, 1}})    // a few rows
-    ->ArgsProduct({{4096}, {1152}, {4352}, {0, 1}})  // vision fc1, 896 px
+    ->ArgsProduct({{512}, {2560}, {10240}, {0, 1, 2}})  // prefill gate/up
+    ->ArgsProduct({{512}, {10240}, {2560}, {0, 1, 2}})  // prefill down
+    ->ArgsProduct({{8}, {2560}, {10240}, {0, 1, 2}})    // a few rows
+    ->ArgsProduct({{4096}, {1152}, {4352}, {0, 1, 2}})  // vision fc1, 896 px
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
@@ -253,15 +253,20 @@ void BM_RopePrefill(benchmark::State& state) {
 BENCHMARK(BM_RopePrefill)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // The int8-activation linear on the best SIMD target of this CPU (simd = 0: AVX3_DL's vpdpbusd
-// where the CPU has AVX-512 VNNI) and on forced AVX2 (simd = 1: pmaddubsw), same weights and
-// rows, for decode (n = 1, weights cycled through 256 MB as BM_LinearDecode) and prefill. Run
-// with --benchmark_enable_random_interleaving=true --benchmark_repetitions=N so that the two
-// alternate on a busy machine.
+// where the CPU has AVX-512 VNNI), on forced AVX2 with pmaddubsw (simd = 1) and on forced AVX2
+// with AVX-VNNI's 256-bit vpdpbusd (simd = 2, where the CPU has it), same weights and rows, for
+// decode (n = 1, weights cycled through 256 MB as BM_LinearDecode) and prefill. Run with
+// --benchmark_enable_random_interleaving=true --benchmark_repetitions=N so that they alternate
+// on a busy machine.
 void BM_LinearQ8Target(benchmark::State& state) {
   const int64_t n = state.range(0), in = state.range(1), out = state.range(2);
-  const int64_t target = state.range(3) == 1 ? HWY_AVX2 : 0;
+  const int64_t target = state.range(3) >= 1 ? HWY_AVX2 : 0;
   if (target != 0 && (hwy::SupportedTargets() & target) == 0) {
     state.SkipWithError("this CPU does not run the forced target");
+    return;
+  }
+  if (state.range(3) == 2 && !cpu::cpu_has_avx_vnni()) {
+    state.SkipWithError("this CPU has no AVX-VNNI");
     return;
   }
   const size_t bytes = QuantWeight(1, in, 0).w.bytes() * out;
@@ -272,24 +277,26 @@ void BM_LinearQ8Target(benchmark::State& state) {
   const std::vector<float> x = activations(n * in);
   std::vector<float> y(n * out);
   hwy::SetSupportedTargetsForTest(target);
+  cpu::set_avx_vnni_enabled(state.range(3) != 1);
   size_t c = 0;
   for (auto _ : state) {
     cpu::linear_q8(ws[c].w, x.data(), n, y.data());
     c = (c + 1) % copies;
     benchmark::DoNotOptimize(y.data());
   }
+  cpu::set_avx_vnni_enabled(true);
   hwy::SetSupportedTargetsForTest(0);
   set_flops(state, 2.0 * n * in * out);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * ws[0].w.bytes()));
 }
 BENCHMARK(BM_LinearQ8Target)
     ->ArgNames({"n", "in", "out", "simd"})
-    ->ArgsProduct({{1}, {2560}, {10240}, {0, 1}})
-    ->ArgsProduct({{1}, {10240}, {2560}, {0, 1}})
-    ->ArgsProduct({{2, 4, 8}, {2560}, {10240}, {0, 1}})
-    ->ArgsProduct({{2, 4, 8}, {10240}, {2560}, {0, 1}})
-    ->ArgsProduct({{16, 64, 512}, {2560}, {10240}, {0, 1}})
-    ->ArgsProduct({{16, 512}, {10240}, {2560}, {0, 1}})
+    ->ArgsProduct({{1}, {2560}, {10240}, {0, 1, 2}})
+    ->ArgsProduct({{1}, {10240}, {2560}, {0, 1, 2}})
+    ->ArgsProduct({{2, 4, 8}, {2560}, {10240}, {0, 1, 2}})
+    ->ArgsProduct({{2, 4, 8}, {10240}, {2560}, {0, 1, 2}})
+    ->ArgsProduct({{16, 64, 512}, {2560}, {10240}, {0, 1, 2}})
+    ->ArgsProduct({{16, 512}, {10240}, {2560}, {0, 1, 2}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -7,8 +7,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -37,21 +39,51 @@ void for_each_target(const Fn& fn) {
   hwy::SetSupportedTargetsForTest(0);
 }
 
-// Runs fn once per int8 kernel of linear_q8 that this CPU runs: on 64-bit ARM each NEON kernel
-// set it supports (sdot, widening multiply-adds); elsewhere the one of the current target.
+// "TARGET: int8 kernel" of every int8 kernel run by for_each_q8_kernel, for the test log.
+std::set<std::string>& q8_kernels_run() {
+  static std::set<std::string> run;
+  return run;
+}
+
+// Runs fn once per int8 kernel of linear_q8 that this CPU runs on the current target: on 64-bit
+// ARM each NEON kernel set it supports (sdot, widening multiply-adds); on x86's AVX2 target
+// vpdpbusd (AVX-VNNI) where the CPU has it and pmaddubsw + pmaddwd; elsewhere the one kernel.
 template <class Fn>
 void for_each_q8_kernel(const Fn& fn) {
 #if defined(__aarch64__)
   for (const cpu::arm::Q8Kernels* k : cpu::arm::q8_kernels_available()) {
     cpu::arm::set_q8_kernels_for_test(k);
     SCOPED_TRACE(k->name);
+    q8_kernels_run().insert(std::string(cpu::target_name()) + ": " + k->name);
     fn();
   }
   cpu::arm::set_q8_kernels_for_test(nullptr);
 #else
-  fn();
+  std::string last;
+  for (bool avx_vnni : {true, false}) {
+    cpu::set_avx_vnni_enabled(avx_vnni);
+    const std::string name = cpu::linear_q8_kernel_name();
+    if (name == last) continue;  // a target without an AVX-VNNI variant
+    last = name;
+    SCOPED_TRACE(name);
+    q8_kernels_run().insert(std::string(cpu::target_name()) + ": " + name);
+    fn();
+  }
+  cpu::set_avx_vnni_enabled(true);
 #endif
 }
+
+// Prints the int8 kernels the tests ran once they are all done.
+class Q8KernelsReport : public testing::Environment {
+ public:
+  void TearDown() override {
+    if (q8_kernels_run().empty()) return;
+    std::printf("int8 kernels tested against the reference on this CPU:\n");
+    for (const std::string& k : q8_kernels_run()) std::printf("  %s\n", k.c_str());
+  }
+};
+const testing::Environment* const q8_kernels_report =
+    testing::AddGlobalTestEnvironment(new Q8KernelsReport);
 
 // The dispatcher runs the best compiled target this CPU supports, and linear_q8 the best int8
 // kernel; the int8 kernels go to the test log, to show what the other tests here ran.
@@ -69,6 +101,39 @@ TEST(Dispatch, BestTargetAndInt8Kernel) {
 #else
   std::cout << "int8 kernels run: those of the SIMD targets tested\n";
 #endif
+}
+
+// cpu_has_avx_vnni (CPUID) agrees with the flags the Linux kernel reports, and each target
+// names the int8 kernel it runs: the AVX2 target vpdpbusd exactly where the CPU has AVX-VNNI
+// and it is not turned off, AVX3_DL its 512-bit vpdpbusd.
+TEST(Dispatch, AvxVnniAsTheCpuReportsIt) {
+#if defined(__x86_64__) && defined(__linux__)
+  std::ifstream f("/proc/cpuinfo");
+  std::string line, flags;
+  while (flags.empty() && std::getline(f, line))
+    if (line.rfind("flags", 0) == 0) flags = line + " ";
+  ASSERT_FALSE(flags.empty()) << "no flags line in /proc/cpuinfo";
+  EXPECT_EQ(cpu::cpu_has_avx_vnni(), flags.find(" avx_vnni ") != std::string::npos);
+#elif !defined(__x86_64__) && !defined(__i386__)
+  EXPECT_FALSE(cpu::cpu_has_avx_vnni());
+#endif
+  for_each_target([&] {
+    const std::string target = cpu::target_name();
+    std::printf("%s: %s\n", target.c_str(), cpu::linear_q8_kernel_name());
+    if (target == "AVX2") {
+      EXPECT_STREQ(cpu::linear_q8_kernel_name(), cpu::cpu_has_avx_vnni()
+                                                     ? "vpdpbusd 256-bit (AVX-VNNI)"
+                                                     : "pmaddubsw + pmaddwd 256-bit");
+      cpu::set_avx_vnni_enabled(false);
+      EXPECT_FALSE(cpu::avx_vnni_in_use());
+      EXPECT_STREQ(cpu::linear_q8_kernel_name(), "pmaddubsw + pmaddwd 256-bit");
+      cpu::set_avx_vnni_enabled(true);
+      EXPECT_EQ(cpu::avx_vnni_in_use(), cpu::cpu_has_avx_vnni());
+    }
+    if (target == "AVX3_DL") {
+      EXPECT_STREQ(cpu::linear_q8_kernel_name(), "vpdpbusd 512-bit (AVX512-VNNI)");
+    }
+  });
 }
 
 // Replaces the global pool for the life of the object.
@@ -603,27 +668,79 @@ TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
       const int64_t max_rows = cpu::linear_q8_few_rows_max();
       if (threads == 1 && max_rows > 0)
         ran += std::string(ran.empty() ? "" : " ") + cpu::target_name();
-      for (const TestWeight& t : ws) {
-        const std::vector<float> x = randn(16 * t.w.in, rng), bias = randn(t.w.out, rng);
-        for (int64_t n = 2; n <= std::max<int64_t>(max_rows, 4); ++n) {
-          for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
-            std::vector<float> got(n * t.w.out, std::nanf("")), want(n * t.w.out, std::nanf(""));
-            cpu::linear_q8(t.w, x.data(), n, got.data(), b);
-            cpu::linear_q8_gemm(t.w, x.data(), n, want.data(), b);
-            for (int64_t r = 0; r < n; ++r) {
-              ASSERT_EQ(std::memcmp(got.data() + r * t.w.out, want.data() + r * t.w.out,
-                                    t.w.out * sizeof(float)),
-                        0)
-                  << "row " << r << " of " << n << ", out=" << t.w.out << " in=" << t.w.in
-                  << " bias=" << (b != nullptr);
+      for_each_q8_kernel([&] {
+        for (const TestWeight& t : ws) {
+          const std::vector<float> x = randn(16 * t.w.in, rng), bias = randn(t.w.out, rng);
+          for (int64_t n = 2; n <= std::max<int64_t>(max_rows, 4); ++n) {
+            for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
+              std::vector<float> got(n * t.w.out, std::nanf("")), want(n * t.w.out, std::nanf(""));
+              cpu::linear_q8(t.w, x.data(), n, got.data(), b);
+              cpu::linear_q8_gemm(t.w, x.data(), n, want.data(), b);
+              for (int64_t r = 0; r < n; ++r) {
+                ASSERT_EQ(std::memcmp(got.data() + r * t.w.out, want.data() + r * t.w.out,
+                                      t.w.out * sizeof(float)),
+                          0)
+                    << "row " << r << " of " << n << ", out=" << t.w.out << " in=" << t.w.in
+                    << " bias=" << (b != nullptr);
+              }
             }
           }
         }
-      }
+      });
     });
   }
   std::printf("few-row int8 kernel tested on: %s\n",
               ran.empty() ? "(none of these targets)" : ran.c_str());
+}
+
+// The AVX2 target's two int8 kernels, vpdpbusd (AVX-VNNI) and pmaddubsw + pmaddwd, give the
+// same outputs bit for bit (the same exact int32 sums into the same float chains): one row, few
+// rows and panels, odd group counts, partial panels, with and without bias, 1 and 3 threads.
+TEST(BatchInvariance, AvxVnniKernelEqualsPmaddubswBitwise) {
+  if (!cpu::cpu_has_avx_vnni()) {
+    GTEST_SKIP() << "not run: this CPU reports no AVX-VNNI (CPUID leaf 7.1, EAX bit 4), so its "
+                    "AVX2 target runs only pmaddubsw + pmaddwd (tested by the other tests)";
+  }
+  const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  if (std::find(targets.begin(), targets.end(), int64_t{HWY_AVX2}) == targets.end())
+    GTEST_SKIP() << "not run: the AVX2 target is not built or not supported here";
+  std::mt19937 rng(24);
+  std::vector<TestWeight> ws;
+  ws.push_back(make_quantized(37, 192, DType::BF16, 1, rng));
+  ws.push_back(make_quantized(70, 2624, DType::F16, 0, rng));
+  ws.push_back(make_quantized(45, 4160, DType::BF16, 0, rng));
+  ws.push_back(make_quantized(300, 576, DType::F32, 1, rng));
+  ws.push_back(make_quantized(1030, 2560, DType::BF16, 1, rng));
+  hwy::SetSupportedTargetsForTest(HWY_AVX2);
+  ASSERT_STREQ(cpu::target_name(), "AVX2");
+  auto run = [](bool avx_vnni, const Weight& w, const float* x, int64_t n, const float* b,
+                bool gemm) {
+    cpu::set_avx_vnni_enabled(avx_vnni);
+    std::vector<float> y(n * w.out, std::nanf(""));
+    (gemm ? cpu::linear_q8_gemm : cpu::linear_q8)(w, x, n, y.data(), b);
+    return y;
+  };
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    for (const TestWeight& t : ws) {
+      const std::vector<float> x = randn(65 * t.w.in, rng), bias = randn(t.w.out, rng);
+      for (int64_t n : {1, 2, 3, 5, 8, 9, 16, 65}) {
+        for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
+          for (bool gemm : {false, true}) {
+            const std::vector<float> vnni = run(true, t.w, x.data(), n, b, gemm);
+            const std::vector<float> plain = run(false, t.w, x.data(), n, b, gemm);
+            EXPECT_FALSE(std::isnan(vnni[0]));
+            ASSERT_EQ(std::memcmp(vnni.data(), plain.data(), vnni.size() * sizeof(float)), 0)
+                << "n=" << n << " out=" << t.w.out << " in=" << t.w.in << " bias=" << (b != nullptr)
+                << " gemm=" << gemm;
+          }
+        }
+      }
+    }
+  }
+  cpu::set_avx_vnni_enabled(true);
+  hwy::SetSupportedTargetsForTest(0);
 }
 
 // |got - want| <= rel * |want| + abs for every element.

@@ -19,6 +19,8 @@
 #include "base/error.h"
 #include "base/sys.h"
 #include "kernels/cpu/bandwidth.h"
+#include "kernels/cpu/cpu.h"
+#include "kernels/cpu/linear_q8.h"
 #include "kernels/ops.h"
 #include "runtime/engine.h"
 #include "tool_util.h"
@@ -34,6 +36,8 @@ struct Args {
   std::vector<int> pp_short = {16, 64};
   bool json_out = false, skip_image = false;
   std::optional<DType> kv;  // --kv; unset: f16 with int8 activations, f32 with --exact ones
+  std::string simd_target;  // --simd-target; empty: the best this CPU runs
+  bool no_avx_vnni = false;
 };
 
 // The 1-minute load average: the machine's own load around a run (foreign load skews a timing).
@@ -245,6 +249,14 @@ json collect(const std::vector<json>& runs, const std::string& key) {
 }
 
 int run(const Args& a) {
+  // The measurements run in forked children, which keep these choices.
+  if (!a.simd_target.empty()) {
+    check(cpu::select_simd_target(a.simd_target),
+          "--simd-target " + a.simd_target +
+              ": not a SIMD target this build and CPU run (they are: " +
+              cpu::simd_targets_available() + ")");
+  }
+  if (a.no_avx_vnni) cpu::set_avx_vnni_enabled(false);
   ModelDir dir(a.model);
   uint64_t lang = 0, vision = 0;
   for (const auto& name : dir.tensor_names())
@@ -253,7 +265,8 @@ int run(const Args& a) {
               {"disk_language_mb", lang / 1e6},
               {"disk_vision_mb", vision / 1e6},
               {"cpu", cpu_description()},
-              {"simd_target", ops::simd_target()}};
+              {"simd_target", ops::simd_target()},
+              {"int8_kernel", cpu::linear_q8_kernel_name()}};
   auto runs_of = [&](const std::string& label, const std::function<json()>& fn) {
     std::vector<json> runs;
     for (int r = 0; r < a.reps; ++r) {
@@ -310,6 +323,7 @@ int run(const Args& a) {
               out["threads"].get<int>(), a.reps);
   std::printf("%-28s %s\n", "cpu", out["cpu"].get<std::string>().c_str());
   std::printf("%-28s %s\n", "simd target", out["simd_target"].get<std::string>().c_str());
+  std::printf("%-28s %s\n", "int8 kernel", out["int8_kernel"].get<std::string>().c_str());
   std::printf("%-28s %10.0f MB (language %.0f + vision %.0f)\n", "disk", (lang + vision) / 1e6,
               lang / 1e6, vision / 1e6);
   std::printf("%-28s %10.0f MB %s\n", "peak memory, text", m(out["text"]["peak_rss_mb"]),
@@ -388,6 +402,12 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_flag("--skip-image", a.skip_image, "skip the image test");
   app.add_flag("--json", a.json_out, "print JSON");
+  app.add_option("--simd-target", a.simd_target,
+                 "run the kernels of this SIMD target (e.g. AVX2) instead of the best one the CPU "
+                 "supports, to compare kernel paths on one machine");
+  app.add_flag("--no-avx-vnni", a.no_avx_vnni,
+               "the AVX2 target's int8 kernels use pmaddubsw + pmaddwd even where the CPU has "
+               "AVX-VNNI, to compare the two");
   gp::add_kv_option(app, a.kv);
   return gp::run_tool("gemma-bench", app, argc, argv, [&] { return run(a); });
 }

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 
 #include "kernels/ops.h"
 
@@ -30,5 +31,11 @@ void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int hea
 
 // Name of the SIMD target the dispatcher picks on this machine (e.g. "AVX2").
 const char* target_name();
+
+// For benchmarks: from now on the kernels run the SIMD target named (as target_name() spells
+// it) instead of the best one; false, changing nothing, where that target is not built or this
+// CPU lacks it. simd_targets_available() lists those it can run, best first.
+bool select_simd_target(const std::string& name);
+std::string simd_targets_available();
 
 }  // namespace gp::cpu

@@ -362,5 +362,22 @@ void linear(const Weight& w, const float* x, int64_t n, float* y, const float* b
 
 const char* target_name() { return HWY_DYNAMIC_DISPATCH(TargetNameImpl)(); }
 
+bool select_simd_target(const std::string& name) {
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    if (name == hwy::TargetName(target)) {
+      hwy::SetSupportedTargetsForTest(target);
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string simd_targets_available() {
+  std::string out;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets())
+    out += (out.empty() ? "" : ", ") + std::string(hwy::TargetName(target));
+  return out;
+}
+
 }  // namespace gp::cpu
 #endif  // HWY_ONCE

@@ -2,15 +2,16 @@
 // inner products are exact integer multiply-adds of nibbles and int8 values:
 //   y = sum_g scale_g * dx_g * (q_g · xq_g) + bias_g * sum(x_g),   x ≈ dx_g * xq_g.
 // One row (decode) streams the weight once with u8 x i8 pair multiply-adds of the nibbles
-// (vpdpbusd on AVX-512 VNNI, pmaddubsw on other x86, sdot or smull on 64-bit ARM (q8_arm.cpp);
-// 16-bit products elsewhere), several weights
-// of the same input in one pass over the pool; many rows (prefill) unpack blocks of weight rows
-// into u8 panels for the same multiply-adds, about twice the f32 GEMM's rate. Less precise than
-// linear by the int8 rounding of x.
+// (vpdpbusd on AVX-512 VNNI and AVX-VNNI, pmaddubsw on other x86, sdot or smull on 64-bit ARM
+// (q8_arm.cpp); 16-bit products elsewhere), several weights of the same input in one pass over
+// the pool; many rows (prefill) unpack blocks of weight rows into u8 panels for the same
+// multiply-adds, about twice the f32 GEMM's rate. Less precise than linear by the int8 rounding
+// of x.
 #include "kernels/cpu/linear_q8.h"
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -21,6 +22,10 @@
 #include "kernels/cpu/q8_arm.h"
 #include "kernels/cpu/scratch.h"
 #include "tensor/dtype.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/linear_q8.cpp"
@@ -67,6 +72,27 @@ HWY_INLINE hn::Vec<DB32> PairSumI16(hn::Vec<DBI16> v) {
 #define GP_Q8_X86 0
 #endif
 
+#undef GP_Q8_AVXVNNI
+#undef GP_AVXVNNI_ATTR
+#if GP_Q8_X86 && HWY_TARGET == HWY_AVX2
+// AVX-VNNI (Intel client parts from Alder Lake on, AMD Zen 5): the VEX form of vpdpbusd sums 4 u8
+// x i8 products into each int32 lane in one instruction where pmaddubsw + pmaddwd + add take
+// three. Neither saturates here, so both give the same int32 sums and the same outputs bit for
+// bit. The CPU must report it (avx_vnni_in_use()), so the kernels using it are templates over
+// kVnni, called by that flag; both instances carry the target, since clang inlines no avxvnni
+// helper into a function without it (the kVnni = false ones use none).
+#define GP_Q8_AVXVNNI 1
+#define GP_AVXVNNI_ATTR __attribute__((target(HWY_TARGET_STR ",avxvnni")))
+// acc + the sums of the 4 products of u8 w and i8 x in each int32 lane.
+GP_AVXVNNI_ATTR HWY_INLINE hn::Vec<DB32> DotAccVnni(hn::Vec<DB32> acc, hn::Vec<DBU8> w,
+                                                    hn::Vec<DBI8> x) {
+  return hn::Vec<DB32>{_mm256_dpbusd_avx_epi32(acc.raw, w.raw, x.raw)};
+}
+#else
+#define GP_Q8_AVXVNNI 0
+#define GP_AVXVNNI_ATTR
+#endif
+
 #undef GP_Q8_VNNI512
 #undef GP_VNNI_ATTR
 #if HWY_TARGET == HWY_AVX3_DL
@@ -90,6 +116,15 @@ HWY_INLINE hn::Vec<DB32> PairSumI16(hn::Vec<DBI16> v) {
 #endif
 
 // ---------------------------------------------------------------- one activation row
+
+// Whether this call takes the AVX-VNNI variant: on the AVX2 target, where the CPU has it.
+HWY_INLINE bool UseAvxVnni() {
+#if GP_Q8_AVXVNNI
+  return avx_vnni_in_use();
+#else
+  return false;
+#endif
+}
 
 // Per-group scale of x: x ≈ dx * xq with xq = round(x / dx) in [-127, 127], dx = max|x| / 127.
 // Adding and removing 1.5 * 2^23 rounds |v| <= 127 to the nearest integer, inline.
@@ -145,7 +180,9 @@ void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTR
 
 #if GP_Q8_X86
 // Per-lane int32 partial sums of q_k * xq_k over one group (8 words against its 64 xq).
-HWY_INLINE hn::Vec<DB32> GroupDotQ(const uint32_t* words, const XQ* HWY_RESTRICT xg) {
+template <bool kVnni>
+GP_AVXVNNI_ATTR HWY_INLINE hn::Vec<DB32> GroupDotQ(const uint32_t* words,
+                                                   const XQ* HWY_RESTRICT xg) {
   const DBU8 du8;
   const DBI8 di8;
   const hn::Repartition<uint16_t, DB32> du16;
@@ -159,6 +196,13 @@ HWY_INLINE hn::Vec<DB32> GroupDotQ(const uint32_t* words, const XQ* HWY_RESTRICT
     const auto w = hn::LoadU(du8, wb + c);
     const auto lo = hn::And(w, mask);
     const auto hi = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, w))), mask);
+#if GP_Q8_AVXVNNI
+    if constexpr (kVnni) {
+      acc = DotAccVnni(DotAccVnni(acc, lo, hn::Load(di8, xg + c)), hi,
+                       hn::Load(di8, xg + kBytes + c));
+      continue;
+    }
+#endif
     // Each int16 lane: two pair sums <= 2 * 3810, no saturation.
     const auto s = hn::Add(PairDotU8I8(lo, hn::Load(di8, xg + c)),
                            PairDotU8I8(hi, hn::Load(di8, xg + kBytes + c)));
@@ -192,6 +236,7 @@ void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTR
   }
 }
 
+template <bool kVnni>  // no AVX-VNNI on these targets
 HWY_INLINE hn::Vec<DQ32> GroupDotQ(const uint32_t* group_words, const XQ* HWY_RESTRICT xq) {
   const D16 d16;
   const hn::RebindToUnsigned<D16> du16;
@@ -221,6 +266,18 @@ HWY_INLINE hn::Vec<DQ32> GroupDotQ(const uint32_t* group_words, const XQ* HWY_RE
 // stream, and 2 KB beat the other distances tried (docs/BENCHMARKS.md, Design measurements).
 // Prefetches never fault.
 constexpr int64_t kPrefetchAhead = 2048;
+
+#if !GP_Q8_ARM && !GP_Q8_VNNI512
+// acc + sd_g * (q_g · xq_g) for group g of a weight row. (A function, not a lambda of its
+// caller: clang inlines no avxvnni helper into a lambda.)
+template <bool kVnni, class DF>
+GP_AVXVNNI_ATTR HWY_INLINE hn::Vec<DF> GroupStep(DF df, const uint32_t* row, int64_t g,
+                                                 const XQ* HWY_RESTRICT xq,
+                                                 const float* HWY_RESTRICT sd, hn::Vec<DF> acc) {
+  return hn::MulAdd(hn::ConvertTo(df, GroupDotQ<kVnni>(row + g * 8, xq + g * kGroup)),
+                    hn::Set(df, sd[g]), acc);
+}
+#endif
 
 #if GP_Q8_VNNI512
 // Two groups' 64 nibble bytes against their xq (even elements of both, then odd ones): lanes
@@ -282,8 +339,9 @@ GP_VNNI_ATTR hn::Vec<hn::ScalableTag<float>> RowDotVnni(const uint32_t* row_word
 // Rows [r0, r1) one after the other, so each thread reads one sequential stream of weight bytes
 // (four rows side by side, sharing the activation loads, are four short streams that the
 // prefetchers follow badly: slower from DRAM). Four accumulators over the groups.
-void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsum, int64_t r0,
-                int64_t r1, float* y, const float* bias) {
+template <bool kVnni>
+GP_AVXVNNI_ATTR void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsum,
+                                int64_t r0, int64_t r1, float* y, const float* bias) {
   const hn::Rebind<float, DQ32> df;
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const size_t ss = dtype_size(w.scale_dtype);
@@ -291,11 +349,6 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
   float* sd = thread_scratch(kScratchA, gpr);  // scale_g * dx_g of one row
 #if GP_Q8_ARM
   const arm::Q8Kernels& arm_kernels = arm::q8_kernels();
-#elif !GP_Q8_VNNI512
-  auto group = [&](const uint32_t* row, int64_t g, hn::Vec<decltype(df)> acc) {
-    return hn::MulAdd(hn::ConvertTo(df, GroupDotQ(row + g * 8, xq + g * kGroup)),
-                      hn::Set(df, sd[g]), acc);
-  };
 #endif
   for (int64_t o = r0; o < r1; ++o) {
     const void* scales = static_cast<const uint8_t*>(w.scales) + o * gpr * ss;
@@ -318,12 +371,12 @@ void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsu
     for (g = 0; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
       hwy::Prefetch(ahead + g * 32);
       hwy::Prefetch(ahead + g * 32 + 64);
-      a0 = group(row, g, a0);
-      a1 = group(row, g + 1, a1);
-      a2 = group(row, g + 2, a2);
-      a3 = group(row, g + 3, a3);
+      a0 = GroupStep<kVnni>(df, row, g, xq, sd, a0);
+      a1 = GroupStep<kVnni>(df, row, g + 1, xq, sd, a1);
+      a2 = GroupStep<kVnni>(df, row, g + 2, xq, sd, a2);
+      a3 = GroupStep<kVnni>(df, row, g + 3, xq, sd, a3);
     }
-    for (; g < gpr; ++g) a0 = group(row, g, a0);
+    for (; g < gpr; ++g) a0 = GroupStep<kVnni>(df, row, g, xq, sd, a0);
 #endif
     // The bias terms bias_g * xsum_g join the same lanes: only the total of all lanes counts.
     const void* biases = static_cast<const uint8_t*>(w.biases) + o * gpr * ss;
@@ -357,8 +410,13 @@ void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* 
     for (int64_t r = 0; r < w.out; r += rb)
       blocks.push_back({&outs[j], r, std::min(w.out, r + rb)});
   }
+  [[maybe_unused]] const bool vnni = UseAvxVnni();
   auto run = [&](const Block& b) {
-    GemvQ8Rows(*b.out->w, xq, dx, xsum, b.r0, b.r1, b.out->y, b.out->bias);
+    const Weight& w = *b.out->w;
+#if GP_Q8_AVXVNNI
+    if (vnni) return GemvQ8Rows<true>(w, xq, dx, xsum, b.r0, b.r1, b.out->y, b.out->bias);
+#endif
+    GemvQ8Rows<false>(w, xq, dx, xsum, b.r0, b.r1, b.out->y, b.out->bias);
   };
   if (bytes < kGemvInlineBytes) {
     for (const Block& b : blocks) run(b);
@@ -636,10 +694,14 @@ void PackQ8Panel(const Weight& w, int64_t o, int64_t k0, int64_t kc, uint8_t* HW
 // c[r][0..NB) (=|+=) sum over the kc inputs of x rows a[r] (int8, offset to the panel's first
 // input) against one panel, with the per-group scales: sum_g sc_g * dx_rg * (q_g · xq_rg) +
 // bi_g * xsum_rg. dx[r], xs[r] point at the group of the panel's first input. With `first`,
-// c starts from init (NB values, or zero when null) instead of its current contents.
-void Q8MicroKernel(const int8_t* const* a, const float* const* dx, const float* const* xs,
-                   int64_t kc, const uint8_t* HWY_RESTRICT panel, const float* HWY_RESTRICT sc,
-                   const float* HWY_RESTRICT bi, float* const* c, bool first, const float* init) {
+// c starts from init (NB values, or zero when null) instead of its current contents. kVnni:
+// the AVX-VNNI variant of the AVX2 target.
+template <bool kVnni>
+GP_AVXVNNI_ATTR void Q8MicroKernel(const int8_t* const* a, const float* const* dx,
+                                   const float* const* xs, int64_t kc,
+                                   const uint8_t* HWY_RESTRICT panel, const float* HWY_RESTRICT sc,
+                                   const float* HWY_RESTRICT bi, float* const* c, bool first,
+                                   const float* init) {
 #if GP_Q8_VNNI512
   return Q8MicroKernelVnni(a, dx, xs, kc, panel, sc, bi, c, first, init);
 #endif
@@ -666,10 +728,23 @@ void Q8MicroKernel(const int8_t* const* a, const float* const* dx, const float* 
   for (int64_t g = 0; g < kc / kGroup; ++g) {
     auto p0 = hn::Zero(d32), p1 = hn::Zero(d32), p2 = hn::Zero(d32), p3 = hn::Zero(d32);
     for (int64_t h = 0; h < 2; ++h) {
-      // Eight steps of 4 inputs: each int16 lane sums 8 pair sums <= 8 * 3810 < 32768.
-      auto s0 = hn::Zero(di16), s1 = hn::Zero(di16), s2 = hn::Zero(di16), s3 = hn::Zero(di16);
       const int64_t k = g * kGroup + h * 32;
       const uint8_t* pw = panel + k * NB;
+#if GP_Q8_AVXVNNI
+      if constexpr (kVnni) {
+        HWY_UNROLL(2)
+        for (int64_t st = 0; st < 8; ++st) {
+          const auto wv = hn::Load(du8, pw + st * 4 * NB);
+          p0 = DotAccVnni(p0, wv, bcast(a0 + k + st * 4));
+          p1 = DotAccVnni(p1, wv, bcast(a1 + k + st * 4));
+          p2 = DotAccVnni(p2, wv, bcast(a2 + k + st * 4));
+          p3 = DotAccVnni(p3, wv, bcast(a3 + k + st * 4));
+        }
+        continue;
+      }
+#endif
+      // Eight steps of 4 inputs: each int16 lane sums 8 pair sums <= 8 * 3810 < 32768.
+      auto s0 = hn::Zero(di16), s1 = hn::Zero(di16), s2 = hn::Zero(di16), s3 = hn::Zero(di16);
       HWY_UNROLL(2)
       for (int64_t st = 0; st < 8; ++st) {
         const auto wv = hn::Load(du8, pw + st * 4 * NB);
@@ -757,6 +832,7 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
   if (n_ob * n_tb < want) n_tb = std::max(n_tb, std::min(ceil_div(want, n_ob), ceil_div(n, kQMR)));
   const int64_t tb = ceil_div(ceil_div(n, n_tb), kQMR) * kQMR;
   n_tb = ceil_div(n, tb);
+  [[maybe_unused]] const bool vnni = UseAvxVnni();
   auto task = [&](int64_t tk, int) {
     const int64_t kc_max = std::min(kQKC, w.in);
     // Slot A: the panels; slot B: their scales and biases, then the output tile.
@@ -796,8 +872,18 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
               std::memcpy(c[r], y + (t + r) * w.out + oc, nc * sizeof(float));
             }
           }
-          Q8MicroKernel(a, d, s, kc, panels + p * kc_max * NB, sc + p * ng * NB, bi + p * ng * NB,
-                        c, k0 == 0, bias && nc == NB ? bias + oc : nullptr);
+          const uint8_t* panel = panels + p * kc_max * NB;
+          const float* init = bias && nc == NB ? bias + oc : nullptr;
+#if GP_Q8_AVXVNNI
+          if (vnni) {
+            Q8MicroKernel<true>(a, d, s, kc, panel, sc + p * ng * NB, bi + p * ng * NB, c, k0 == 0,
+                                init);
+          } else
+#endif
+          {
+            Q8MicroKernel<false>(a, d, s, kc, panel, sc + p * ng * NB, bi + p * ng * NB, c, k0 == 0,
+                                 init);
+          }
           if (nc < NB) {
             for (int64_t r = 0; r < mr; ++r) {
               float* yr = y + (t + r) * w.out + oc;
@@ -831,7 +917,7 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
 #if GP_Q8_VNNI512
 #define GP_FEW_ATTR GP_VNNI_ATTR
 #else
-#define GP_FEW_ATTR
+#define GP_FEW_ATTR GP_AVXVNNI_ATTR
 #endif
 // Where the panel kernel overtakes it (BM_LinearQ8Target, docs/BENCHMARKS.md): with
 // vpdpbusd panels at 8 rows, with pmaddubsw ones at 16.
@@ -864,8 +950,16 @@ GP_VNNI_ATTR HWY_INLINE __m512i Reduce4(__m512i a, __m512i b, __m512i c, __m512i
 }
 #else
 // One group's 32 nibble bytes (lo, hi) against one row's xq (even elements, then odd ones).
-HWY_INLINE hn::Vec<DB32> DotGroupI(hn::Vec<DBU8> lo, hn::Vec<DBU8> hi, const XQ* x) {
+template <bool kVnni>
+GP_AVXVNNI_ATTR HWY_INLINE hn::Vec<DB32> DotGroupI(hn::Vec<DBU8> lo, hn::Vec<DBU8> hi,
+                                                   const XQ* x) {
   const DBI8 di8;
+#if GP_Q8_AVXVNNI
+  if constexpr (kVnni) {
+    return DotAccVnni(DotAccVnni(hn::Zero(DB32()), lo, hn::LoadU(di8, x)), hi,
+                      hn::LoadU(di8, x + kGroup / 2));
+  }
+#endif
   return PairSumI16(
       hn::Add(PairDotU8I8(lo, hn::LoadU(di8, x)), PairDotU8I8(hi, hn::LoadU(di8, x + kGroup / 2))));
 }
@@ -887,8 +981,9 @@ HWY_INLINE hn::Vec<D4I> Reduce4(hn::Vec<DB32> a, hn::Vec<DB32> b, hn::Vec<DB32> 
 // Outputs o .. o+K-1 for the 4 * NB rows of x (xq row i at xq + i * in, the group scales and
 // sums transposed: dxt[g * 4NB + i], xst[g * 4NB + i]); rows from n on are padding. NB and K
 // fixed at compile time keep the K * NB float chains in registers, and K > 1 interleaves
-// independent chains, which alone would wait on each other's latency.
-template <int NB, int K>
+// independent chains, which alone would wait on each other's latency. kVnni: the AVX-VNNI
+// variant of the AVX2 target.
+template <int NB, int K, bool kVnni>
 GP_FEW_ATTR HWY_INLINE void FewRowsQ8(const Weight& w, const XQ* xq, const float* dxt,
                                       const float* xst, int64_t o, int64_t n, float* y,
                                       const float* bias, float* sc_buf) {
@@ -982,8 +1077,9 @@ GP_FEW_ATTR HWY_INLINE void FewRowsQ8(const Weight& w, const XQ* xq, const float
       const auto hi = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, v))), mask);
       for (int b = 0; b < NB; ++b) {
         const XQ* x = xq + 4 * b * w.in + g * kGroup;
-        sums[k][b] = Reduce4(DotGroupI(lo, hi, x), DotGroupI(lo, hi, x + w.in),
-                             DotGroupI(lo, hi, x + 2 * w.in), DotGroupI(lo, hi, x + 3 * w.in));
+        sums[k][b] =
+            Reduce4(DotGroupI<kVnni>(lo, hi, x), DotGroupI<kVnni>(lo, hi, x + w.in),
+                    DotGroupI<kVnni>(lo, hi, x + 2 * w.in), DotGroupI<kVnni>(lo, hi, x + 3 * w.in));
       }
     }
     steps(g);
@@ -999,13 +1095,24 @@ GP_FEW_ATTR HWY_INLINE void FewRowsQ8(const Weight& w, const XQ* xq, const float
 }
 
 // Outputs [r0, r1), two at a time.
-template <int NB>
+template <int NB, bool kVnni>
 GP_FEW_ATTR void FewRowsQ8Block(const Weight& w, const XQ* xq, const float* dxt, const float* xst,
                                 int64_t r0, int64_t r1, int64_t n, float* y, const float* bias) {
   float* sc = thread_scratch(kScratchA, 4 * w.groups_per_row());
   int64_t o = r0;
-  for (; o + 2 <= r1; o += 2) FewRowsQ8<NB, 2>(w, xq, dxt, xst, o, n, y, bias, sc);
-  if (o < r1) FewRowsQ8<NB, 1>(w, xq, dxt, xst, o, n, y, bias, sc);
+  for (; o + 2 <= r1; o += 2) FewRowsQ8<NB, 2, kVnni>(w, xq, dxt, xst, o, n, y, bias, sc);
+  if (o < r1) FewRowsQ8<NB, 1, kVnni>(w, xq, dxt, xst, o, n, y, bias, sc);
+}
+
+// Rows [r0, r1) for the 4 * NB rows of x, in the variant the CPU runs.
+template <int NB>
+void FewRowsQ8Run([[maybe_unused]] bool vnni, const Weight& w, const XQ* xq, const float* dxt,
+                  const float* xst, int64_t r0, int64_t r1, int64_t n, float* y,
+                  const float* bias) {
+#if GP_Q8_AVXVNNI
+  if (vnni) return FewRowsQ8Block<NB, true>(w, xq, dxt, xst, r0, r1, n, y, bias);
+#endif
+  FewRowsQ8Block<NB, false>(w, xq, dxt, xst, r0, r1, n, y, bias);
 }
 
 // x [n, in], 2 <= n <= kFewRows: rows quantized as for decode, padded to a multiple of 4 with
@@ -1027,12 +1134,13 @@ void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const
   }
   const int64_t rb = gemv_row_block(w.out);
   const int64_t blocks = (w.out + rb - 1) / rb;
+  [[maybe_unused]] const bool vnni = UseAvxVnni();
   auto run = [&](int64_t k, int) {
     const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
     if (np == 4) {
-      FewRowsQ8Block<1>(w, xq, dxt, xst, r0, r1, n, y, bias);
+      FewRowsQ8Run<1>(vnni, w, xq, dxt, xst, r0, r1, n, y, bias);
     } else {
-      FewRowsQ8Block<2>(w, xq, dxt, xst, r0, r1, n, y, bias);
+      FewRowsQ8Run<2>(vnni, w, xq, dxt, xst, r0, r1, n, y, bias);
     }
   };
   if (w.bytes() < kGemvInlineBytes) {
@@ -1049,6 +1157,21 @@ int64_t FewRowsMaxImpl() {
   return kFewRows;
 #else
   return 0;
+#endif
+}
+
+// Which int8 kernel linear_q8 runs on this target (linear_q8_kernel_name()).
+const char* Q8KernelNameImpl() {
+#if GP_Q8_VNNI512
+  return "vpdpbusd 512-bit (AVX512-VNNI)";
+#elif GP_Q8_AVXVNNI
+  return UseAvxVnni() ? "vpdpbusd 256-bit (AVX-VNNI)" : "pmaddubsw + pmaddwd 256-bit";
+#elif GP_Q8_X86
+  return HWY_TARGET <= HWY_AVX2 ? "pmaddubsw + pmaddwd 256-bit" : "pmaddubsw + pmaddwd 128-bit";
+#elif GP_Q8_ARM
+  return arm::q8_kernels().name;
+#else
+  return "16-bit multiply-adds";
 #endif
 }
 
@@ -1076,13 +1199,38 @@ HWY_EXPORT(LinearQ8OneRowImpl);
 HWY_EXPORT(LinearQ8BatchImpl);
 HWY_EXPORT(LinearQ8GemmImpl);
 HWY_EXPORT(FewRowsMaxImpl);
+HWY_EXPORT(Q8KernelNameImpl);
 
 namespace {
 // Only MLX 4-bit group-64 weights have an int8 path.
 bool has_q8_path(const Weight& w) {
   return w.quantized && w.fmt.bits == 4 && w.fmt.group_size == 64;
 }
+
+std::atomic<bool> g_avx_vnni_enabled{true};
 }  // namespace
+
+bool cpu_has_avx_vnni() {
+#if HWY_ARCH_X86
+  // CPUID leaf 7, subleaf 1: EAX bit 4. (The OS's saving of the YMM state, which it also needs,
+  // is what the AVX2 target that runs it requires.)
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 4)) != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool avx_vnni_in_use() {
+  return cpu_has_avx_vnni() && g_avx_vnni_enabled.load(std::memory_order_relaxed);
+}
+
+void set_avx_vnni_enabled(bool enabled) { g_avx_vnni_enabled.store(enabled); }
+
+const char* linear_q8_kernel_name() { return HWY_DYNAMIC_DISPATCH(Q8KernelNameImpl)(); }
 
 void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
   if (!has_q8_path(w)) return linear(w, x, n, y, bias);

@@ -20,4 +20,17 @@ void linear_q8_gemm(const Weight& w, const float* x, int64_t n, float* y, const 
 // target; 0 where that target has none.
 int64_t linear_q8_few_rows_max();
 
+// The int8 kernel linear_q8 runs on the current SIMD target, e.g. "vpdpbusd 256-bit (AVX-VNNI)".
+const char* linear_q8_kernel_name();
+
+// x86: whether the CPU reports AVX-VNNI (CPUID leaf 7 subleaf 1, EAX bit 4): the VEX vpdpbusd
+// of Alder Lake and later Intel client parts and of AMD Zen 5. False elsewhere.
+bool cpu_has_avx_vnni();
+// Whether the AVX2 target's int8 kernels run vpdpbusd instead of pmaddubsw + pmaddwd (the same
+// outputs bit for bit): where the CPU has AVX-VNNI, unless set_avx_vnni_enabled(false).
+bool avx_vnni_in_use();
+// For tests and benchmarks: false runs pmaddubsw + pmaddwd on the AVX2 target of a CPU with
+// AVX-VNNI; true (the default) uses AVX-VNNI where the CPU has it, never where it has not.
+void set_avx_vnni_enabled(bool enabled);
+
 }  // namespace gp::cpu
