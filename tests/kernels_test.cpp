@@ -1060,6 +1060,18 @@ std::vector<AttnCase> attention_cases(std::mt19937& rng) {
     d.segs.push_back(make_segment(150, 16, 72, false, 0, {}, {}, rng));
     add(std::move(d));
   }
+  {  // Dense (no mask) with head_dims that leave a partial vector on wide targets (40, 24, 20
+     // on 16 lanes; 20 on 8), grouped heads, and a partial last key block.
+    AttnCase c{"unmasked gqa head_dim 40", 70, 4, 2, 40, {}, {}, {}, {false, 0}};
+    c.segs.push_back(make_segment(130, 2, 40, false, 1, {}, {}, rng));
+    add(std::move(c));
+    AttnCase d{"unmasked head_dim 24", 50, 2, 2, 24, {}, {}, {}, {false, 0}};
+    d.segs.push_back(make_segment(200, 2, 24, true, 0, {}, {}, rng));
+    add(std::move(d));
+    AttnCase e{"unmasked head_dim 20", 33, 3, 1, 20, {}, {}, {}, {false, 0}};
+    e.segs.push_back(make_segment(101, 1, 20, false, 1, {}, {}, rng));
+    add(std::move(e));
+  }
   {  // GQA with 4 query heads per kv head, odd head_dim; a segment without positions.
     AttnCase c{"gqa 4 odd head_dim", 20, 8, 2, 36, iota(20, 30), {}, {}, {true, 0}};
     c.segs.push_back(make_segment(30, 2, 36, false, 0, iota(30, 0), {}, rng));

@@ -680,10 +680,12 @@ void AttendMany(const AttnArgs& a, const std::vector<KeySlot>& table) {
 // packed transposed (Qᵀ, pre-scaled by scale·log2 e). Per key block, Sᵀ = K Qᵀ runs the GEMM
 // micro-kernel with the keys as its rows (kMR keys x NR queries per register tile), P = 2^(Sᵀ - m)
 // runs down the columns, and O = O·corr + P V broadcasts P over value rows (4 queries x 3 vectors
-// of dims per tile: head_dim 72 is 3 x 24).
+// of dims per tile, over value rows zero-padded to whole vectors).
 
 constexpr int64_t kDenseKeyBlock = 16 * kMR;  // keys per block: whole score tiles
-constexpr int64_t kDensePanels = 8;           // most panels of NR query rows per task
+// Most panels of NR query rows per task: 4 reuse each key block as well as 8 did (4096 queries),
+// and 2304 queries then make 18 tasks per kv head, not 9 (an uneven split over 2 threads).
+constexpr int64_t kDensePanels = 4;
 
 // 2^x for x <= 0, 0 below -127: a degree-6 fit of 2^f on [-1/2, 1/2] (relative error ~1e-7).
 template <class D>
@@ -767,22 +769,17 @@ HWY_INLINE void ValueTile(D d, const float* HWY_RESTRICT pt, size_t NR, int64_t 
   if constexpr (RB > 3) put(3, c30, c31, c32);
 }
 
-// O += P V for RB query rows over all head_dim dims: 3-vector tiles, then 1-vector, then scalar.
+// O += P V for RB query rows over hdp dims (value and output rows padded to whole vectors):
+// 3-vector tiles, then one of 1 or 2 vectors.
 template <int RB, class D>
 HWY_INLINE void ValueRows(D d, const float* HWY_RESTRICT pt, size_t NR, int64_t nb,
-                          const float* HWY_RESTRICT v, size_t hd, float* const* o,
+                          const float* HWY_RESTRICT v, size_t hdp, float* const* o,
                           const float* corr) {
   const size_t N = hn::Lanes(d);
   size_t d0 = 0;
-  for (; d0 + 3 * N <= hd; d0 += 3 * N) ValueTile<RB, 3>(d, pt, NR, nb, v, hd, d0, o, corr);
-  for (; d0 + N <= hd; d0 += N) ValueTile<RB, 1>(d, pt, NR, nb, v, hd, d0, o, corr);
-  for (; d0 < hd; ++d0) {
-    for (int r = 0; r < RB; ++r) {
-      float acc = o[r][d0] * corr[r];
-      for (int64_t j = 0; j < nb; ++j) acc += pt[j * NR + r] * v[j * hd + d0];
-      o[r][d0] = acc;
-    }
-  }
+  for (; d0 + 3 * N <= hdp; d0 += 3 * N) ValueTile<RB, 3>(d, pt, NR, nb, v, hdp, d0, o, corr);
+  if (d0 + 2 * N == hdp) ValueTile<RB, 2>(d, pt, NR, nb, v, hdp, d0, o, corr);
+  if (d0 + N == hdp) ValueTile<RB, 1>(d, pt, NR, nb, v, hdp, d0, o, corr);
 }
 
 void AttendDense(const AttnArgs& a) {
@@ -790,6 +787,8 @@ void AttendDense(const AttnArgs& a) {
   using V = hn::Vec<decltype(d)>;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d)), NR = 2 * N;
   const int64_t hd = a.head_dim, G = a.group;
+  // Value and output rows padded with zeros to whole vectors, so P V has no partial vectors.
+  const int64_t hdp = (hd + N - 1) / N * N;
   const int64_t R = a.n_q * G;  // query rows per kv head: (t, hh), t-major
   // More panels per task reuse each key block over more queries (from L1/L2); fewer keep at
   // least 4 tasks per thread for the load balance.
@@ -799,10 +798,10 @@ void AttendDense(const AttnArgs& a) {
   const int64_t QB = panels * NR;
   const int64_t n_qb = (R + QB - 1) / QB;
   const float q_scale = a.scale * 1.4426950408889634f;  // scores in log2 units
-  // Shared by the threads: the keys and values of one kv head, rows of hd in a row. Cache rows
-  // (n_kv_heads·hd apart, 4.5 KB for the vision tower) would share a few L1 sets.
+  // Shared by the threads: the keys and values of one kv head, rows of hd (hdp) in a row. Cache
+  // rows (n_kv_heads·hd apart, 4.5 KB for the vision tower) would share a few L1 sets.
   float* kc = thread_scratch(kScratchC, a.n_keys * hd);
-  float* vc = thread_scratch(kScratchD, a.n_keys * hd);
+  float* vc = thread_scratch(kScratchD, a.n_keys * hdp);
   for (int kh = 0; kh < a.n_kv_heads; ++kh) {
     constexpr int64_t kPackBlock = 256;
     auto pack = [&](int64_t b) {
@@ -811,9 +810,11 @@ void AttendDense(const AttnArgs& a) {
                     [&](const ops::KvSegment& seg, int64_t j0, int64_t j1, int64_t key0) {
                       for (int64_t j = j0; j < j1; ++j) {
                         const int64_t off = j * seg.pos_stride + kh * seg.head_stride;
-                        const int64_t at = (key0 + j - j0) * hd;
-                        RowToF32(seg, seg.k, off, hd, kc + at);
-                        RowToF32(seg, seg.v, off, hd, vc + at);
+                        const int64_t key = key0 + j - j0;
+                        RowToF32(seg, seg.k, off, hd, kc + key * hd);
+                        float* vrow = vc + key * hdp;
+                        RowToF32(seg, seg.v, off, hd, vrow);
+                        std::fill(vrow + hd, vrow + hdp, 0.0f);
                       }
                     });
     };
@@ -826,9 +827,10 @@ void AttendDense(const AttnArgs& a) {
     parallel_blocks(n_qb, [&](int64_t qb, int) {
       const int64_t r0 = qb * QB, nr = std::min(QB, R - r0);
       const int64_t n_panels = (nr + NR - 1) / NR;
-      float* qt = thread_scratch(kScratchA, 2 * QB * hd + kDenseKeyBlock * NR + 3 * QB + hd + NR);
-      float* o = qt + QB * hd;              // [QB][hd] unnormalized outputs
-      float* st = o + QB * hd;              // [key block][NR] Sᵀ, then Pᵀ
+      float* qt =
+          thread_scratch(kScratchA, QB * (hd + hdp) + kDenseKeyBlock * NR + 3 * QB + hd + NR);
+      float* o = qt + QB * hd;              // [QB][hdp] unnormalized outputs
+      float* st = o + QB * hdp;             // [key block][NR] Sᵀ, then Pᵀ
       float* m = st + kDenseKeyBlock * NR;  // [QB] running max (log2 units)
       float* l = m + QB;                    // [QB] running sum
       float* corr = l + QB;                 // [QB] rescale of o for the current block
@@ -857,13 +859,13 @@ void AttendDense(const AttnArgs& a) {
           for (int64_t i = 0; i < hd; ++i) dst[i * NR] = 0.0f;
         }
       }
-      std::fill(o, o + n_panels * NR * hd, 0.0f);
+      std::fill(o, o + n_panels * NR * hdp, 0.0f);
       std::fill(m, m + n_panels * NR, kNegInf);
       std::fill(l, l + n_panels * NR, 0.0f);
       for (int64_t k0 = 0; k0 < a.n_keys; k0 += kDenseKeyBlock) {
         const int64_t nb = std::min(kDenseKeyBlock, a.n_keys - k0);
         const float* kb = kc + k0 * hd;
-        const float* vb = vc + k0 * hd;
+        const float* vb = vc + k0 * hdp;
         for (int64_t p = 0; p < n_panels; ++p) {
           float* mp = m + p * NR;
           float* lp = l + p * NR;
@@ -908,11 +910,11 @@ void AttendDense(const AttnArgs& a) {
           const int64_t rb = NR % 4 == 0 ? 4 : 2;
           for (int64_t r = 0; r < NR; r += rb) {
             float* orow[4];
-            for (int64_t i = 0; i < rb; ++i) orow[i] = o + (p * NR + r + i) * hd;
+            for (int64_t i = 0; i < rb; ++i) orow[i] = o + (p * NR + r + i) * hdp;
             if (rb == 4) {
-              ValueRows<4>(d, st + r, NR, nb, vb, hd, orow, cp + r);
+              ValueRows<4>(d, st + r, NR, nb, vb, hdp, orow, cp + r);
             } else {
-              ValueRows<2>(d, st + r, NR, nb, vb, hd, orow, cp + r);
+              ValueRows<2>(d, st + r, NR, nb, vb, hdp, orow, cp + r);
             }
           }
         }
@@ -924,8 +926,8 @@ void AttendDense(const AttnArgs& a) {
         const V vinv = hn::Set(d, inv);
         int64_t i = 0;
         for (; i + N <= hd; i += N)
-          hn::StoreU(hn::Mul(hn::LoadU(d, o + r * hd + i), vinv), d, out + i);
-        for (; i < hd; ++i) out[i] = o[r * hd + i] * inv;
+          hn::StoreU(hn::Mul(hn::LoadU(d, o + r * hdp + i), vinv), d, out + i);
+        for (; i < hd; ++i) out[i] = o[r * hdp + i] * inv;
       }
     });
   }
