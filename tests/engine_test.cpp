@@ -220,6 +220,55 @@ TEST(Engine, TwoImagePromptRunsEndToEnd) {
   EXPECT_THROW(generate(s, prompt, {&a}, opt), Error);  // two image runs, one image
 }
 
+// A prompt's images encoded one step at a time (as gemma-server interleaves them with other
+// streams) give prefill()'s logits bitwise; an image the session encoded before is taken from its
+// cache; a cancelled prompt drops its paused encoding.
+TEST(Engine, ImageEncodedInStepsGivesThePrefillLogits) {
+  Engine e(test::data_path("tiny-mobile"), {0, false});
+  const Image a = load_image(test::data_path("tiny-mobile/ref/image.png"));
+  const Image b = noise_image(640, 480, 3);
+  const auto prompt = e.chat_prompt({{"user", "Compare these.", 2}});
+  Session whole(e, 512);
+  const PrefillResult rw = whole.prefill(prompt, {&a, &b});
+  EXPECT_EQ(rw.n_images, 2);
+
+  Session stepped(e, 512);
+  stepped.begin_prompt(prompt, {&a, &b});
+  int steps = 0;
+  while (stepped.prompt_pending()) {
+    while (stepped.image_pending()) {
+      stepped.image_step();
+      ++steps;
+    }
+    EXPECT_FALSE(stepped.image_encoding());
+    const SequenceRows rows = stepped.prompt_rows();
+    e.text().forward(std::span(&rows, 1));
+    stepped.rows_ran();
+  }
+  EXPECT_EQ(steps, 2 * (e.config().vision.n_layers + 2));  // embedding, layers, projection each
+  EXPECT_EQ(stepped.prompt_result().n_images, 2);
+  EXPECT_GT(stepped.prompt_result().image_s, 0);
+  EXPECT_EQ(stepped.last_logits(), whole.last_logits());
+
+  // The same images in a new prompt: both cached, nothing to encode.
+  const auto again = e.chat_prompt({{"user", "And now?", 2}});
+  stepped.begin_prompt(again, {&a, &b});
+  EXPECT_FALSE(stepped.image_pending());
+  EXPECT_THROW(stepped.image_step(), Error);
+
+  // A new image: one step, then the client leaves.
+  const Image c = noise_image(300, 200, 4);
+  const auto third = e.chat_prompt({{"user", "This one?", 1}});
+  stepped.begin_prompt(third, {&c});
+  ASSERT_TRUE(stepped.image_pending());
+  stepped.image_step();
+  EXPECT_TRUE(stepped.image_encoding());
+  EXPECT_EQ(stepped.prompt_result().n_images, 0);
+  stepped.cancel_prompt();
+  EXPECT_FALSE(stepped.image_encoding());
+  EXPECT_FALSE(stepped.prompt_pending());
+}
+
 // With exact activations; int8 ones round batches of other sizes differently (gemma-server
 // --exact).
 TEST(Engine, PrefixReuseGivesTheSameLogits) {

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <condition_variable>
@@ -764,6 +765,103 @@ TEST(Server, QueuePlacesAreTakenBeforeParsing) {
   g.unreserve();
   g.unreserve();
   EXPECT_EQ(g.stats().waiting, 0);
+}
+
+// While a request's image is encoded, a running stream gets a token between any two encoder steps
+// (one encoder layer each), and both answers are those of each request run alone; a client that
+// leaves mid-encode frees its slot before the next encoder step. The order of events on the
+// generation thread is what is checked: at each encoder stage, how many tokens were generated.
+TEST(Server, RunningStreamGetsTokensWhileAnImageIsEncoded) {
+  Engine engine(test::data_path("tiny-original"), {1, false, true});  // exact: batch-invariant
+  const Image picture = load_image(test::data_path("tiny-original/ref/image.png"));
+  Image turned = picture;  // another image, not in any cache
+  std::reverse(turned.rgb.begin(), turned.rgb.end());
+  GenerateOptions text_options, image_options;
+  text_options.sampling.temperature = 0;
+  text_options.ignore_stop_tokens = true;
+  text_options.max_tokens = 40;
+  image_options = text_options;
+  image_options.max_tokens = 8;
+  const auto text_prompt = engine.chat_prompt({{"user", "Tell me a long story", 0}});
+  const auto image_prompt = engine.chat_prompt({{"user", "What is in the picture?", 1}});
+  auto alone = [&](const std::vector<int32_t>& prompt, const Image* img, const GenerateOptions& o) {
+    Session session(engine, 256);
+    return generate(session, prompt, img ? std::vector{img} : std::vector<const Image*>{}, o).ids;
+  };
+  const auto text_ref = alone(text_prompt, nullptr, text_options);
+  const auto image_ref = alone(image_prompt, &picture, image_options);
+  ASSERT_EQ(text_ref.size(), 40u);
+  ASSERT_EQ(image_ref.size(), 8u);
+
+  // (stage, tokens generated so far) at each encoder stage, on the generation thread.
+  std::vector<std::pair<int, int64_t>> events;
+  std::shared_ptr<Job> leaving;
+  Generator g(engine, GeneratorOptions{256, 2, 4, 64, false});
+  auto job = [](const std::vector<int32_t>& prompt, const GenerateOptions& o, const Image* img) {
+    auto j = std::make_shared<Job>();
+    j->prompt = prompt;
+    j->options = o;
+    if (img) j->images.push_back(*img);
+    return j;
+  };
+  auto wait_done = [](Job& j) {
+    std::unique_lock<std::mutex> lock(j.mutex);
+    j.changed.wait(lock, [&] { return j.done; });
+  };
+  engine.set_vision_observer([&](int stage, const float*, int64_t) {
+    events.emplace_back(stage, g.stats().generated_tokens);
+    if (leaving && stage == 0) g.cancel(leaving);
+  });
+  auto start_stream = [&] {
+    auto a = job(text_prompt, text_options, nullptr);
+    EXPECT_TRUE(g.submit(a));
+    const int64_t before = g.stats().generated_tokens;
+    while (g.stats().generated_tokens == before)  // a is decoding
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return a;
+  };
+
+  const auto a = start_stream();
+  const auto b = job(image_prompt, image_options, &picture);
+  ASSERT_TRUE(g.submit(b));
+  wait_done(*b);
+  wait_done(*a);
+  ASSERT_EQ(events.size(), 4u);  // embedding, 2 layers, post-layernorm and projection
+  const int64_t start = events[0].second;
+  EXPECT_GE(start, 1);
+  for (size_t k = 0; k < events.size(); ++k) {
+    EXPECT_EQ(events[k].first, static_cast<int>(k) - 1);
+    if (k > 0) {
+      EXPECT_GT(events[k].second, events[k - 1].second) << "no token before stage " << k;
+    }
+  }
+  EXPECT_LT(events.back().second, 40) << "the stream ended before the image was encoded";
+  EXPECT_EQ(a->result.ids, text_ref);
+  EXPECT_EQ(b->result.ids, image_ref);
+  EXPECT_EQ(b->result.prefill.n_images, 1);
+  EXPECT_GT(b->result.prefill.image_s, 0);
+  EXPECT_EQ(a->result.prefill.n_images, 0);
+
+  // A client leaving after the first layer: its encoding stops there, its slot frees at once and
+  // the stream beside it runs on unchanged.
+  events.clear();
+  const auto a2 = start_stream();
+  leaving = job(image_prompt, image_options, &turned);
+  ASSERT_TRUE(g.submit(leaving));
+  wait_done(*leaving);
+  const std::vector<std::pair<int, int64_t>> seen = events;  // before the next request can run
+  EXPECT_EQ(leaving->result.finish_reason, FinishReason::kCancelled);
+  EXPECT_EQ(leaving->result.prefill.n_images, 0);
+  EXPECT_TRUE(leaving->result.ids.empty());
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[1].first, 0);
+  EXPECT_FALSE(a2->done);
+  EXPECT_EQ(g.stats().slots_busy, 1);
+  wait_done(*a2);
+  EXPECT_EQ(events.size(), 2u);
+  EXPECT_EQ(a2->result.ids, text_ref);
+  EXPECT_EQ(g.stats().cancelled, 1);
+  EXPECT_EQ(g.stats().completed, 3);
 }
 
 TEST(Server, FullQueueGets503) {

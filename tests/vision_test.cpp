@@ -121,6 +121,43 @@ INSTANTIATE_TEST_SUITE_P(All, FixtureImage, ::testing::Values("tiny-original", "
                            return n;
                          });
 
+// An encoding in steps, interleaved step by step with another image's encoding on the same model
+// (as the server interleaves it with other work), gives each image's whole encode bitwise, in both
+// activation modes: the steps share no state but the weights.
+TEST(VisionModel, InterleavedSteppedEncodingsEqualWholeEncodesBitwise) {
+  const ModelFiles files(test::data_path("tiny-original"));
+  const ModelConfig& c = files.config();
+  const float mean[3] = {0.5f, 0.5f, 0.5f}, std_[3] = {0.5f, 0.5f, 0.5f};
+  const std::vector<float> a = preprocess_image(
+      load_image(test::data_path("tiny-original/ref/image.png")), c.vision.image_size, mean, std_);
+  const std::vector<float> b(a.rbegin(), a.rend());  // the picture turned half a turn
+  const size_t n_out = static_cast<size_t>(c.mm_tokens_per_image) * c.text.d_model;
+  for (const auto act : {ops::Activations::kInt8, ops::Activations::kF32}) {
+    VisionModel model(c, load_vision_weights(files.dir(), c, files.layout()), act);
+    std::vector<float> whole_a(n_out), whole_b(n_out);
+    model.encode(a.data(), whole_a.data());
+    model.encode(b.data(), whole_b.data());
+    ASSERT_NE(whole_a, whole_b);
+
+    std::vector<int> stages;
+    model.set_observer([&](int stage, const float*, int64_t) { stages.push_back(stage); });
+    VisionEncoding ea(model, a.data()), eb(model, b.data());
+    EXPECT_EQ(ea.n_steps(), c.vision.n_layers + 2);  // embedding, each layer, projection
+    while (!ea.done()) {
+      ea.step();
+      eb.step();
+      EXPECT_EQ(ea.steps_done(), eb.steps_done());
+    }
+    EXPECT_TRUE(eb.done());
+    // Each step of one is followed by the same step of the other; post_layernorm (stage
+    // n_layers) ends with the projection in the last step.
+    EXPECT_EQ(stages, (std::vector<int>{-1, -1, 0, 0, 1, 1, 2, 2}));
+    EXPECT_EQ(ea.output(), whole_a);
+    EXPECT_EQ(eb.output(), whole_b);
+    EXPECT_THROW(ea.step(), Error);
+  }
+}
+
 // The projector's mm_soft_emb_norm takes the vision config's epsilon (transformers' and
 // mlx-vlm's Gemma3MultiModalProjector: vision_config.layer_norm_eps), never the text decoder's.
 TEST(VisionModel, ProjectorNormIgnoresTheTextEpsilon) {

@@ -108,48 +108,86 @@ void VisionModel::attention_block(const VisionLayer& L, const float* xn, float* 
 }
 
 void VisionModel::encode(const float* pixels, float* out) const {
-  const VisionConfig& v = c_.vision;
-  const int64_t d = v.d_model, p = v.patch_size, side = v.patches_per_side();
-  const int64_t n = v.n_patches(), size = v.image_size, patch_len = p * p * 3;
-  const float eps = v.layer_norm_eps;
+  VisionEncoding e(*this, pixels);
+  while (!e.done()) e.step();
+  std::copy(e.output().begin(), e.output().end(), out);
+}
 
+VisionEncoding::VisionEncoding(const VisionModel& model, const float* pixels) : model_(model) {
+  const VisionConfig& v = model.c_.vision;
+  const int64_t p = v.patch_size, side = v.patches_per_side();
+  const int64_t n = v.n_patches(), size = v.image_size, patch_len = p * p * 3;
   // Conv p x p stride p as a matrix product: patches [n_patches, p*p*3] row-major over the grid,
   // each flattened (h, w, c) like the O,H,W,I kernel's rows.
-  std::vector<float> patches(n * patch_len);
+  patches_.resize(n * patch_len);
   for (int64_t pr = 0; pr < side; ++pr)
     for (int64_t pc = 0; pc < side; ++pc)
       for (int64_t h = 0; h < p; ++h)
-        std::memcpy(&patches[(pr * side + pc) * patch_len + h * p * 3],
+        std::memcpy(&patches_[(pr * side + pc) * patch_len + h * p * 3],
                     pixels + ((pr * p + h) * size + pc * p) * 3, p * 3 * sizeof(float));
-  std::vector<float> x(n * d), xn(n * d), tmp(n * d);  // [n_patches, d_model]
-  ops::linear_many({{&w_.patch_embed, x.data(), w_.patch_bias.data()}}, patches.data(), n,
-                   ops::Activations::kF32);
-  for (int64_t t = 0; t < n; ++t) weight_row(w_.position_embed, t, &tmp[t * d]);
-  ops::add(x.data(), tmp.data(), n * d);
-  if (observer_) observer_(-1, x.data(), n);
+}
 
+void VisionEncoding::step() {
+  check(!done(), "the image encoding has ended");
+  const int n_layers = static_cast<int>(model_.w_.layers.size());
+  if (next_ == 0)
+    embed();
+  else if (next_ <= n_layers)
+    layer(next_ - 1);
+  else
+    project();
+  ++next_;
+}
+
+void VisionEncoding::embed() {
+  const VisionModel& m = model_;
+  const int64_t d = m.c_.vision.d_model, n = m.c_.vision.n_patches();
+  x_.resize(n * d);
+  xn_.resize(n * d);
+  tmp_.resize(n * d);
+  ops::linear_many({{&m.w_.patch_embed, x_.data(), m.w_.patch_bias.data()}}, patches_.data(), n,
+                   ops::Activations::kF32);
+  std::vector<float>().swap(patches_);
+  for (int64_t t = 0; t < n; ++t) weight_row(m.w_.position_embed, t, &tmp_[t * d]);
+  ops::add(x_.data(), tmp_.data(), n * d);
+  if (m.observer_) m.observer_(-1, x_.data(), n);
   int64_t max_ff = 0;
-  for (const auto& L : w_.layers) max_ff = std::max(max_ff, L.fc1.out);
-  std::vector<float> ff(n * max_ff);  // [n_patches, d_ff]
-  for (size_t l = 0; l < w_.layers.size(); ++l) {
-    const VisionLayer& L = w_.layers[l];
-    // h = x + out(attn(LN1(x)))
-    ops::layer_norm(x.data(), L.ln1_w.data(), L.ln1_b.data(), n, d, eps, xn.data());
-    attention_block(L, xn.data(), tmp.data());
-    ops::add(x.data(), tmp.data(), n * d);
-    // x = h + fc2(gelu_tanh(fc1(LN2(h))))
-    ops::layer_norm(x.data(), L.ln2_w.data(), L.ln2_b.data(), n, d, eps, xn.data());
-    ops::linear_many({{&L.fc1, ff.data(), L.fc1_bias.data()}}, xn.data(), n, act_);
-    ops::gelu_tanh(ff.data(), n * L.fc1.out);
-    ops::linear_many({{&L.fc2, tmp.data(), L.fc2_bias.data()}}, ff.data(), n, act_);
-    ops::add(x.data(), tmp.data(), n * d);
-    if (observer_) observer_(static_cast<int>(l), x.data(), n);
-  }
-  ops::layer_norm(x.data(), w_.post_ln_w.data(), w_.post_ln_b.data(), n, d, eps, x.data());
-  if (observer_) observer_(v.n_layers, x.data(), n);
+  for (const auto& L : m.w_.layers) max_ff = std::max(max_ff, L.fc1.out);
+  ff_.resize(n * max_ff);
+}
+
+void VisionEncoding::layer(size_t l) {
+  const VisionModel& m = model_;
+  const int64_t d = m.c_.vision.d_model, n = m.c_.vision.n_patches();
+  const float eps = m.c_.vision.layer_norm_eps;
+  const VisionLayer& L = m.w_.layers[l];
+  float *x = x_.data(), *xn = xn_.data(), *tmp = tmp_.data(), *ff = ff_.data();
+  // h = x + out(attn(LN1(x)))
+  ops::layer_norm(x, L.ln1_w.data(), L.ln1_b.data(), n, d, eps, xn);
+  m.attention_block(L, xn, tmp);
+  ops::add(x, tmp, n * d);
+  // x = h + fc2(gelu_tanh(fc1(LN2(h))))
+  ops::layer_norm(x, L.ln2_w.data(), L.ln2_b.data(), n, d, eps, xn);
+  ops::linear_many({{&L.fc1, ff, L.fc1_bias.data()}}, xn, n, m.act_);
+  ops::gelu_tanh(ff, n * L.fc1.out);
+  ops::linear_many({{&L.fc2, tmp, L.fc2_bias.data()}}, ff, n, m.act_);
+  ops::add(x, tmp, n * d);
+  if (m.observer_) m.observer_(static_cast<int>(l), x, n);
+}
+
+void VisionEncoding::project() {
+  const VisionModel& m = model_;
+  const VisionConfig& v = m.c_.vision;
+  const int64_t d = v.d_model, side = v.patches_per_side(), n = v.n_patches();
+  std::vector<float>().swap(xn_);
+  std::vector<float>().swap(tmp_);
+  std::vector<float>().swap(ff_);
+  float* x = x_.data();
+  ops::layer_norm(x, m.w_.post_ln_w.data(), m.w_.post_ln_b.data(), n, d, v.layer_norm_eps, x);
+  if (m.observer_) m.observer_(v.n_layers, x, n);
 
   // Projector: average-pool k x k blocks of the patch grid (avg_pool2d), tokens row-major.
-  const int64_t tok_side = token_side(c_), k = side / tok_side, n_tok = tok_side * tok_side;
+  const int64_t tok_side = token_side(m.c_), k = side / tok_side, n_tok = tok_side * tok_side;
   std::vector<float> pooled(n_tok * d, 0.0f);  // [mm_tokens_per_image, d_model]
   for (int64_t tr = 0; tr < tok_side; ++tr)
     for (int64_t tc = 0; tc < tok_side; ++tc) {
@@ -161,11 +199,13 @@ void VisionModel::encode(const float* pixels, float* out) const {
         }
       for (int64_t i = 0; i < d; ++i) o[i] /= static_cast<float>(k * k);
     }
+  std::vector<float>().swap(x_);
   // mm_soft_emb_norm takes the vision config's epsilon (as transformers'
   // Gemma3MultiModalProjector).
-  ops::rms_norm(pooled.data(), w_.soft_emb_norm.data(), n_tok, d, c_.vision.layer_norm_eps,
+  ops::rms_norm(pooled.data(), m.w_.soft_emb_norm.data(), n_tok, d, v.layer_norm_eps,
                 pooled.data());
-  ops::linear_many({{&w_.projection, out}}, pooled.data(), n_tok, ops::Activations::kF32);
+  out_.resize(n_tok * m.c_.text.d_model);
+  ops::linear_many({{&m.w_.projection, out_.data()}}, pooled.data(), n_tok, ops::Activations::kF32);
 }
 
 }  // namespace gp

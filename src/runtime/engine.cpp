@@ -67,18 +67,28 @@ std::vector<int32_t> Engine::chat_prompt(const std::vector<ChatMessage>& message
   return ids;
 }
 
-std::vector<float> Engine::encode_image(const Image& image) {
+std::unique_ptr<VisionEncoding> Engine::begin_image(const Image& image) {
   if (!vision_) {
     check(layout().vision, dir().path() + ": this checkpoint has no vision tower (text-only)");
     vision_ = std::make_unique<VisionModel>(
         config(), load_vision_weights(dir(), config(), layout()), options_.activations());
+    vision_->set_observer(vision_observer_);
   }
   const auto pixels =
       preprocess_image(image, config().vision.image_size, files_.image_normalization().mean,
                        files_.image_normalization().std);
-  std::vector<float> out(static_cast<size_t>(config().mm_tokens_per_image) * config().text.d_model);
-  vision_->encode(pixels.data(), out.data());
-  return out;
+  return std::make_unique<VisionEncoding>(*vision_, pixels.data());
+}
+
+std::vector<float> Engine::encode_image(const Image& image) {
+  const auto e = begin_image(image);
+  while (!e->done()) e->step();
+  return std::move(e->output());
+}
+
+void Engine::set_vision_observer(VisionModel::Observer obs) {
+  vision_observer_ = std::move(obs);
+  if (vision_) vision_->set_observer(vision_observer_);
 }
 
 namespace {
@@ -103,16 +113,48 @@ Session::Session(Engine& engine, int max_context, int prefill_chunk)
                                " positions, expected at least 1");
 }
 
-const std::vector<float>& Session::image_embeddings(const Image& img, uint64_t hash,
-                                                    PrefillResult& r) {
-  auto it = image_cache_.find(hash);
-  if (it != image_cache_.end()) return it->second;
-  if (image_cache_.size() >= 8) image_cache_.clear();
+int Session::uncached_image(int start, int end) const {
+  for (int i = start; i < end; ++i)
+    if (prompt_.runs.keys[i] != 0 && !image_cache_.count(prompt_.runs.keys[i])) return i;
+  return -1;
+}
+
+void Session::encode_step(int at) {
+  const uint64_t key = prompt_.runs.keys[at];
   Timer t;
-  auto& e = image_cache_[hash] = engine_.encode_image(img);
-  r.image_s += t.seconds();
-  ++r.n_images;
-  return e;
+  if (!encoding_ || encoding_key_ != key) {
+    encoding_ = engine_.begin_image(*prompt_.images[prompt_.runs.image[at]]);
+    encoding_key_ = key;
+  }
+  encoding_->step();
+  if (encoding_->done()) {
+    // Recent images stay (a returning conversation reuses them), those of this prompt always: a
+    // chunk's rows point into their embeddings.
+    const auto& keys = prompt_.runs.keys;
+    if (image_cache_.size() >= 8)
+      std::erase_if(image_cache_, [&](const auto& kv) {
+        return std::find(keys.begin(), keys.end(), kv.first) == keys.end();
+      });
+    image_cache_[key] = std::move(encoding_->output());
+    encoding_.reset();
+    ++prompt_.result.n_images;
+  }
+  prompt_.result.image_s += t.seconds();
+}
+
+bool Session::image_pending() const {
+  return prompt_pending() && uncached_image(prompt_.next, next_chunk_end()) >= 0;
+}
+
+void Session::image_step() {
+  const int at = prompt_pending() ? uncached_image(prompt_.next, next_chunk_end()) : -1;
+  check(at >= 0, "no image to encode");
+  encode_step(at);
+}
+
+void Session::cancel_prompt() {
+  encoding_.reset();
+  prompt_.next = static_cast<int>(prompt_.ids.size());
 }
 
 void Session::check_prompt_ids(const std::vector<int32_t>& ids) const {
@@ -183,6 +225,11 @@ int Session::chunk_end(int start, int chunk) const {
   return end;
 }
 
+int Session::next_chunk_end() const {
+  return chunk_end(prompt_.next,
+                   prompt_.every_logit ? std::min(kLogitsChunk, prefill_chunk_) : prefill_chunk_);
+}
+
 TextBatch Session::assemble(int start, int end) {
   const ImageRuns& runs = prompt_.runs;
   TextBatch b;
@@ -190,14 +237,14 @@ TextBatch Session::assemble(int start, int end) {
   bool any_image = false;
   for (int i = start; i < end && !any_image; ++i) any_image = runs.start[i] >= 0;
   if (!any_image) return b;
+  for (int at; (at = uncached_image(start, end)) >= 0;) encode_step(at);
   b.group.assign(end - start, -1);
   b.embeddings.assign(end - start, nullptr);
   const int64_t d = engine_.config().text.d_model;
   for (int i = start; i < end; ++i) {
     if (runs.start[i] < 0) continue;
-    const auto& e = image_embeddings(*prompt_.images[runs.image[i]], runs.keys[i], prompt_.result);
     b.group[i - start] = runs.start[i];
-    b.embeddings[i - start] = e.data() + (i - runs.start[i]) * d;
+    b.embeddings[i - start] = image_cache_.at(runs.keys[i]).data() + (i - runs.start[i]) * d;
   }
   return b;
 }
@@ -205,6 +252,7 @@ TextBatch Session::assemble(int start, int end) {
 void Session::begin_prompt(const std::vector<int32_t>& ids, const std::vector<const Image*>& images,
                            bool every_logit) {
   check_prompt_ids(ids);
+  encoding_.reset();
   prompt_ = Prompt{};
   prompt_.runs = ImageRuns::of(engine_.config(), ids, images);
   prompt_.ids = ids;
@@ -222,8 +270,7 @@ void Session::begin_prompt(const std::vector<int32_t>& ids, const std::vector<co
 SequenceRows Session::prompt_rows() {
   check(prompt_pending(), "no prompt to evaluate");
   const int n = static_cast<int>(prompt_.ids.size()), start = prompt_.next;
-  const int end = chunk_end(
-      start, prompt_.every_logit ? std::min(kLogitsChunk, prefill_chunk_) : prefill_chunk_);
+  const int end = next_chunk_end();
   rows_ = assemble(start, end);
   rows_keys_.assign(prompt_.runs.keys.begin() + start, prompt_.runs.keys.begin() + end);
   prompt_.next = end;

@@ -17,13 +17,12 @@
 #include "model/model_files.h"
 #include "model/tensor_table.h"
 #include "model/text_model.h"
+#include "model/vision_model.h"
 #include "runtime/chat.h"
 #include "runtime/kv_cache.h"
 #include "runtime/sampler.h"
 
 namespace gp {
-
-class VisionModel;
 
 // Fixed when the engine is built: no caller changes the precision of a live engine.
 struct EngineOptions {
@@ -73,7 +72,12 @@ class Engine {
   // Projected embeddings [mm_tokens_per_image, d_model] of an image; maps the vision weights on
   // first use. Throws Error when the checkpoint has no vision tower.
   std::vector<float> encode_image(const Image& image);
+  // The same in steps (VisionEncoding): encode_image runs them all.
+  std::unique_ptr<VisionEncoding> begin_image(const Image& image);
   bool vision_loaded() const { return vision_ != nullptr; }
+  // Called after each stage of every image encoding (VisionModel::Observer), on the thread that
+  // runs it: for dumps and for tests that follow an encoding's progress.
+  void set_vision_observer(VisionModel::Observer obs);
 
  private:
   ModelFiles files_;
@@ -81,6 +85,7 @@ class Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<TextModel> text_;
   std::unique_ptr<VisionModel> vision_;
+  VisionModel::Observer vision_observer_;
   ChatPieces pieces_;
   std::vector<int32_t> stop_tokens_;
   std::vector<int32_t> template_ids_;
@@ -146,6 +151,18 @@ class Session {
   PrefillResult& prompt_result() { return prompt_.result; }
   const std::vector<float>& chunk_logits() const { return chunk_logits_; }
 
+  // Image encoding in steps, so that the server runs the other streams' steps in between:
+  // image_pending() says whether the next chunk of the pending prompt needs an image that is
+  // neither encoded nor in the image cache; image_step() then runs one step of its encoding, the
+  // last of which puts it in the cache. prompt_rows() encodes at once whatever is still missing.
+  bool image_pending() const;
+  void image_step();
+  // An encoding is under way (begun, not ended): it holds one image's activations.
+  bool image_encoding() const { return encoding_ != nullptr; }
+  // Drops the rest of the pending prompt and a paused image encoding (its memory is freed); the
+  // cache keeps the positions already run.
+  void cancel_prompt();
+
  private:
   // Per prompt position, the image run it belongs to (ImageRuns::of).
   struct ImageRuns {
@@ -172,9 +189,13 @@ class Session {
   int reuse_prefix(const std::vector<int32_t>& ids, const std::vector<uint64_t>& keys);
   // End of the chunk that starts at `start`: chunk_ positions, moved so no image run is split.
   int chunk_end(int start, int chunk) const;
+  int next_chunk_end() const;  // of the pending prompt's next chunk
+  // The first prompt position in [start, end) whose image the image cache lacks, or -1.
+  int uncached_image(int start, int end) const;
+  // Runs the next step of the encoding of the image at prompt position `at`.
+  void encode_step(int at);
   // The rows of positions [start, end) of the prompt, with their images' embeddings.
   TextBatch assemble(int start, int end);
-  const std::vector<float>& image_embeddings(const Image& img, uint64_t hash, PrefillResult& r);
 
   Engine& engine_;
   KvCache cache_;
@@ -183,6 +204,8 @@ class Session {
   std::vector<uint64_t> image_keys_;  // per position: hash of a soft token's image, 0 otherwise
   std::vector<float> logits_;         // [n_vocab]
   std::map<uint64_t, std::vector<float>> image_cache_;  // recent image embeddings by content hash
+  std::unique_ptr<VisionEncoding> encoding_;            // the image being encoded in steps
+  uint64_t encoding_key_ = 0;                           // its content hash
   Prompt prompt_;                                       // the prompt being evaluated
   TextBatch rows_;                                      // the rows handed out last
   std::vector<uint64_t> rows_keys_;                     // [rows] their image keys

@@ -173,9 +173,11 @@ void Generator::start(Slot& slot) {
   slot.sampling = false;
 }
 
-std::vector<Generator::Slot*> Generator::pick_rows(std::vector<SequenceRows>& rows) {
+std::vector<Generator::Slot*> Generator::pick_rows(std::vector<SequenceRows>& rows,
+                                                   Slot*& encoding) {
   std::vector<Slot*> who;
-  Slot* prompting = nullptr;  // the one whose prompt had a chunk least recently
+  std::vector<Slot*> prompting;  // slots with a pending prompt
+  encoding = nullptr;
   for (Slot& s : slots_) {
     if (!s.job) continue;
     try {
@@ -186,8 +188,10 @@ std::vector<Generator::Slot*> Generator::pick_rows(std::vector<SequenceRows>& ro
         start(s);
       }
       if (!s.job) continue;
-      if (s.session->prompt_pending()) {
-        if (!prompting || s.last_chunk < prompting->last_chunk) prompting = &s;
+      if (s.session->image_encoding()) {
+        encoding = &s;
+      } else if (s.session->prompt_pending()) {
+        prompting.push_back(&s);
       } else if (!s.gen->done()) {
         rows.push_back(s.session->decode_rows(s.gen->next_id()));
         who.push_back(&s);
@@ -196,13 +200,25 @@ std::vector<Generator::Slot*> Generator::pick_rows(std::vector<SequenceRows>& ro
       finish(s, e.what());
     }
   }
-  if (prompting) {
+  // The prompts in the order of their last chunk: the first whose next chunk is ready (its images
+  // encoded) runs a chunk; one whose next chunk needs an image starts encoding it, when no image
+  // is being encoded.
+  std::stable_sort(prompting.begin(), prompting.end(),
+                   [](const Slot* a, const Slot* b) { return a->last_chunk < b->last_chunk; });
+  for (Slot* p : prompting) {
     try {
-      rows.push_back(prompting->session->prompt_rows());
-      who.push_back(prompting);
-      prompting->last_chunk = clock_;
+      if (!p->session->image_pending()) {
+        rows.push_back(p->session->prompt_rows());
+        who.push_back(p);
+        p->last_chunk = clock_;
+        break;  // one chunk per step
+      }
+      if (!encoding) {
+        encoding = p;
+        p->last_chunk = clock_;
+      }
     } catch (const std::exception& e) {
-      finish(*prompting, e.what());
+      finish(*p, e.what());
     }
   }
   return who;
@@ -211,14 +227,28 @@ std::vector<Generator::Slot*> Generator::pick_rows(std::vector<SequenceRows>& ro
 bool Generator::step() {
   ++clock_;
   std::vector<SequenceRows> rows;
-  const std::vector<Slot*> who = pick_rows(rows);
-  if (rows.empty()) return false;
+  Slot* encoding = nullptr;
+  const std::vector<Slot*> who = pick_rows(rows, encoding);
+  forward(rows, who);
+  // One step of an image's encoding after the others' tokens: they wait at most one encoder layer.
+  if (encoding) {
+    try {
+      encoding->session->image_step();
+    } catch (const std::exception& e) {
+      finish(*encoding, e.what());
+    }
+  }
+  return !rows.empty() || encoding;
+}
+
+void Generator::forward(const std::vector<SequenceRows>& rows, const std::vector<Slot*>& who) {
+  if (rows.empty()) return;
   Timer t;
   try {
     engine_.text().forward(rows);
   } catch (const std::exception& e) {
     for (Slot* s : who) finish(*s, e.what());
-    return true;
+    return;
   }
   const double dt = t.seconds();
   int64_t prompt_rows = 0, generated = 0;
@@ -252,7 +282,6 @@ bool Generator::step() {
       if (slots_[i].job) slot_stats_[i].n_cached = slots_[i].session->n_cached();
   }
   for (Slot* s : ended) finish(*s);
-  return true;
 }
 
 void Generator::deliver(Slot& slot, const std::string& text) {
@@ -273,6 +302,7 @@ void Generator::finish(Slot& slot, const std::string& error) {
     r.finish_reason = FinishReason::kCancelled;
   }
   slot.gen.reset();
+  slot.session->cancel_prompt();  // a paused image encoding's memory is freed now
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!error.empty())

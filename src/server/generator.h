@@ -1,6 +1,7 @@
 // gemma-server's generation thread: `parallel` slots, each a Session (its own KV cache and prompt
 // cache), and a loop that runs one batched forward per step over the next token of every
-// decoding slot and one chunk of one slot's prompt. Queued jobs join free slots between steps;
+// decoding slot and one chunk of one slot's prompt, then one step (one encoder layer) of an image
+// that a prompt needs. Queued jobs join free slots between steps;
 // a returning conversation goes to the free slot whose cache holds a prefix of it.
 #pragma once
 
@@ -109,14 +110,19 @@ class Generator {
   void loop();
   // Moves queued jobs into free slots (under mutex_).
   void admit();
-  // One batched forward over every busy slot's next rows; false when no slot had any.
+  // One batched forward over every busy slot's next rows, then one step of an image's encoding
+  // when a prompt needs one; false when there was nothing to do.
   bool step();
+  // The forward of step() and what follows it: logits sampled, text delivered, ended jobs done.
+  void forward(const std::vector<SequenceRows>& rows, const std::vector<Slot*>& who);
   void start(Slot& slot);
   void deliver(Slot& slot, const std::string& text);
   void finish(Slot& slot, const std::string& error = "");
   // Rows of the slots: the next token of each decoding one, a chunk of one prompting one (the
-  // one whose prompt waited longest); appends to `rows` and returns whose they are.
-  std::vector<Slot*> pick_rows(std::vector<SequenceRows>& rows);
+  // one whose prompt waited longest); appends to `rows` and returns whose they are. `encoding`:
+  // the slot whose image is being encoded, one at a time (a prompt whose next chunk needs an
+  // image starts its encoding when none is under way), or null.
+  std::vector<Slot*> pick_rows(std::vector<SequenceRows>& rows, Slot*& encoding);
 
   Engine& engine_;
   const GeneratorOptions options_;
