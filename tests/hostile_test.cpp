@@ -1559,30 +1559,50 @@ std::string http_case_name(const ::testing::TestParamInfo<HttpCase>& info) {
 
 INSTANTIATE_TEST_SUITE_P(Server, HostileHttp, ::testing::ValuesIn(http_cases()), http_case_name);
 
+// `n` connections that each send the start of a request head, then one more byte every 500 ms
+// until destroyed: slowloris clients.
+class SlowClients {
+ public:
+  SlowClients(int port, int n) {
+    for (int i = 0; i < n; ++i) {
+      const int fd = connect_to(port);
+      if (fd < 0) continue;
+      ::send(fd, "GET /health HTTP/1.1\r\nHost: x\r\n", 32, MSG_NOSIGNAL);
+      fds_.push_back(fd);
+    }
+    trickle_ = std::thread([this] {
+      while (!done_) {
+        for (int fd : fds_) ::send(fd, "X", 1, MSG_NOSIGNAL);
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      }
+    });
+  }
+  ~SlowClients() {
+    done_ = true;
+    trickle_.join();
+    for (int fd : fds_) ::close(fd);
+  }
+  size_t size() const { return fds_.size(); }
+
+ private:
+  std::vector<int> fds_;
+  std::atomic<bool> done_{false};
+  std::thread trickle_;
+};
+
+const char* const kHealthRequest = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
 // The reported slowloris: connections that trickle header bytes and never finish held every
 // thread of a fixed pool of 32, and /health stopped answering.
 TEST(HostileServer, SlowClientsDoNotBlockHealth) {
   ServerProcess server(test::data_path(kMobile), {});
   ASSERT_GT(server.port(), 0) << server.log();
-  std::vector<int> slow;
-  for (int i = 0; i < 64; ++i) {
-    const int fd = connect_to(server.port());
-    ASSERT_GE(fd, 0);
-    ::send(fd, "GET /health HTTP/1.1\r\nHost: x\r\n", 32, MSG_NOSIGNAL);
-    slow.push_back(fd);
+  std::string health;
+  {
+    SlowClients slow(server.port(), 64);
+    ASSERT_EQ(slow.size(), 64u);
+    health = exchange(server.port(), kHealthRequest);
   }
-  std::atomic<bool> done{false};
-  std::thread trickle([&] {
-    while (!done) {
-      for (int fd : slow) ::send(fd, "X", 1, MSG_NOSIGNAL);
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    }
-  });
-  const std::string health =
-      exchange(server.port(), "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-  done = true;
-  trickle.join();
-  for (int fd : slow) ::close(fd);
   EXPECT_EQ(health.rfind("HTTP/1.1 200", 0), 0u) << health;
   EXPECT_TRUE(server.stop()) << server.log().substr(0, 4000);
 }
@@ -1594,31 +1614,17 @@ TEST(HostileServer, SlowClientsBeyondTheConnectionCapDoNotBlockHealth) {
   ServerProcess server(test::data_path(kMobile), {"--max-connections", "8", "--max-queue", "2",
                                                   "--parallel", "1", "--header-timeout", "2"});
   ASSERT_GT(server.port(), 0) << server.log();
-  std::vector<int> slow;
-  for (int i = 0; i < 40; ++i) {
-    const int fd = connect_to(server.port());
-    ASSERT_GE(fd, 0);
-    ::send(fd, "GET /health HTTP/1.1\r\nHost: x\r\n", 32, MSG_NOSIGNAL);
-    slow.push_back(fd);
-  }
-  std::atomic<bool> done{false};
-  std::thread trickle([&] {
-    while (!done) {
-      for (int fd : slow) ::send(fd, "X", 1, MSG_NOSIGNAL);
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    }
-  });
   std::string health;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kTimeoutSeconds);
-  while (health.rfind("HTTP/1.1 200", 0) != 0 && std::chrono::steady_clock::now() < deadline) {
-    health =
-        exchange(server.port(), "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    if (health.rfind("HTTP/1.1 200", 0) != 0)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  {
+    SlowClients slow(server.port(), 40);
+    ASSERT_EQ(slow.size(), 40u);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kTimeoutSeconds);
+    while (health.rfind("HTTP/1.1 200", 0) != 0 && std::chrono::steady_clock::now() < deadline) {
+      health = exchange(server.port(), kHealthRequest);
+      if (health.rfind("HTTP/1.1 200", 0) != 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
-  done = true;
-  trickle.join();
-  for (int fd : slow) ::close(fd);
   EXPECT_EQ(health.rfind("HTTP/1.1 200", 0), 0u) << health;
   EXPECT_TRUE(server.stop()) << server.log().substr(0, 4000);
 }
