@@ -356,6 +356,41 @@ TEST_F(ImageFiles, TruncatedBmpIsRefused) {
                              "12341 bytes; the file is truncated"));
 }
 
+// Found by the image fuzz target: stb_image decodes a truncated binary PNM, its missing samples
+// left as uninitialized heap memory (a crash under ASan).
+TEST_F(ImageFiles, TruncatedPnmIsRefused) {
+  // 2x2 RGB, 8 bits, with a comment in the header; then the same grey values at 16 bits.
+  std::string p6 = "P6\n# made by hand\n2 2\n255\n";
+  const std::string rgb = {10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120};
+  write_bytes(path("full.ppm"), std::vector<uint8_t>(p6.begin(), p6.end()));
+  std::vector<uint8_t> bytes(p6.begin(), p6.end());
+  bytes.insert(bytes.end(), rgb.begin(), rgb.end());
+  write_bytes(path("full.ppm"), bytes);
+  EXPECT_EQ(load_image(path("full.ppm")).rgb, std::vector<uint8_t>(rgb.begin(), rgb.end()));
+  bytes.pop_back();
+  write_bytes(path("cut.ppm"), bytes);
+  std::string msg = error_of([&] { load_image(path("cut.ppm")); });
+  EXPECT_THAT(msg, HasSubstr(path("cut.ppm")));
+  EXPECT_THAT(msg, HasSubstr("is a 2x2 PNM whose samples end at byte " +
+                             std::to_string(p6.size() + 12) + ", but the file has " +
+                             std::to_string(p6.size() + 11) + " bytes; the file is truncated"));
+
+  // 16 bits: stb_image converts the channels of a complete one wrongly, reading beyond its
+  // buffer; refused whole or truncated.
+  const std::string p5 = "P5 1 2 65535\n";
+  std::vector<uint8_t> grey(p5.begin(), p5.end());
+  grey.insert(grey.end(), {0x12, 0x34, 0xff, 0xff});  // big-endian samples
+  write_bytes(path("wide.pgm"), grey);
+  msg = error_of([&] { load_image(path("wide.pgm")); });
+  EXPECT_THAT(msg, HasSubstr("is a 16-bit PNM (maximum sample value over 255), which stb_image "
+                             "cannot convert safely"));
+  grey.pop_back();
+  write_bytes(path("cut.pgm"), grey);
+  msg = error_of([&] { load_image(path("cut.pgm")); });
+  EXPECT_THAT(msg, HasSubstr("is a 1x2 PNM whose samples end at byte 17, but the file has 16 "
+                             "bytes; the file is truncated"));
+}
+
 TEST_F(ImageFiles, TextFileIsRefused) {
   test::write_text(path("notes.png"), "This is plain text, not a picture.\n");
   const std::string msg = error_of([&] { load_image(path("notes.png")); });
