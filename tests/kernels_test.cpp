@@ -650,16 +650,23 @@ TEST(BatchInvariance, LinearRowsEqualPairResults) {
   }
 }
 
-// The few-row int8 kernel (2 <= n <= linear_q8_few_rows_max()) against the panel kernel it
-// stands in for, bitwise, row by row: outputs of full and of last partial panels, K within one
-// panel chunk and past it, an odd group count (the unpaired last group of the VNNI layout).
-TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
-  std::mt19937 rng(23);
+// Quantized weights for the bitwise kernel comparisons: outputs of full and of last partial
+// panels, K within one panel chunk and past it, an odd group count (the unpaired last group of
+// the VNNI layout), each scale dtype.
+std::vector<TestWeight> few_row_weights(std::mt19937& rng) {
   std::vector<TestWeight> ws;
   ws.push_back(make_quantized(37, 192, DType::BF16, 1, rng));
   ws.push_back(make_quantized(70, 2624, DType::F16, 0, rng));
   ws.push_back(make_quantized(45, 4160, DType::BF16, 0, rng));
   ws.push_back(make_quantized(300, 576, DType::F32, 1, rng));
+  return ws;
+}
+
+// The few-row int8 kernel (2 <= n <= linear_q8_few_rows_max()) against the panel kernel it
+// stands in for, bitwise, row by row, with and without bias.
+TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
+  std::mt19937 rng(23);
+  const std::vector<TestWeight> ws = few_row_weights(rng);
   std::string ran;
   for (int threads : {1, 3}) {
     SCOPED_TRACE("threads=" + std::to_string(threads));
@@ -705,13 +712,15 @@ TEST(BatchInvariance, AvxVnniKernelEqualsPmaddubswBitwise) {
   if (std::find(targets.begin(), targets.end(), int64_t{HWY_AVX2}) == targets.end())
     GTEST_SKIP() << "not run: the AVX2 target is not built or not supported here";
   std::mt19937 rng(24);
-  std::vector<TestWeight> ws;
-  ws.push_back(make_quantized(37, 192, DType::BF16, 1, rng));
-  ws.push_back(make_quantized(70, 2624, DType::F16, 0, rng));
-  ws.push_back(make_quantized(45, 4160, DType::BF16, 0, rng));
-  ws.push_back(make_quantized(300, 576, DType::F32, 1, rng));
+  std::vector<TestWeight> ws = few_row_weights(rng);
   ws.push_back(make_quantized(1030, 2560, DType::BF16, 1, rng));
   hwy::SetSupportedTargetsForTest(HWY_AVX2);
+  struct Restore {  // also when an assertion below ends the test early
+    ~Restore() {
+      cpu::set_avx_vnni_enabled(true);
+      hwy::SetSupportedTargetsForTest(0);
+    }
+  } restore;
   ASSERT_STREQ(cpu::target_name(), "AVX2");
   auto run = [](bool avx_vnni, const Weight& w, const float* x, int64_t n, const float* b,
                 bool gemm) {
@@ -739,8 +748,6 @@ TEST(BatchInvariance, AvxVnniKernelEqualsPmaddubswBitwise) {
       }
     }
   }
-  cpu::set_avx_vnni_enabled(true);
-  hwy::SetSupportedTargetsForTest(0);
 }
 
 // |got - want| <= rel * |want| + abs for every element.
