@@ -908,6 +908,11 @@ std::vector<Case> model_cases() {
        none(),
        {"gemma-bench", "{M}", "--threads", "1000", "--skip-image"},
        "--threads is 1000, expected at most 256"});
+  add({"BenchSimdTargetUnknown",
+       kOrig,
+       none(),
+       {"gemma-bench", "{M}", "--simd-target", "BOGUS", "--skip-image"},
+       "--simd-target BOGUS: not a SIMD target this build and CPU run"});
   add({"BenchImageGarbage",
        kOrig,
        image("garbage"),
