@@ -1474,8 +1474,8 @@ std::vector<HttpCase> http_cases() {
              "POST /v1/chat/completions HTTP/1.1\r\nConnection: close\r\nContent-Length: "
              "-5\r\n\r\n");
        },
-       413,
-       "over the limit of"},
+       400,
+       "the Content-Length header '-5' is not a number of bytes"},
       {"ContentLengthHuge",
        {},
        [=] {
@@ -1484,7 +1484,7 @@ std::vector<HttpCase> http_cases() {
              "99999999999999999999\r\n\r\n");
        },
        413,
-       ""},
+       "over the limit of 33554432 (--max-body)"},
       {"ChunkedBadSize",
        {},
        [=] {

@@ -1109,6 +1109,30 @@ TEST(Server, HeadTrickledPastItsDeadlineIsClosedWith408) {
   EXPECT_THAT(got, HasSubstr("did not arrive within 1 s (--header-timeout)"));
 }
 
+// A Content-Length over --max-body is answered 413 at once, without reading the body: a client
+// that keeps trickling it would otherwise hold the connection's thread for as long as it sends.
+TEST(Server, BodyOverTheLimitGets413WithoutReadingIt) {
+  ServerOptions o;
+  o.max_body = 1000;
+  TestServer s(o);
+  RawClient c(s.port());
+  ASSERT_TRUE(
+      c.send_raw("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                 "application/json\r\nContent-Length: 5000\r\n\r\n{"));
+  // 50 s at a byte every 200 ms: far longer than the server's 10 s read timeout between bytes.
+  bool answered = false;
+  for (int sent = 1; sent < 250 && !answered; ++sent) {
+    pollfd p{c.fd(), POLLIN, 0};
+    answered = poll(&p, 1, 200) > 0;
+    if (!answered && !c.send_raw(" ")) break;
+  }
+  EXPECT_TRUE(answered);
+  const std::string got = c.read_to_end();
+  EXPECT_THAT(got, StartsWith("HTTP/1.1 413 Payload Too Large\r\n"));
+  EXPECT_THAT(got,
+              HasSubstr("the request body is 5000 bytes, over the limit of 1000 (--max-body)"));
+}
+
 // A head may hold 64 KiB (common servers allow less); beyond it 431, without reading the rest.
 TEST(Server, HeadOverItsSizeBoundGets431) {
   TestServer s;
@@ -1202,7 +1226,7 @@ TEST(Server, KeepAlivePipeliningAndSlowBodiesWithinTheHeadDeadline) {
   EXPECT_EQ(c.read_to_end(), "");
 
   // 200 bytes, 10 every 200 ms: 4 s of body after a head sent at once.
-  std::string body = json{{"prompt", "Once upon"}, {"max_tokens", 2}}.dump();
+  std::string body = json{{"prompt", "Once upon"}, {"max_tokens", 2}, {"temperature", 0}}.dump();
   body.insert(body.size() - 1, std::string(200 - body.size(), ' '));
   RawClient slow(s.port());
   ASSERT_TRUE(slow.send_raw(

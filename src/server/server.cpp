@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -40,6 +41,11 @@ thread_local bool t_refuse = false;
 // Whether this thread's current request was answered 408 or 431 by the connection loop (httplib's
 // 400 for its unfinished head is not logged).
 thread_local bool t_head_refused = false;
+
+// A Content-Length value as HTTP defines it: one or more decimal digits.
+bool is_decimal(const std::string& v) {
+  return !v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
 
 // Whether the client of a waiting request is still connected. A streamed answer asks its
 // DataSink::is_writable; a non-streamed request waits with no response yet, and httplib 0.11 gives
@@ -159,8 +165,11 @@ class HttpServer : public httplib::Server {
         break;
       conn.begin_request(start + head_timeout);
       bool closed = false;
-      ret = process_request(conn, left == 1, closed, [&](httplib::Request&) { conn.head_done(); });
-      if (conn.refused_head()) {
+      ret = process_request(conn, left == 1, closed, [&](httplib::Request& req) {
+        conn.head_done();
+        if (!body_length_ok(req)) conn.refuse_body();
+      });
+      if (conn.refused_head() || conn.refused_body()) {
         linger(sock);
         break;
       }
@@ -171,8 +180,19 @@ class HttpServer : public httplib::Server {
     return ret;
   }
 
-  // After a 408 or 431 the client may still be sending: closing on unread bytes would reset the
-  // connection, and the client could lose the answer. So the answer is followed by the end of
+  // Whether the body's Content-Length, if any, is a number of bytes within --max-body. httplib
+  // reads and discards a larger body before it answers 413 (for up to the read timeout between
+  // bytes, for ever from a client that keeps sending), and reads "-5" as 2^64 - 5.
+  bool body_length_ok(const httplib::Request& req) const {
+    if (!req.has_header("Content-Length") || req.has_header("Transfer-Encoding")) return true;
+    const std::string v = req.get_header_value("Content-Length");
+    uint64_t n = 0;
+    return is_decimal(v) && std::from_chars(v.data(), v.data() + v.size(), n).ec == std::errc() &&
+           n <= payload_max_length_;
+  }
+
+  // After a 408, 413 or 431 the client may still be sending: closing on unread bytes would reset
+  // the connection, and the client could lose the answer. So the answer is followed by the end of
   // the server's side, and what the client still sends is read for at most a second.
   static void linger(socket_t sock) {
     ::shutdown(sock, SHUT_WR);
@@ -225,6 +245,10 @@ class HttpServer : public httplib::Server {
     void head_done() { in_head_ = false; }
     // Whether the request's head was answered 408 or 431: nothing more goes in or out.
     bool refused_head() const { return refused_; }
+    // The body is not read (it ends at once for httplib, which then answers 413), and the
+    // connection closes after the answer.
+    void refuse_body() { body_refused_ = true; }
+    bool refused_body() const { return body_refused_; }
 
     bool is_readable() const override { return off_ < size_ || poll_for(POLLIN, read_wait_ms()); }
     // As httplib's: the socket takes bytes, and the peer has not closed it (a readable socket
@@ -237,6 +261,7 @@ class HttpServer : public httplib::Server {
     }
     ssize_t read(char* ptr, size_t size) override {
       if (refused_) return -1;
+      if (body_refused_) return 0;
       if (off_ == size_) {
         // Checked at each refill too: a head whose bytes never stop coming has the same deadline.
         const bool late = in_head_ && std::chrono::steady_clock::now() >= deadline_;
@@ -324,7 +349,7 @@ class HttpServer : public httplib::Server {
     const int fd_;
     const int64_t read_timeout_ms_, write_timeout_ms_;
     std::chrono::steady_clock::time_point deadline_;
-    bool in_head_ = false, refused_ = false;
+    bool in_head_ = false, refused_ = false, body_refused_ = false;
     size_t head_bytes_ = 0;  // of the current request's head, so far
     char buf_[4096];
     size_t off_ = 0, size_ = 0;
@@ -810,6 +835,11 @@ void Server::Impl::routes() {
                         "no route " + req.method + " " + req.path +
                             " (the server has POST /v1/chat/completions, POST "
                             "/v1/completions, GET /v1/models, GET /health, GET /metrics, GET /)"));
+    else if (res.status == 413 && !is_decimal(req.get_header_value("Content-Length")))
+      reply_error(res,
+                  ApiError(400, "invalid_request_error", "bad_request",
+                           "the Content-Length header '" + req.get_header_value("Content-Length") +
+                               "' is not a number of bytes"));
     else if (res.status == 413)
       reply_error(res, ApiError(413, "invalid_request_error", "request_too_large",
                                 "the request body is " + req.get_header_value("Content-Length") +
