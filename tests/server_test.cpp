@@ -647,11 +647,17 @@ TEST(Server, ConcurrentStreamsBothProgress) {
   const json h = s.health();
   EXPECT_EQ(h["slots_busy"], 2);
   EXPECT_EQ(h["slots"].size(), 2u);
-  EXPECT_EQ(h["slots"][0]["busy"], true);
-  EXPECT_EQ(h["slots"][1]["busy"], true);
+  for (const json& slot : h["slots"]) {
+    EXPECT_EQ(slot["busy"], true);
+    EXPECT_EQ(slot["state"], "generating");
+    EXPECT_GT(slot["prompt_tokens"]["total"], 0);
+    EXPECT_EQ(slot["prompt_tokens"]["done"], slot["prompt_tokens"]["total"]);
+    EXPECT_FALSE(slot.contains("image_encoding"));
+  }
   a.close();
   b.close();
   EXPECT_TRUE(s.wait_health([](const json& h) { return h["cancelled"] == 2 && !h["busy"]; }));
+  EXPECT_EQ(s.health()["slots"][0]["state"], "idle");
 }
 
 // A greedy request gives the same answer alone (cold) and again from its warm prompt cache while
@@ -808,8 +814,14 @@ TEST(Server, RunningStreamGetsTokensWhileAnImageIsEncoded) {
     std::unique_lock<std::mutex> lock(j.mutex);
     j.changed.wait(lock, [&] { return j.done; });
   };
+  // (steps run, steps in all) of the image encoding as /health shows it, at each stage.
+  std::vector<std::pair<int, int>> shown;
   engine.set_vision_observer([&](int stage, const float*, int64_t) {
-    events.emplace_back(stage, g.stats().generated_tokens);
+    const GeneratorStats st = g.stats();
+    events.emplace_back(stage, st.generated_tokens);
+    for (const SlotStats& slot : st.slots)
+      if (slot.busy && !slot.generating)
+        shown.emplace_back(slot.image_steps_done, slot.image_steps);
     if (leaving && stage == 0) g.cancel(leaving);
   });
   auto start_stream = [&] {
@@ -836,6 +848,9 @@ TEST(Server, RunningStreamGetsTokensWhileAnImageIsEncoded) {
     }
   }
   EXPECT_LT(events.back().second, 40) << "the stream ended before the image was encoded";
+  // Each stage sees the steps before it; the first, the encoding not yet begun.
+  EXPECT_EQ(shown, (std::vector<std::pair<int, int>>{{0, 0}, {1, 4}, {2, 4}, {3, 4}}));
+  for (const SlotStats& slot : g.stats().slots) EXPECT_EQ(slot.image_steps, 0);
   EXPECT_EQ(a->result.ids, text_ref);
   EXPECT_EQ(b->result.ids, image_ref);
   EXPECT_EQ(b->result.prefill.n_images, 1);

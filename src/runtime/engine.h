@@ -159,6 +159,12 @@ class Session {
   void image_step();
   // An encoding is under way (begun, not ended): it holds one image's activations.
   bool image_encoding() const { return encoding_ != nullptr; }
+  // Of the encoding under way: steps run and steps in all (0 and 0 when none).
+  int image_steps_done() const { return encoding_ ? encoding_->steps_done() : 0; }
+  int image_steps() const { return encoding_ ? encoding_->n_steps() : 0; }
+  // Of the prompt begun last: positions run (those from the cache included) and in all.
+  int prompt_done() const { return prompt_.next; }
+  int prompt_size() const { return static_cast<int>(prompt_.ids.size()); }
   // Drops the rest of the pending prompt and a paused image encoding (its memory is freed); the
   // cache keeps the positions already run.
   void cancel_prompt();

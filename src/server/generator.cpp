@@ -159,7 +159,10 @@ void Generator::admit() {
     best->job = job;
     best->last_used = ++clock_;
     const size_t i = best - slots_.data();
-    slot_stats_[i] = {true, job->tag, best->session->n_cached()};
+    slot_stats_[i] = {};
+    slot_stats_[i].busy = true;
+    slot_stats_[i].tag = job->tag;
+    slot_stats_[i].n_cached = best->session->n_cached();
     queue_.pop_front();
   }
 }
@@ -234,6 +237,8 @@ bool Generator::step() {
   if (encoding) {
     try {
       encoding->session->image_step();
+      std::lock_guard<std::mutex> lock(mutex_);
+      note_progress(*encoding);
     } catch (const std::exception& e) {
       finish(*encoding, e.what());
     }
@@ -278,10 +283,21 @@ void Generator::forward(const std::vector<SequenceRows>& rows, const std::vector
     stats_.busy_s += dt;
     stats_.prompt_tokens += prompt_rows;
     stats_.generated_tokens += generated;
-    for (size_t i = 0; i < slots_.size(); ++i)
-      if (slots_[i].job) slot_stats_[i].n_cached = slots_[i].session->n_cached();
+    for (const Slot& s : slots_)
+      if (s.job) note_progress(s);
   }
   for (Slot* s : ended) finish(*s);
+}
+
+void Generator::note_progress(const Slot& slot) {
+  SlotStats& st = slot_stats_[&slot - slots_.data()];
+  const Session& se = *slot.session;
+  st.n_cached = se.n_cached();
+  st.prompt_done = se.prompt_done();
+  st.prompt_size = se.prompt_size();
+  st.generating = slot.sampling;
+  st.image_steps_done = se.image_steps_done();
+  st.image_steps = se.image_steps();
 }
 
 void Generator::deliver(Slot& slot, const std::string& text) {
@@ -312,7 +328,8 @@ void Generator::finish(Slot& slot, const std::string& error) {
     else
       ++stats_.completed;
     const size_t i = &slot - slots_.data();
-    slot_stats_[i] = {false, "", slot.session->n_cached()};
+    slot_stats_[i] = {};
+    slot_stats_[i].n_cached = slot.session->n_cached();
   }
   if (options_.log) {
     if (!error.empty())

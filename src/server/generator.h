@@ -45,6 +45,11 @@ struct SlotStats {
   bool busy = false;
   std::string tag;   // the job's, when busy
   int n_cached = 0;  // positions its cache holds
+  // When busy: the prompt's positions run (those from the prompt cache included) and in all;
+  // whether it is generating; the steps of its image encoding run and in all (0 when none).
+  int prompt_done = 0, prompt_size = 0;
+  bool generating = false;
+  int image_steps_done = 0, image_steps = 0;
 };
 
 struct GeneratorStats {
@@ -117,6 +122,8 @@ class Generator {
   void forward(const std::vector<SequenceRows>& rows, const std::vector<Slot*>& who);
   void start(Slot& slot);
   void deliver(Slot& slot, const std::string& text);
+  // slot_stats_ of a busy slot from its session (under mutex_).
+  void note_progress(const Slot& slot);
   void finish(Slot& slot, const std::string& error = "");
   // Rows of the slots: the next token of each decoding one, a chunk of one prompting one (the
   // one whose prompt waited longest); appends to `rows` and returns whose they are. `encoding`:

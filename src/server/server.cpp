@@ -695,11 +695,22 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Job> job,
 json Server::Impl::health() const {
   const GeneratorStats s = generator.stats();
   json slots = json::array();
-  for (size_t i = 0; i < s.slots.size(); ++i)
-    slots.push_back({{"id", i},
-                     {"busy", s.slots[i].busy},
-                     {"request", s.slots[i].busy ? json(s.slots[i].tag) : json(nullptr)},
-                     {"cached_tokens", s.slots[i].n_cached}});
+  for (size_t i = 0; i < s.slots.size(); ++i) {
+    const SlotStats& t = s.slots[i];
+    json slot = {{"id", i},
+                 {"busy", t.busy},
+                 {"request", t.busy ? json(t.tag) : json(nullptr)},
+                 {"cached_tokens", t.n_cached}};
+    if (t.busy) {
+      slot["state"] = t.generating ? "generating" : t.image_steps > 0 ? "encoding_image" : "prompt";
+      slot["prompt_tokens"] = {{"done", t.prompt_done}, {"total", t.prompt_size}};
+      if (t.image_steps > 0)
+        slot["image_encoding"] = {{"steps_done", t.image_steps_done}, {"steps", t.image_steps}};
+    } else {
+      slot["state"] = "idle";
+    }
+    slots.push_back(std::move(slot));
+  }
   return {{"status", "ok"},
           {"model", model},
           {"ctx_size", options.ctx_size},
