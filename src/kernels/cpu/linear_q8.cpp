@@ -963,6 +963,8 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
 // Where the panel kernel overtakes it (BM_LinearQ8Target, docs/BENCHMARKS.md): with
 // vpdpbusd panels at 8 rows, with pmaddubsw ones at 16.
 constexpr int64_t kFewRows = GP_Q8_VNNI512 ? 4 : 8;
+// With AVX3's 512-bit vpdpbusd panels too (docs/BENCHMARKS.md, AVX512-VNNI for the AVX3 target).
+HWY_INLINE int64_t FewRowsMax() { return UseVnni512() ? 4 : kFewRows; }
 using D4 = hn::Full128<float>;
 using D4I = hn::Full128<int32_t>;
 
@@ -1195,7 +1197,7 @@ void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const
 // The most rows the few-row kernel takes on this target (0: none).
 int64_t FewRowsMaxImpl() {
 #if GP_Q8_FEW
-  return kFewRows;
+  return FewRowsMax();
 #else
   return 0;
 #endif
@@ -1219,7 +1221,7 @@ const char* Q8KernelNameImpl() {
 void LinearQ8BatchImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
   if (n <= 0 || w.out <= 0) return;
 #if GP_Q8_FEW
-  if (n <= kFewRows) return LinearQ8FewImpl(w, x, n, y, bias);
+  if (n <= FewRowsMax()) return LinearQ8FewImpl(w, x, n, y, bias);
 #endif
   GemmQ8(w, x, n, y, bias);
 }
