@@ -254,19 +254,26 @@ BENCHMARK(BM_RopePrefill)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // The int8-activation linear on the best SIMD target of this CPU (simd = 0: AVX3_DL's vpdpbusd
 // where the CPU has AVX-512 VNNI), on forced AVX2 with pmaddubsw (simd = 1) and on forced AVX2
-// with AVX-VNNI's 256-bit vpdpbusd (simd = 2, where the CPU has it), same weights and rows, for
-// decode (n = 1, weights cycled through 256 MB as BM_LinearDecode) and prefill. Run with
+// with AVX-VNNI's 256-bit vpdpbusd (simd = 2, where the CPU has it), on forced AVX3 with
+// pmaddubsw (simd = 3) and on forced AVX3 with AVX512-VNNI's 512-bit vpdpbusd (simd = 4, where
+// the CPU has it: Cascade Lake's kernels), same weights and rows, for decode (n = 1, weights
+// cycled through 256 MB as BM_LinearDecode) and prefill. Run with
 // --benchmark_enable_random_interleaving=true --benchmark_repetitions=N so that they alternate
 // on a busy machine.
 void BM_LinearQ8Target(benchmark::State& state) {
   const int64_t n = state.range(0), in = state.range(1), out = state.range(2);
-  const int64_t target = state.range(3) >= 1 ? HWY_AVX2 : 0;
+  const int64_t simd = state.range(3);
+  const int64_t target = simd >= 3 ? HWY_AVX3 : simd >= 1 ? HWY_AVX2 : 0;
   if (target != 0 && (hwy::SupportedTargets() & target) == 0) {
     state.SkipWithError("this CPU does not run the forced target");
     return;
   }
-  if (state.range(3) == 2 && !cpu::cpu_has_avx_vnni()) {
+  if (simd == 2 && !cpu::cpu_has_avx_vnni()) {
     state.SkipWithError("this CPU has no AVX-VNNI");
+    return;
+  }
+  if (simd == 4 && !cpu::cpu_has_avx512_vnni()) {
+    state.SkipWithError("this CPU has no AVX512-VNNI");
     return;
   }
   const size_t bytes = QuantWeight(1, in, 0).w.bytes() * out;
@@ -277,7 +284,8 @@ void BM_LinearQ8Target(benchmark::State& state) {
   const std::vector<float> x = activations(n * in);
   std::vector<float> y(n * out);
   hwy::SetSupportedTargetsForTest(target);
-  cpu::set_avx_vnni_enabled(state.range(3) != 1);
+  cpu::set_avx_vnni_enabled(simd != 1);
+  cpu::set_avx512_vnni_enabled(simd != 3);
   size_t c = 0;
   for (auto _ : state) {
     cpu::linear_q8(ws[c].w, x.data(), n, y.data());
@@ -285,18 +293,19 @@ void BM_LinearQ8Target(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
   }
   cpu::set_avx_vnni_enabled(true);
+  cpu::set_avx512_vnni_enabled(true);
   hwy::SetSupportedTargetsForTest(0);
   set_flops(state, 2.0 * n * in * out);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * ws[0].w.bytes()));
 }
 BENCHMARK(BM_LinearQ8Target)
     ->ArgNames({"n", "in", "out", "simd"})
-    ->ArgsProduct({{1}, {2560}, {10240}, {0, 1, 2}})
-    ->ArgsProduct({{1}, {10240}, {2560}, {0, 1, 2}})
-    ->ArgsProduct({{2, 4, 8}, {2560}, {10240}, {0, 1, 2}})
-    ->ArgsProduct({{2, 4, 8}, {10240}, {2560}, {0, 1, 2}})
-    ->ArgsProduct({{16, 64, 512}, {2560}, {10240}, {0, 1, 2}})
-    ->ArgsProduct({{16, 512}, {10240}, {2560}, {0, 1, 2}})
+    ->ArgsProduct({{1}, {2560}, {10240}, {0, 1, 2, 3, 4}})
+    ->ArgsProduct({{1}, {10240}, {2560}, {0, 1, 2, 3, 4}})
+    ->ArgsProduct({{2, 4, 8}, {2560}, {10240}, {0, 1, 2, 3, 4}})
+    ->ArgsProduct({{2, 4, 8}, {10240}, {2560}, {0, 1, 2, 3, 4}})
+    ->ArgsProduct({{16, 64, 512}, {2560}, {10240}, {0, 1, 2, 3, 4}})
+    ->ArgsProduct({{16, 512}, {10240}, {2560}, {0, 1, 2, 3, 4}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -47,7 +47,8 @@ std::set<std::string>& q8_kernels_run() {
 
 // Runs fn once per int8 kernel of linear_q8 that this CPU runs on the current target: on 64-bit
 // ARM each NEON kernel set it supports (sdot, widening multiply-adds); on x86's AVX2 target
-// vpdpbusd (AVX-VNNI) where the CPU has it and pmaddubsw + pmaddwd; elsewhere the one kernel.
+// vpdpbusd (AVX-VNNI) where the CPU has it and pmaddubsw + pmaddwd, on its AVX3 target 512-bit
+// vpdpbusd (AVX512-VNNI) where the CPU has it and pmaddubsw + pmaddwd; elsewhere the one kernel.
 template <class Fn>
 void for_each_q8_kernel(const Fn& fn) {
 #if defined(__aarch64__)
@@ -60,16 +61,18 @@ void for_each_q8_kernel(const Fn& fn) {
   cpu::arm::set_q8_kernels_for_test(nullptr);
 #else
   std::string last;
-  for (bool avx_vnni : {true, false}) {
-    cpu::set_avx_vnni_enabled(avx_vnni);
+  for (bool vnni : {true, false}) {
+    cpu::set_avx_vnni_enabled(vnni);
+    cpu::set_avx512_vnni_enabled(vnni);
     const std::string name = cpu::linear_q8_kernel_name();
-    if (name == last) continue;  // a target without an AVX-VNNI variant
+    if (name == last) continue;  // a target without a VNNI variant
     last = name;
     SCOPED_TRACE(name);
     q8_kernels_run().insert(std::string(cpu::target_name()) + ": " + name);
     fn();
   }
   cpu::set_avx_vnni_enabled(true);
+  cpu::set_avx512_vnni_enabled(true);
 #endif
 }
 
@@ -103,9 +106,10 @@ TEST(Dispatch, BestTargetAndInt8Kernel) {
 #endif
 }
 
-// cpu_has_avx_vnni (CPUID) agrees with the flags the Linux kernel reports, and each target
-// names the int8 kernel it runs: the AVX2 target vpdpbusd exactly where the CPU has AVX-VNNI
-// and it is not turned off, AVX3_DL its 512-bit vpdpbusd.
+// cpu_has_avx_vnni and cpu_has_avx512_vnni (CPUID) agree with the flags the Linux kernel
+// reports, and each target names the int8 kernel it runs: the AVX2 target vpdpbusd exactly where
+// the CPU has AVX-VNNI and it is not turned off, AVX3 its 512-bit vpdpbusd exactly where the CPU
+// has AVX512-VNNI and it is not turned off, AVX3_DL its 512-bit vpdpbusd always.
 TEST(Dispatch, AvxVnniAsTheCpuReportsIt) {
 #if defined(__x86_64__) && defined(__linux__)
   std::ifstream f("/proc/cpuinfo");
@@ -114,8 +118,10 @@ TEST(Dispatch, AvxVnniAsTheCpuReportsIt) {
     if (line.rfind("flags", 0) == 0) flags = line + " ";
   ASSERT_FALSE(flags.empty()) << "no flags line in /proc/cpuinfo";
   EXPECT_EQ(cpu::cpu_has_avx_vnni(), flags.find(" avx_vnni ") != std::string::npos);
+  EXPECT_EQ(cpu::cpu_has_avx512_vnni(), flags.find(" avx512_vnni ") != std::string::npos);
 #elif !defined(__x86_64__) && !defined(__i386__)
   EXPECT_FALSE(cpu::cpu_has_avx_vnni());
+  EXPECT_FALSE(cpu::cpu_has_avx512_vnni());
 #endif
   for_each_target([&] {
     const std::string target = cpu::target_name();
@@ -130,8 +136,21 @@ TEST(Dispatch, AvxVnniAsTheCpuReportsIt) {
       cpu::set_avx_vnni_enabled(true);
       EXPECT_EQ(cpu::avx_vnni_in_use(), cpu::cpu_has_avx_vnni());
     }
+    if (target == "AVX3") {
+      EXPECT_STREQ(cpu::linear_q8_kernel_name(), cpu::cpu_has_avx512_vnni()
+                                                     ? "vpdpbusd 512-bit (AVX512-VNNI)"
+                                                     : "pmaddubsw + pmaddwd 256-bit");
+      cpu::set_avx512_vnni_enabled(false);
+      EXPECT_FALSE(cpu::avx512_vnni_in_use());
+      EXPECT_STREQ(cpu::linear_q8_kernel_name(), "pmaddubsw + pmaddwd 256-bit");
+      cpu::set_avx512_vnni_enabled(true);
+      EXPECT_EQ(cpu::avx512_vnni_in_use(), cpu::cpu_has_avx512_vnni());
+    }
     if (target == "AVX3_DL") {
       EXPECT_STREQ(cpu::linear_q8_kernel_name(), "vpdpbusd 512-bit (AVX512-VNNI)");
+      cpu::set_avx512_vnni_enabled(false);  // AVX3_DL implies AVX512-VNNI: no other kernel
+      EXPECT_STREQ(cpu::linear_q8_kernel_name(), "vpdpbusd 512-bit (AVX512-VNNI)");
+      cpu::set_avx512_vnni_enabled(true);
     }
   });
 }
@@ -760,6 +779,92 @@ void expect_close(const float* got, const float* want, int64_t n, double rel, do
       ++failures;
     }
   }
+}
+
+// The AVX3 target (Intel Skylake-SP and later without AVX3_DL's VBMI: Cascade Lake, Cooper Lake)
+// runs AVX3_DL's 512-bit vpdpbusd one-row and panel kernels where the CPU has AVX512-VNNI, and
+// its 256-bit pmaddubsw + pmaddwd ones where not (or turned off). Integer sums are exact, so the
+// outputs equal bit for bit: VNNI on and AVX3_DL for every n (the same kernels and float
+// chains); VNNI on and off for every n >= 2 and for the panel kernel at any n (each output
+// column's chain is the same whatever the panel width). One row with VNNI off sums its groups in
+// the 8-lane chains of the 256-bit kernel (a different float order): within f32 rounding there.
+TEST(BatchInvariance, Avx512VnniOnAvx3EqualsAvx3DlAndPmaddubswBitwise) {
+  if (!cpu::cpu_has_avx512_vnni()) {
+    GTEST_SKIP() << "not run: this CPU reports no AVX512-VNNI (CPUID leaf 7, ECX bit 11), so its "
+                    "AVX3 target runs only pmaddubsw + pmaddwd (tested by the other tests)";
+  }
+  const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  auto has = [&](int64_t t) {
+    return std::find(targets.begin(), targets.end(), t) != targets.end();
+  };
+  if (!has(HWY_AVX3)) GTEST_SKIP() << "not run: the AVX3 target is not built or not supported here";
+  const bool with_dl = has(HWY_AVX3_DL);
+  std::mt19937 rng(25);
+  std::vector<TestWeight> ws = few_row_weights(rng);
+  ws.push_back(make_quantized(1030, 2560, DType::BF16, 1, rng));
+  ws.push_back(make_quantized(40, 10240, DType::BF16, 0, rng));
+  struct Restore {  // also when an assertion below ends the test early
+    ~Restore() {
+      cpu::set_avx512_vnni_enabled(true);
+      hwy::SetSupportedTargetsForTest(0);
+    }
+  } restore;
+  // y of linear_q8 (or linear_q8_gemm) on `target`, with AVX512-VNNI on or off.
+  auto run = [](int64_t target, bool vnni, const Weight& w, const float* x, int64_t n,
+                const float* b, bool gemm) {
+    hwy::SetSupportedTargetsForTest(target);
+    cpu::set_avx512_vnni_enabled(vnni);
+    EXPECT_STREQ(cpu::target_name(), hwy::TargetName(target));
+    EXPECT_STREQ(cpu::linear_q8_kernel_name(), vnni || target == HWY_AVX3_DL
+                                                   ? "vpdpbusd 512-bit (AVX512-VNNI)"
+                                                   : "pmaddubsw + pmaddwd 256-bit");
+    std::vector<float> y(n * w.out, std::nanf(""));
+    (gemm ? cpu::linear_q8_gemm : cpu::linear_q8)(w, x, n, y.data(), b);
+    return y;
+  };
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    for (const TestWeight& t : ws) {
+      const std::vector<float> x = randn(65 * t.w.in, rng), bias = randn(t.w.out, rng);
+      for (int64_t n : {1, 2, 3, 5, 8, 9, 16, 65}) {
+        for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
+          for (bool gemm : {false, true}) {
+            const std::string what = "n=" + std::to_string(n) + " out=" + std::to_string(t.w.out) +
+                                     " in=" + std::to_string(t.w.in) +
+                                     " bias=" + std::to_string(b != nullptr) +
+                                     " gemm=" + std::to_string(gemm);
+            const std::vector<float> on = run(HWY_AVX3, true, t.w, x.data(), n, b, gemm);
+            const std::vector<float> off = run(HWY_AVX3, false, t.w, x.data(), n, b, gemm);
+            EXPECT_FALSE(std::isnan(on[0]));
+            const size_t bytes = on.size() * sizeof(float);
+            if (n == 1 && !gemm) {
+              expect_close(on.data(), off.data(), t.w.out, 1e-5, 1e-4, "VNNI on/off, " + what);
+            } else {
+              // With a bias, outputs [lo, hi) are in a full panel of 8 columns, which starts
+              // from the bias, and in the last partial one of 32, which adds it after the first
+              // chunk of inputs: within rounding there.
+              const int64_t out = t.w.out;
+              const int64_t lo = b ? out - out % 32 : 0, hi = b ? out - out % 8 : 0;
+              for (int64_t r = 0; r < n; ++r) {
+                const float *p = on.data() + r * out, *q = off.data() + r * out;
+                ASSERT_EQ(std::memcmp(p, q, lo * sizeof(float)), 0) << "VNNI on/off, " << what;
+                ASSERT_EQ(std::memcmp(p + hi, q + hi, (out - hi) * sizeof(float)), 0)
+                    << "VNNI on/off, " << what;
+                expect_close(p + lo, q + lo, hi - lo, 1e-5, 1e-5, "VNNI on/off, " + what);
+              }
+            }
+            if (with_dl) {
+              const std::vector<float> dl = run(HWY_AVX3_DL, true, t.w, x.data(), n, b, gemm);
+              ASSERT_EQ(std::memcmp(on.data(), dl.data(), bytes), 0) << "AVX3_DL, " << what;
+            }
+          }
+        }
+      }
+    }
+  }
+  std::printf("AVX3 + AVX512-VNNI (vpdpbusd 512-bit) tested against AVX3 pmaddubsw + pmaddwd%s\n",
+              with_dl ? " and AVX3_DL" : " (no AVX3_DL on this CPU)");
 }
 
 TEST(Norms, MatchReference) {

@@ -37,7 +37,7 @@ struct Args {
   bool json_out = false, skip_image = false;
   std::optional<DType> kv;  // --kv; unset: f16 with int8 activations, f32 with --exact ones
   std::string simd_target;  // --simd-target; empty: the best this CPU runs
-  bool no_avx_vnni = false;
+  bool no_avx_vnni = false, no_avx512_vnni = false;
 };
 
 // The 1-minute load average: the machine's own load around a run (foreign load skews a timing).
@@ -257,6 +257,7 @@ int run(const Args& a) {
               cpu::simd_targets_available() + ")");
   }
   if (a.no_avx_vnni) cpu::set_avx_vnni_enabled(false);
+  if (a.no_avx512_vnni) cpu::set_avx512_vnni_enabled(false);
   ModelDir dir(a.model);
   uint64_t lang = 0, vision = 0;
   for (const auto& name : dir.tensor_names())
@@ -408,6 +409,9 @@ int main(int argc, char** argv) {
   app.add_flag("--no-avx-vnni", a.no_avx_vnni,
                "the AVX2 target's int8 kernels use pmaddubsw + pmaddwd even where the CPU has "
                "AVX-VNNI, to compare the two");
+  app.add_flag("--no-avx512-vnni", a.no_avx512_vnni,
+               "the AVX3 target's int8 kernels use 256-bit pmaddubsw + pmaddwd even where the CPU "
+               "has AVX512-VNNI (AVX3_DL always uses it), to compare the two");
   gp::add_kv_option(app, a.kv);
   return gp::run_tool("gemma-bench", app, argc, argv, [&] { return run(a); });
 }

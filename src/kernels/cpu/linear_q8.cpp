@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "base/thread_pool.h"
@@ -94,16 +95,26 @@ GP_AVXVNNI_ATTR HWY_INLINE hn::Vec<DB32> DotAccVnni(hn::Vec<DB32> acc, hn::Vec<D
 #endif
 
 #undef GP_Q8_VNNI512
+#undef GP_Q8_VNNI512_CPU
 #undef GP_VNNI_ATTR
-#if HWY_TARGET == HWY_AVX3_DL
 // 512-bit u8 x i8 dot products of 4 bytes into int32 (vpdpbusd): one instruction where AVX2
 // needs pmaddubsw + pmaddwd + add, over twice the bytes. Highway's AVX3_DL target names only
 // the VEX form (avxvnni), so the functions using it add avx512vnni; Highway picks AVX3_DL only on
-// CPUs that have AVX512-VNNI.
+// CPUs that have AVX512-VNNI (GP_Q8_VNNI512: always taken). Its AVX3 target also runs on CPUs
+// with AVX512-VNNI but no VBMI (Intel Cascade Lake, Cooper Lake), so there the same one-row and
+// panel kernels are taken where the CPU reports it (GP_Q8_VNNI512_CPU, avx512_vnni_in_use()),
+// and the 256-bit pmaddubsw ones elsewhere; only the functions that use it carry avx512vnni.
+#if HWY_TARGET == HWY_AVX3_DL
 #define GP_Q8_VNNI512 1
+#define GP_Q8_VNNI512_CPU 0
+#define GP_VNNI_ATTR __attribute__((target(HWY_TARGET_STR ",avx512vnni")))
+#elif GP_Q8_X86 && HWY_TARGET == HWY_AVX3
+#define GP_Q8_VNNI512 0
+#define GP_Q8_VNNI512_CPU 1
 #define GP_VNNI_ATTR __attribute__((target(HWY_TARGET_STR ",avx512vnni")))
 #else
 #define GP_Q8_VNNI512 0
+#define GP_Q8_VNNI512_CPU 0
 #endif
 
 // 64-bit ARM: the NEON kernels of q8_arm.cpp (sdot or widening multiply-adds, chosen by what
@@ -121,6 +132,18 @@ GP_AVXVNNI_ATTR HWY_INLINE hn::Vec<DB32> DotAccVnni(hn::Vec<DB32> acc, hn::Vec<D
 HWY_INLINE bool UseAvxVnni() {
 #if GP_Q8_AVXVNNI
   return avx_vnni_in_use();
+#else
+  return false;
+#endif
+}
+
+// Whether this call takes the 512-bit vpdpbusd one-row and panel kernels: always on AVX3_DL, on
+// AVX3 where the CPU has AVX512-VNNI.
+HWY_INLINE bool UseVnni512() {
+#if GP_Q8_VNNI512
+  return true;
+#elif GP_Q8_VNNI512_CPU
+  return avx512_vnni_in_use();
 #else
   return false;
 #endif
@@ -148,13 +171,10 @@ HWY_INLINE float RoundQ(float v) {
 // group of xq is stored as its 32 even elements, then its 32 odd ones, as int8, so that the low
 // and the high nibbles each meet their activations in one u8 x i8 multiply-add.
 using XQ = int8_t;
-#if GP_Q8_VNNI512
-using DQ32 = hn::ScalableTag<int32_t>;  // 16 lanes: the scales and biases of one row
-#else
 using DQ32 = DB32;  // int32 partial sums of GroupDotQ
-#endif
+// pairs: the layout of the 512-bit vpdpbusd kernels (UseVnni512()).
 void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
-               float* HWY_RESTRICT xsum) {
+               float* HWY_RESTRICT xsum, [[maybe_unused]] bool pairs = GP_Q8_VNNI512) {
   const int64_t gpr = in / kGroup;
   for (int64_t g = 0; g < gpr; ++g) {
     const float* xg = x + g * kGroup;
@@ -162,11 +182,11 @@ void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTR
     dx[g] = GroupScale(xg, &inv, &xsum[g]);
     XQ* even = xq + g * kGroup;
     XQ* odd = even + kGroup / 2;
-#if GP_Q8_VNNI512
+#if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
     // Two groups' 64 nibble bytes are one 512-bit load: their even elements, then their odd
     // ones, so that each nibble half meets its activations in one vpdpbusd. A last unpaired
     // group keeps the order above.
-    if ((g | 1) < gpr) {
+    if (pairs && (g | 1) < gpr) {
       even = xq + (g & ~int64_t{1}) * kGroup + (g & 1) * (kGroup / 2);
       odd = even + kGroup;
     }
@@ -219,7 +239,7 @@ using D16 = hn::CappedTag<int16_t, 16>;
 using DQ32 = hn::Repartition<int32_t, D16>;
 using XQ = int16_t;
 void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
-               float* HWY_RESTRICT xsum) {
+               float* HWY_RESTRICT xsum, bool /*pairs*/ = false) {
   const size_t L = hn::Lanes(D16());
   for (int64_t g = 0; g < in / kGroup; ++g) {
     const float* xg = x + g * kGroup;
@@ -279,7 +299,7 @@ GP_AVXVNNI_ATTR HWY_INLINE hn::Vec<DF> GroupStep(DF df, const uint32_t* row, int
 }
 #endif
 
-#if GP_Q8_VNNI512
+#if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
 // Two groups' 64 nibble bytes against their xq (even elements of both, then odd ones): lanes
 // 0-7 hold the first group's int32 partial sums, lanes 8-15 the second's, as f32.
 GP_VNNI_ATTR HWY_INLINE __m512 PairDotVnni(const uint8_t* w, const XQ* x, __m512i mask,
@@ -338,11 +358,15 @@ GP_VNNI_ATTR hn::Vec<hn::ScalableTag<float>> RowDotVnni(const uint32_t* row_word
 
 // Rows [r0, r1) one after the other, so each thread reads one sequential stream of weight bytes
 // (four rows side by side, sharing the activation loads, are four short streams that the
-// prefetchers follow badly: slower from DRAM). Four accumulators over the groups.
+// prefetchers follow badly: slower from DRAM). Four accumulators over the groups. kVnni: the
+// target's VNNI variant (AVX-VNNI on AVX2, AVX512-VNNI on AVX3; AVX3_DL has only that one).
 template <bool kVnni>
 GP_AVXVNNI_ATTR void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, const float* xsum,
                                 int64_t r0, int64_t r1, float* y, const float* bias) {
-  const hn::Rebind<float, DQ32> df;
+  // RowDotVnni's 16 lanes: the scales and biases of one row then take 16 lanes too.
+  constexpr bool k512 = GP_Q8_VNNI512 || (GP_Q8_VNNI512_CPU && kVnni);
+  using DI = std::conditional_t<k512, hn::ScalableTag<int32_t>, DQ32>;
+  const hn::Rebind<float, DI> df;
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const size_t ss = dtype_size(w.scale_dtype);
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
@@ -359,24 +383,26 @@ GP_AVXVNNI_ATTR void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, 
     }
     for (; g < gpr; ++g) sd[g] = load_float(w.scale_dtype, scales, g) * dx[g];
     const uint32_t* row = w.q + o * wpr;
-#if GP_Q8_VNNI512
-    auto a0 = RowDotVnni(row, xq, sd, gpr), a1 = hn::Zero(df), a2 = a1, a3 = a1;
-#elif GP_Q8_ARM
-    const float dot = arm_kernels.row_dot(row, xq, sd, gpr);  // in lane 0 of a0
-    auto a0 = hn::IfThenElseZero(hn::FirstN(df, 1), hn::Set(df, dot)), a1 = hn::Zero(df), a2 = a1,
-         a3 = a1;
-#else
-    const auto* ahead = reinterpret_cast<const uint8_t*>(row) + kPrefetchAhead;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-    for (g = 0; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
-      hwy::Prefetch(ahead + g * 32);
-      hwy::Prefetch(ahead + g * 32 + 64);
-      a0 = GroupStep<kVnni>(df, row, g, xq, sd, a0);
-      a1 = GroupStep<kVnni>(df, row, g + 1, xq, sd, a1);
-      a2 = GroupStep<kVnni>(df, row, g + 2, xq, sd, a2);
-      a3 = GroupStep<kVnni>(df, row, g + 3, xq, sd, a3);
+#if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
+    if constexpr (k512) a0 = RowDotVnni(row, xq, sd, gpr);
+#endif
+#if GP_Q8_ARM
+    const float dot = arm_kernels.row_dot(row, xq, sd, gpr);  // in lane 0 of a0
+    a0 = hn::IfThenElseZero(hn::FirstN(df, 1), hn::Set(df, dot));
+#elif !GP_Q8_VNNI512
+    if constexpr (!k512) {
+      const auto* ahead = reinterpret_cast<const uint8_t*>(row) + kPrefetchAhead;
+      for (g = 0; g + 4 <= gpr; g += 4) {  // 128 bytes: two cache lines
+        hwy::Prefetch(ahead + g * 32);
+        hwy::Prefetch(ahead + g * 32 + 64);
+        a0 = GroupStep<kVnni>(df, row, g, xq, sd, a0);
+        a1 = GroupStep<kVnni>(df, row, g + 1, xq, sd, a1);
+        a2 = GroupStep<kVnni>(df, row, g + 2, xq, sd, a2);
+        a3 = GroupStep<kVnni>(df, row, g + 3, xq, sd, a3);
+      }
+      for (; g < gpr; ++g) a0 = GroupStep<kVnni>(df, row, g, xq, sd, a0);
     }
-    for (; g < gpr; ++g) a0 = GroupStep<kVnni>(df, row, g, xq, sd, a0);
 #endif
     // The bias terms bias_g * xsum_g join the same lanes: only the total of all lanes counts.
     const void* biases = static_cast<const uint8_t*>(w.biases) + o * gpr * ss;
@@ -396,7 +422,10 @@ void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* 
   auto* xq = reinterpret_cast<XQ*>(thread_scratch(kScratchC, in * sizeof(XQ) / sizeof(float)));
   float* dx = thread_scratch(kScratchD, gpr);
   float* xsum = thread_scratch(kScratchE, gpr);
-  QuantizeX(x, in, xq, dx, xsum);
+  // The target's VNNI variant: AVX-VNNI on AVX2, AVX512-VNNI on AVX3 (its own xq layout).
+  const bool vnni512 = UseVnni512();
+  [[maybe_unused]] const bool vnni = UseAvxVnni() || (GP_Q8_VNNI512_CPU && vnni512);
+  QuantizeX(x, in, xq, dx, xsum, vnni512);
   struct Block {
     const ops::LinearOut* out;
     int64_t r0, r1;
@@ -410,10 +439,9 @@ void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* 
     for (int64_t r = 0; r < w.out; r += rb)
       blocks.push_back({&outs[j], r, std::min(w.out, r + rb)});
   }
-  [[maybe_unused]] const bool vnni = UseAvxVnni();
   auto run = [&](const Block& b) {
     const Weight& w = *b.out->w;
-#if GP_Q8_AVXVNNI
+#if GP_Q8_AVXVNNI || GP_Q8_VNNI512_CPU
     if (vnni) return GemvQ8Rows<true>(w, xq, dx, xsum, b.r0, b.r1, b.out->y, b.out->bias);
 #endif
     GemvQ8Rows<false>(w, xq, dx, xsum, b.r0, b.r1, b.out->y, b.out->bias);
@@ -435,7 +463,7 @@ void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* 
 constexpr int kQMR = 4;         // activation rows of the register tile
 constexpr int64_t kQKC = 2048;  // inputs per panel: a multiple of the group size
 // Panels per task, reused by every x tile while they are in L1: 32 output columns in all.
-constexpr int kQPanels = GP_Q8_VNNI512 ? 1 : 4;
+HWY_INLINE int64_t QPanels(bool vnni512) { return vnni512 ? 1 : 4; }
 
 // The int32 lanes of a panel vector are its output columns: those of one DB32 vector, or on ARM
 // the 4 of one NEON vector, as the kernels of q8_arm.cpp read them on every target.
@@ -446,8 +474,8 @@ using DP32 = DB32;
 #endif
 
 // Output columns of one panel: the int32 lanes of one vector (two 512-bit ones with VNNI).
-HWY_INLINE int64_t QPanelWidth() {
-  return GP_Q8_VNNI512 ? 32 : static_cast<int64_t>(hn::Lanes(DP32()));
+HWY_INLINE int64_t QPanelWidth(bool vnni512 = UseVnni512()) {
+  return vnni512 ? 32 : static_cast<int64_t>(hn::Lanes(DP32()));
 }
 
 // panel[k][j] = chunk k of rows[j] (4 bytes each), for k < n_chunks and the NB rows: a
@@ -524,6 +552,7 @@ void PanelScales(const Weight& w, int64_t o, int64_t NB, int64_t k0, int64_t ng,
   }
 }
 
+#if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
 #if GP_Q8_VNNI512
 // Byte 2i and 2i+1 of a 64-byte vector: byte i of 32 nibble bytes.
 constexpr auto kDupBytes = [] {
@@ -531,6 +560,7 @@ constexpr auto kDupBytes = [] {
   for (int i = 0; i < 64; ++i) b[i] = static_cast<uint8_t>(i / 2);
   return b;
 }();
+#endif
 
 // PackQ8Panel for panels of 32 rows: each group (32 nibble bytes) of 4 rows is spread to bytes in
 // registers (a byte permute doubles every byte, the odd copies take the high nibble) and
@@ -540,9 +570,11 @@ void PackQ8PanelVnni(const Weight& w, int64_t o, int64_t k0, int64_t kc,
   constexpr int64_t NB = 32;
   const int64_t wpr = w.in / 8, gpr = w.groups_per_row();
   const size_t ss = dtype_size(w.scale_dtype);
+#if GP_Q8_VNNI512
   const __m512i dup = _mm512_loadu_si512(kDupBytes.data());
-  const __m512i mask = _mm512_set1_epi8(0x0F);
   const __mmask64 odd = 0xAAAAAAAAAAAAAAAAull;
+#endif
+  const __m512i mask = _mm512_set1_epi8(0x0F);
   // 128-bit lane L of u goes to chunk c + 4L (4 bytes per row, NB rows per chunk).
   auto store_lanes = [&](__m512i u, int64_t c, int64_t j0) {
     uint8_t* p = panel + (c * NB + j0) * 4;
@@ -568,10 +600,16 @@ void PackQ8PanelVnni(const Weight& w, int64_t o, int64_t k0, int64_t kc,
   constexpr int64_t kAhead = 4 * 32;  // bytes of a row
   const int64_t next_bytes = k0 + kc < w.in ? std::min(kc, w.in - k0 - kc) / 2 : 0;
   auto unpack = [&](int64_t j, int64_t g) {
-    const __m512i b = _mm512_permutexvar_epi8(
-        dup, _mm512_castsi256_si512(
-                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + g * 32))));
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + g * 32));
+#if GP_Q8_VNNI512
+    const __m512i b = _mm512_permutexvar_epi8(dup, _mm512_castsi256_si512(v));
     return _mm512_and_si512(_mm512_mask_blend_epi8(odd, b, _mm512_srli_epi16(b, 4)), mask);
+#else
+    // No byte permute without VBMI: each byte zero-extended to 16 bits, its high nibble shifted
+    // into the upper byte.
+    const __m512i b = _mm512_cvtepu8_epi16(v);
+    return _mm512_and_si512(_mm512_or_si512(b, _mm512_slli_epi16(b, 4)), mask);
+#endif
   };
   for (int64_t g = 0; g < kc / kGroup; ++g) {
     const int64_t ahead = g * 32 + kAhead;
@@ -656,12 +694,13 @@ GP_VNNI_ATTR void Q8MicroKernelVnni(const int8_t* const* a, const float* const* 
 // Each row is first spread to bytes in natural order with vector ops, then the rows' 4-byte
 // chunks are interleaved: for short prompts, where every panel serves only a few rows of x,
 // unpacking costs as much as the products.
+// vnni512: the panels of 32 rows of the 512-bit vpdpbusd kernel (UseVnni512()).
 void PackQ8Panel(const Weight& w, int64_t o, int64_t k0, int64_t kc, uint8_t* HWY_RESTRICT panel,
-                 float* HWY_RESTRICT sc, float* HWY_RESTRICT bi) {
-#if GP_Q8_VNNI512
-  return PackQ8PanelVnni(w, o, k0, kc, panel, sc, bi);
+                 float* HWY_RESTRICT sc, float* HWY_RESTRICT bi, [[maybe_unused]] bool vnni512) {
+#if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
+  if (vnni512) return PackQ8PanelVnni(w, o, k0, kc, panel, sc, bi);
 #endif
-  const int64_t NB = QPanelWidth(), wpr = w.in / 8;
+  const int64_t NB = QPanelWidth(false), wpr = w.in / 8;
   constexpr int64_t kMaxNB = 8;  // DP32 holds at most 8 lanes
   HWY_ALIGN uint8_t rows[kMaxNB][kQKC];
   for (int64_t j = 0; j < NB; ++j) {
@@ -695,21 +734,22 @@ void PackQ8Panel(const Weight& w, int64_t o, int64_t k0, int64_t kc, uint8_t* HW
 // input) against one panel, with the per-group scales: sum_g sc_g * dx_rg * (q_g · xq_rg) +
 // bi_g * xsum_rg. dx[r], xs[r] point at the group of the panel's first input. With `first`,
 // c starts from init (NB values, or zero when null) instead of its current contents. kVnni:
-// the AVX-VNNI variant of the AVX2 target.
+// the target's VNNI variant (AVX-VNNI on AVX2, AVX512-VNNI's panels of 32 columns on AVX3).
 template <bool kVnni>
 GP_AVXVNNI_ATTR void Q8MicroKernel(const int8_t* const* a, const float* const* dx,
                                    const float* const* xs, int64_t kc,
                                    const uint8_t* HWY_RESTRICT panel, const float* HWY_RESTRICT sc,
                                    const float* HWY_RESTRICT bi, float* const* c, bool first,
                                    const float* init) {
-#if GP_Q8_VNNI512
-  return Q8MicroKernelVnni(a, dx, xs, kc, panel, sc, bi, c, first, init);
+#if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
+  if constexpr (GP_Q8_VNNI512 || kVnni)
+    return Q8MicroKernelVnni(a, dx, xs, kc, panel, sc, bi, c, first, init);
 #endif
 #if GP_Q8_ARM
   arm::q8_kernels().micro(a, dx, xs, kc, panel, sc, bi, c, first, init);
 #elif GP_Q8_X86
   const DBF df;
-  const int64_t NB = QPanelWidth();
+  const int64_t NB = QPanelWidth(false);
   const DB32 d32;
   const DBU8 du8;
   const DBI8 di8;
@@ -774,7 +814,7 @@ GP_AVXVNNI_ATTR void Q8MicroKernel(const int8_t* const* a, const float* const* d
   hn::StoreU(acc3, df, c[3]);
 #else
   // Other targets: the same integer arithmetic, one lane at a time.
-  const int64_t NB = QPanelWidth();
+  const int64_t NB = QPanelWidth(false);
   for (int r = 0; r < kQMR; ++r) {
     for (int64_t j = 0; j < NB; ++j) {
       float acc = !first ? c[r][j] : init ? init[j] : 0.0f;
@@ -808,8 +848,9 @@ void QuantizeRows(const float* x, int64_t in, int64_t t0, int64_t t1, int8_t* HW
 }
 
 void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
-  const int64_t NB = QPanelWidth(), gpr = w.groups_per_row();
-  const int64_t OB = kQPanels * NB;  // output columns per task
+  const bool vnni512 = UseVnni512();
+  const int64_t NB = QPanelWidth(vnni512), gpr = w.groups_per_row(), panels_per = QPanels(vnni512);
+  const int64_t OB = panels_per * NB;  // output columns per task
   const int64_t n_ob = (w.out + OB - 1) / OB;
   auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
   // int8 rows and per-group values in the caller's scratch (the workers use slots A and B).
@@ -832,16 +873,16 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
   if (n_ob * n_tb < want) n_tb = std::max(n_tb, std::min(ceil_div(want, n_ob), ceil_div(n, kQMR)));
   const int64_t tb = ceil_div(ceil_div(n, n_tb), kQMR) * kQMR;
   n_tb = ceil_div(n, tb);
-  [[maybe_unused]] const bool vnni = UseAvxVnni();
+  [[maybe_unused]] const bool vnni = UseAvxVnni() || (GP_Q8_VNNI512_CPU && vnni512);
   auto task = [&](int64_t tk, int) {
     const int64_t kc_max = std::min(kQKC, w.in);
     // Slot A: the panels; slot B: their scales and biases, then the output tile.
     auto* panels =
-        reinterpret_cast<uint8_t*>(thread_scratch(kScratchA, kQPanels * kc_max * NB / 4));
-    float* sb = thread_scratch(kScratchB, 2 * kQPanels * (kc_max / kGroup) * NB + kQMR * NB);
+        reinterpret_cast<uint8_t*>(thread_scratch(kScratchA, panels_per * kc_max * NB / 4));
+    float* sb = thread_scratch(kScratchB, 2 * panels_per * (kc_max / kGroup) * NB + kQMR * NB);
     float* sc = sb;
-    float* bi = sb + kQPanels * (kc_max / kGroup) * NB;
-    float* tile = bi + kQPanels * (kc_max / kGroup) * NB;
+    float* bi = sb + panels_per * (kc_max / kGroup) * NB;
+    float* tile = bi + panels_per * (kc_max / kGroup) * NB;
     const int64_t o0 = tk / n_tb * OB, o1 = std::min(w.out, o0 + OB);
     const int64_t t0 = tk % n_tb * tb, t1 = std::min(n, t0 + tb);
     const int64_t np = ceil_div(o1 - o0, NB);
@@ -849,7 +890,7 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
       const int64_t kc = std::min(kQKC, w.in - k0), ng = kc / kGroup;
       for (int64_t p = 0; p < np; ++p) {
         PackQ8Panel(w, o0 + p * NB, k0, kc, panels + p * kc_max * NB, sc + p * ng * NB,
-                    bi + p * ng * NB);
+                    bi + p * ng * NB, vnni512);
       }
       for (int64_t t = t0; t < t1; t += kQMR) {
         const int64_t mr = std::min<int64_t>(kQMR, t1 - t);
@@ -874,7 +915,7 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
           }
           const uint8_t* panel = panels + p * kc_max * NB;
           const float* init = bias && nc == NB ? bias + oc : nullptr;
-#if GP_Q8_AVXVNNI
+#if GP_Q8_AVXVNNI || GP_Q8_VNNI512_CPU
           if (vnni) {
             Q8MicroKernel<true>(a, d, s, kc, panel, sc + p * ng * NB, bi + p * ng * NB, c, k0 == 0,
                                 init);
@@ -922,6 +963,8 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
 // Where the panel kernel overtakes it (BM_LinearQ8Target, docs/BENCHMARKS.md): with
 // vpdpbusd panels at 8 rows, with pmaddubsw ones at 16.
 constexpr int64_t kFewRows = GP_Q8_VNNI512 ? 4 : 8;
+// With AVX3's 512-bit vpdpbusd panels too (docs/BENCHMARKS.md, AVX512-VNNI for the AVX3 target).
+HWY_INLINE int64_t FewRowsMax() { return UseVnni512() ? 4 : kFewRows; }
 using D4 = hn::Full128<float>;
 using D4I = hn::Full128<int32_t>;
 
@@ -1154,7 +1197,7 @@ void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const
 // The most rows the few-row kernel takes on this target (0: none).
 int64_t FewRowsMaxImpl() {
 #if GP_Q8_FEW
-  return kFewRows;
+  return FewRowsMax();
 #else
   return 0;
 #endif
@@ -1162,8 +1205,8 @@ int64_t FewRowsMaxImpl() {
 
 // Which int8 kernel linear_q8 runs on this target (linear_q8_kernel_name()).
 const char* Q8KernelNameImpl() {
-#if GP_Q8_VNNI512
-  return "vpdpbusd 512-bit (AVX512-VNNI)";
+#if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
+  return UseVnni512() ? "vpdpbusd 512-bit (AVX512-VNNI)" : "pmaddubsw + pmaddwd 256-bit";
 #elif GP_Q8_AVXVNNI
   return UseAvxVnni() ? "vpdpbusd 256-bit (AVX-VNNI)" : "pmaddubsw + pmaddwd 256-bit";
 #elif GP_Q8_X86
@@ -1178,7 +1221,7 @@ const char* Q8KernelNameImpl() {
 void LinearQ8BatchImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
   if (n <= 0 || w.out <= 0) return;
 #if GP_Q8_FEW
-  if (n <= kFewRows) return LinearQ8FewImpl(w, x, n, y, bias);
+  if (n <= FewRowsMax()) return LinearQ8FewImpl(w, x, n, y, bias);
 #endif
   GemmQ8(w, x, n, y, bias);
 }
@@ -1208,6 +1251,7 @@ bool has_q8_path(const Weight& w) {
 }
 
 std::atomic<bool> g_avx_vnni_enabled{true};
+std::atomic<bool> g_avx512_vnni_enabled{true};
 }  // namespace
 
 bool cpu_has_avx_vnni() {
@@ -1229,6 +1273,26 @@ bool avx_vnni_in_use() {
 }
 
 void set_avx_vnni_enabled(bool enabled) { g_avx_vnni_enabled.store(enabled); }
+
+bool cpu_has_avx512_vnni() {
+#if HWY_ARCH_X86
+  // CPUID leaf 7, subleaf 0: ECX bit 11. (The OS's saving of the ZMM state, which it also needs,
+  // is what the AVX3 target that runs it requires.)
+  static const bool has = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 11)) != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool avx512_vnni_in_use() {
+  return cpu_has_avx512_vnni() && g_avx512_vnni_enabled.load(std::memory_order_relaxed);
+}
+
+void set_avx512_vnni_enabled(bool enabled) { g_avx512_vnni_enabled.store(enabled); }
 
 const char* linear_q8_kernel_name() { return HWY_DYNAMIC_DISPATCH(Q8KernelNameImpl)(); }
 

@@ -33,4 +33,17 @@ bool avx_vnni_in_use();
 // AVX-VNNI; true (the default) uses AVX-VNNI where the CPU has it, never where it has not.
 void set_avx_vnni_enabled(bool enabled);
 
+// x86: whether the CPU reports AVX512-VNNI (CPUID leaf 7 subleaf 0, ECX bit 11): the EVEX
+// vpdpbusd of Intel Cascade Lake and later server parts, Ice Lake and AMD Zen 4 on. False
+// elsewhere.
+bool cpu_has_avx512_vnni();
+// Whether the AVX3 target's one-row and panel int8 kernels run 512-bit vpdpbusd instead of
+// 256-bit pmaddubsw + pmaddwd: where the CPU has AVX512-VNNI (Cascade Lake, Cooper Lake: CPUs
+// without the VBMI of AVX3_DL, whose kernels always run it), unless
+// set_avx512_vnni_enabled(false).
+bool avx512_vnni_in_use();
+// For tests and benchmarks: false runs pmaddubsw + pmaddwd on the AVX3 target of a CPU with
+// AVX512-VNNI; true (the default) uses it where the CPU has it, never where it has not.
+void set_avx512_vnni_enabled(bool enabled);
+
 }  // namespace gp::cpu
