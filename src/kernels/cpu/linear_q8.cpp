@@ -62,12 +62,17 @@ HWY_INLINE hn::Vec<DBI16> PairDotU8I8(hn::Vec<DBU8> w, hn::Vec<DBI8> x) {
 #endif
 }
 // Adjacent int16 pairs summed to int32 (pmaddwd by ones).
+// The empty asm keeps the result opaque: in a function that carries the avxvnni target (the
+// AVX2 kernels' kVnni = false instances do, see GP_AVXVNNI_ATTR), clang would otherwise fuse
+// pmaddwd and the add after it into an AVX-VNNI vpdpwssd, which CPUs without it cannot run.
 HWY_INLINE hn::Vec<DB32> PairSumI16(hn::Vec<DBI16> v) {
 #if HWY_TARGET <= HWY_AVX2
-  return hn::Vec<DB32>{_mm256_madd_epi16(v.raw, _mm256_set1_epi16(1))};
+  __m256i r = _mm256_madd_epi16(v.raw, _mm256_set1_epi16(1));
 #else
-  return hn::Vec<DB32>{_mm_madd_epi16(v.raw, _mm_set1_epi16(1))};
+  __m128i r = _mm_madd_epi16(v.raw, _mm_set1_epi16(1));
 #endif
+  __asm__("" : "+x"(r));
+  return hn::Vec<DB32>{r};
 }
 #else
 #define GP_Q8_X86 0
