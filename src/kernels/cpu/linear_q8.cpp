@@ -381,12 +381,31 @@ GP_AVXVNNI_ATTR void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, 
 #endif
   for (int64_t o = r0; o < r1; ++o) {
     const void* scales = static_cast<const uint8_t*>(w.scales) + o * gpr * ss;
+    const void* biases = static_cast<const uint8_t*>(w.biases) + o * gpr * ss;
+    // The scales and the bias terms bias_g * xsum_g in one pass, whole vectors: a row whose
+    // groups are no multiple of L (2560 inputs: 40 groups) ends with a vector that overlaps the
+    // previous one, its repeated lanes left out of the bias sum.
+    auto ab = hn::Zero(df);
     int64_t g = 0;
     for (; g + L <= gpr; g += L) {
       hn::StoreU(hn::Mul(LoadAsF32(df, w.scale_dtype, scales, g), hn::LoadU(df, dx + g)), df,
                  sd + g);
+      ab = hn::MulAdd(LoadAsF32(df, w.scale_dtype, biases, g), hn::LoadU(df, xsum + g), ab);
     }
-    for (; g < gpr; ++g) sd[g] = load_float(w.scale_dtype, scales, g) * dx[g];
+    float tail = bias ? bias[o] : 0.0f;
+    if (g < gpr && gpr >= L) {
+      const int64_t t = gpr - L;
+      hn::StoreU(hn::Mul(LoadAsF32(df, w.scale_dtype, scales, t), hn::LoadU(df, dx + t)), df,
+                 sd + t);
+      const auto fresh = hn::Not(hn::FirstN(df, static_cast<size_t>(g - t)));
+      ab = hn::MulAdd(hn::IfThenElseZero(fresh, LoadAsF32(df, w.scale_dtype, biases, t)),
+                      hn::LoadU(df, xsum + t), ab);
+    } else {
+      for (; g < gpr; ++g) {
+        sd[g] = load_float(w.scale_dtype, scales, g) * dx[g];
+        tail += load_float(w.scale_dtype, biases, g) * xsum[g];
+      }
+    }
     const uint32_t* row = w.q + o * wpr;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
 #if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
@@ -409,12 +428,8 @@ GP_AVXVNNI_ATTR void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, 
       for (; g < gpr; ++g) a0 = GroupStep<kVnni>(df, row, g, xq, sd, a0);
     }
 #endif
-    // The bias terms bias_g * xsum_g join the same lanes: only the total of all lanes counts.
-    const void* biases = static_cast<const uint8_t*>(w.biases) + o * gpr * ss;
-    for (g = 0; g + L <= gpr; g += L)
-      a1 = hn::MulAdd(LoadAsF32(df, w.scale_dtype, biases, g), hn::LoadU(df, xsum + g), a1);
-    float tail = bias ? bias[o] : 0.0f;
-    for (; g < gpr; ++g) tail += load_float(w.scale_dtype, biases, g) * xsum[g];
+    // The bias terms join the same lanes: only the total of all lanes counts.
+    a1 = hn::Add(a1, ab);
     y[o] = hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)))) + tail;
   }
 }
