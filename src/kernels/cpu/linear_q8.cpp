@@ -434,6 +434,10 @@ GP_AVXVNNI_ATTR void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, 
   }
 }
 
+// Bounds of the row blocks of the one-row kernel, in weight bytes.
+constexpr int64_t kGemvBlockMinBytes = int64_t{24} << 10;
+constexpr int64_t kGemvBlockMaxBytes = int64_t{1} << 20;
+
 // One activation row through several weights with the same input width (ops::linear_many):
 // x is quantized once, and the row blocks of all weights share one pass over the thread pool.
 void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* x) {
@@ -452,12 +456,27 @@ void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* 
   };
   std::vector<Block> blocks;
   size_t bytes = 0;
+  int64_t left = 0;  // rows of all weights not yet in a block
+  for (size_t j = 0; j < n_outs; ++j) {
+    bytes += outs[j].w->bytes();
+    left += outs[j].w->out;
+  }
+  const int64_t threads = ThreadPool::global().size();
   for (size_t j = 0; j < n_outs; ++j) {
     const Weight& w = *outs[j].w;
-    bytes += w.bytes();
-    const int64_t rb = gemv_row_block(w.out);  // blocks taken dynamically
-    for (int64_t r = 0; r < w.out; r += rb)
-      blocks.push_back({&outs[j], r, std::min(w.out, r + rb)});
+    const int64_t row_bytes = static_cast<int64_t>(w.bytes()) / w.out;
+    // Guided: each block a share of the rows left, so the first ones are long sequential
+    // streams (every block start is a cold stream for the prefetchers) and the last ones short,
+    // so that the threads finish together; at most 1 MB, so that a descheduled thread holds up
+    // little.
+    const int64_t lo = std::max<int64_t>(8, kGemvBlockMinBytes / row_bytes / 4 * 4);
+    const int64_t hi = std::max(lo, kGemvBlockMaxBytes / row_bytes / 4 * 4);
+    for (int64_t r = 0; r < w.out;) {
+      const int64_t rb = std::min(w.out - r, std::clamp(left / (2 * threads) / 4 * 4, lo, hi));
+      blocks.push_back({&outs[j], r, r + rb});
+      r += rb;
+      left -= rb;
+    }
   }
   auto run = [&](const Block& b) {
     const Weight& w = *b.out->w;
