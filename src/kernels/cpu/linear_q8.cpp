@@ -204,6 +204,48 @@ void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTR
 }
 
 #if GP_Q8_X86
+// QuantizeX for the one-row kernel, in vectors: the same xq and dx, the group sums added in
+// lanes (the one-row path has its own bits; the few-row kernel keeps QuantizeX, whose rows must
+// match the panel kernel's). A decode step quantizes 4 rows per layer on one thread while the
+// others wait.
+void QuantizeXOne(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
+                  float* HWY_RESTRICT xsum, [[maybe_unused]] bool pairs) {
+  const hn::CappedTag<float, 16> df;
+  const hn::RebindToSigned<decltype(df)> di32;
+  const hn::Rebind<int8_t, decltype(di32)> di8;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t gpr = in / kGroup;
+  const auto round = hn::Set(df, 12582912.0f);  // as RoundQ
+  for (int64_t g = 0; g < gpr; ++g) {
+    const float* xg = x + g * kGroup;
+    auto amax = hn::Zero(df), sum = hn::Zero(df);
+    for (int64_t i = 0; i < kGroup; i += L) {
+      const auto v = hn::LoadU(df, xg + i);
+      amax = hn::Max(amax, hn::Abs(v));
+      sum = hn::Add(sum, v);
+    }
+    const float a = hn::GetLane(hn::MaxOfLanes(df, amax));
+    xsum[g] = hn::GetLane(hn::SumOfLanes(df, sum));
+    dx[g] = a / 127.0f;
+    const auto inv = hn::Set(df, a > 0 ? 127.0f / a : 0.0f);
+    XQ* even = xq + g * kGroup;
+    XQ* odd = even + kGroup / 2;
+#if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
+    if (pairs && (g | 1) < gpr) {  // the pair layout of QuantizeX
+      even = xq + (g & ~int64_t{1}) * kGroup + (g & 1) * (kGroup / 2);
+      odd = even + kGroup;
+    }
+#endif
+    for (int64_t i = 0; i < kGroup; i += 2 * L) {
+      const auto v0 = hn::LoadU(df, xg + i), v1 = hn::LoadU(df, xg + i + L);
+      const auto e = hn::Sub(hn::Add(hn::Mul(hn::ConcatEven(df, v1, v0), inv), round), round);
+      const auto o = hn::Sub(hn::Add(hn::Mul(hn::ConcatOdd(df, v1, v0), inv), round), round);
+      hn::StoreU(hn::DemoteTo(di8, hn::ConvertTo(di32, e)), di8, even + i / 2);
+      hn::StoreU(hn::DemoteTo(di8, hn::ConvertTo(di32, o)), di8, odd + i / 2);
+    }
+  }
+}
+
 // Per-lane int32 partial sums of q_k * xq_k over one group (8 words against its 64 xq).
 template <bool kVnni>
 GP_AVXVNNI_ATTR HWY_INLINE hn::Vec<DB32> GroupDotQ(const uint32_t* words,
@@ -449,7 +491,11 @@ void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* 
   // The target's VNNI variant: AVX-VNNI on AVX2, AVX512-VNNI on AVX3 (its own xq layout).
   const bool vnni512 = UseVnni512();
   [[maybe_unused]] const bool vnni = UseAvxVnni() || (GP_Q8_VNNI512_CPU && vnni512);
+#if GP_Q8_X86
+  QuantizeXOne(x, in, xq, dx, xsum, vnni512);
+#else
   QuantizeX(x, in, xq, dx, xsum, vnni512);
+#endif
   struct Block {
     const ops::LinearOut* out;
     int64_t r0, r1;
