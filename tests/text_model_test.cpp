@@ -185,6 +185,26 @@ TEST(TextModel, HiddenStatesMatchReferenceLayerByLayer) {
   }
 }
 
+// The weight pages gemma-bench's roofline reads in place: every linear's nibbles, scales and
+// biases and the output head, which are weight_bytes_per_token less one embedding row and the
+// norms; each range inside the mapped checkpoint.
+TEST(TextModel, WeightRangesCoverTheBytesADecodeStepReads) {
+  for (const char* name : {"tiny-original", "tiny-mobile"}) {
+    Loaded m(test::data_path(name), ops::Activations::kInt8);
+    const TextWeights& w = m.model.weights();
+    size_t norms = 0;
+    for (const auto& L : w.layers)
+      norms += 4 * (L.q_norm.size() + L.k_norm.size() + 4 * L.input_norm.size());
+    size_t total = 0;
+    for (const auto& r : m.model.weight_ranges_per_token()) {
+      EXPECT_GT(r.size(), 0u) << name;
+      total += r.size();
+    }
+    EXPECT_EQ(total + w.embed.bytes() / w.embed.out + norms, m.model.weight_bytes_per_token())
+        << name;
+  }
+}
+
 // Same prompt, same answer: the logits of the last prompt position are bitwise the same whether
 // the prompt runs as one batch, in chunks of 7 (they wrap the local layers' ring) or of 2, in both
 // activation modes and with both cache dtypes. (Chunks of one row take the one-row linears, which

@@ -53,6 +53,26 @@ size_t TextModel::weight_bytes_per_token() const {
   return b;
 }
 
+std::vector<std::span<const uint8_t>> TextModel::weight_ranges_per_token() const {
+  std::vector<std::span<const uint8_t>> out;
+  auto add = [&](const Weight& w) {
+    auto range = [&](const void* p, size_t n) {
+      if (p && n) out.emplace_back(static_cast<const uint8_t*>(p), n);
+    };
+    if (!w.quantized) return range(w.data, w.bytes());
+    const size_t groups = static_cast<size_t>(w.out * w.groups_per_row());
+    range(w.q, static_cast<size_t>(w.out * w.in * w.fmt.bits / 8));
+    range(w.scales, groups * dtype_size(w.scale_dtype));
+    range(w.biases, groups * dtype_size(w.scale_dtype));
+  };
+  for (const auto& L : w_.layers)
+    for (const Weight* w :
+         {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      add(*w);
+  add(w_.lm_head.empty() ? w_.embed : w_.lm_head);
+  return out;
+}
+
 void TextModel::logits(const float* x, int64_t n, float* out) const {
   const int64_t n_vocab = c_.text.n_vocab;
   const Weight& head = w_.lm_head.empty() ? w_.embed : w_.lm_head;

@@ -76,6 +76,9 @@ class TextModel {
 
   // Weight bytes one decode step reads: every layer, the output head and one embedding row.
   size_t weight_bytes_per_token() const;
+  // Where those bytes lie (the linears' nibbles, scales and biases, or float data, as mapped), for
+  // a bandwidth probe over the same pages.
+  std::vector<std::span<const uint8_t>> weight_ranges_per_token() const;
 
  private:
   // xn [n, d_model] holds the rows of every sequence, seqs in order; pos, group [n] (group null:

@@ -71,5 +71,41 @@ double read_bandwidth_gbs(size_t bytes, int reps) {
   return best;
 }
 
+double read_bandwidth_gbs(std::span<const std::span<const uint8_t>> ranges, int reps) {
+  constexpr size_t kBlock = size_t{64} << 10, kStep = 32 * sizeof(uint64_t);  // SumWordsImpl's
+  struct Block {
+    const uint64_t* p;
+    size_t words;
+  };
+  std::vector<Block> blocks;
+  size_t bytes = 0;
+  for (const auto& r : ranges) {
+    // From the first cache line inside the range, whole steps of 256 bytes.
+    const auto begin = reinterpret_cast<uintptr_t>(r.data()), end = begin + r.size();
+    for (uintptr_t b = (begin + 63) / 64 * 64; b + kStep <= end; b += kBlock) {
+      const size_t n = std::min(kBlock, (end - b) / kStep * kStep);
+      blocks.push_back({reinterpret_cast<const uint64_t*>(b), n / sizeof(uint64_t)});
+      bytes += n;
+    }
+  }
+  if (bytes == 0) return 0;
+  ThreadPool& pool = ThreadPool::global();
+  struct alignas(64) Sum {
+    uint64_t v = 0;
+  };
+  std::vector<Sum> sums(pool.size());
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    Timer t;
+    parallel_blocks(static_cast<int64_t>(blocks.size()), [&](int64_t b, int thread) {
+      sums[thread].v += HWY_DYNAMIC_DISPATCH(SumWordsImpl)(blocks[b].p, blocks[b].words);
+    });
+    best = std::max(best, static_cast<double>(bytes) / t.seconds() / 1e9);
+  }
+  volatile uint64_t sink = 0;
+  for (const Sum& s : sums) sink = sink + s.v;
+  return best;
+}
+
 }  // namespace gp::cpu
 #endif  // HWY_ONCE
