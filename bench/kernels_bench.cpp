@@ -309,6 +309,41 @@ BENCHMARK(BM_LinearQ8Target)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// The vertical few-row kernel reading a prepacked copy of the weights instead of transposing
+// the mapped rows as it reads them: what a load-time repack (issue 16 item 3) would give. On
+// the best target only (AVX3_DL); no bias.
+void BM_LinearQ8VerticalPacked(benchmark::State& state) {
+  const int64_t n = state.range(0), in = state.range(1), out = state.range(2);
+  const size_t bytes = QuantWeight(1, in, 0).w.bytes() * out;
+  const size_t copies = std::max<size_t>(1, (size_t{256} << 20) / bytes + 1);
+  std::vector<QuantWeight> ws;
+  std::vector<std::vector<uint8_t>> packed;
+  for (size_t c = 0; c < copies; ++c) {
+    ws.emplace_back(out, in, static_cast<uint32_t>(c));
+    packed.push_back(cpu::pack_q8_vertical(ws.back().w));
+  }
+  if (packed[0].empty()) {
+    state.SkipWithError("this target has no vertical int8 layout");
+    return;
+  }
+  const std::vector<float> x = activations(n * in);
+  std::vector<float> y(n * out);
+  size_t c = 0;
+  for (auto _ : state) {
+    cpu::linear_q8_vertical_packed(ws[c].w, packed[c].data(), x.data(), n, y.data());
+    c = (c + 1) % copies;
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_flops(state, 2.0 * n * in * out);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * ws[0].w.bytes()));
+}
+BENCHMARK(BM_LinearQ8VerticalPacked)
+    ->ArgNames({"n", "in", "out"})
+    ->ArgsProduct({{1, 2, 4, 8}, {2560}, {10240}})
+    ->ArgsProduct({{1, 2, 4, 8}, {10240}, {2560}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
 }  // namespace
 }  // namespace gp
 

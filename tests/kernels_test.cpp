@@ -670,10 +670,11 @@ TEST(BatchInvariance, LinearRowsEqualPairResults) {
 }
 
 // Quantized weights for the bitwise kernel comparisons: outputs of full and of last partial
-// panels, K within one panel chunk and past it, an odd group count (the unpaired last group of
-// the VNNI layout), each scale dtype.
+// panels, fewer than one 16-row block of the vertical kernel, K within one panel chunk and past
+// it, an odd group count (the unpaired last group of the VNNI layout), each scale dtype.
 std::vector<TestWeight> few_row_weights(std::mt19937& rng) {
   std::vector<TestWeight> ws;
+  ws.push_back(make_quantized(9, 128, DType::F16, 1, rng));
   ws.push_back(make_quantized(37, 192, DType::BF16, 1, rng));
   ws.push_back(make_quantized(70, 2624, DType::F16, 0, rng));
   ws.push_back(make_quantized(45, 4160, DType::BF16, 0, rng));
@@ -685,7 +686,9 @@ std::vector<TestWeight> few_row_weights(std::mt19937& rng) {
 // stands in for, bitwise, row by row, with and without bias.
 TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
   std::mt19937 rng(23);
-  const std::vector<TestWeight> ws = few_row_weights(rng);
+  std::vector<TestWeight> ws = few_row_weights(rng);
+  // Several row blocks on the thread pool, the last panel partial over more than 16 outputs.
+  ws.push_back(make_quantized(1050, 2560, DType::BF16, 1, rng));
   std::string ran;
   for (int threads : {1, 3}) {
     SCOPED_TRACE("threads=" + std::to_string(threads));

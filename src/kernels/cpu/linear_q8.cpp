@@ -1034,49 +1034,241 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
 // in decode, and each of its groups meets every row of x, instead of being unpacked into panels
 // that so few rows cannot repay. Every output gets GemmQ8's bits: the same exact per-group
 // integer sums and the same chain of multiply-adds in group order, started from the bias in
-// full panels, the bias added after the first kQKC inputs in a last partial panel. Four rows of
-// x share one 128-bit float chain.
+// full panels, the bias added after the first kQKC inputs in a last partial panel.
 #undef GP_Q8_FEW
 #undef GP_FEW_ATTR
 #if GP_Q8_VNNI512 || (GP_Q8_X86 && HWY_TARGET <= HWY_AVX2)
 #define GP_Q8_FEW 1
-#if GP_Q8_VNNI512
-#define GP_FEW_ATTR GP_VNNI_ATTR
-#else
 #define GP_FEW_ATTR GP_AVXVNNI_ATTR
-#endif
-// Where the panel kernel overtakes it (BM_LinearQ8Target, docs/BENCHMARKS.md): with
-// vpdpbusd panels at 8 rows, with pmaddubsw ones at 16.
-constexpr int64_t kFewRows = GP_Q8_VNNI512 ? 4 : 8;
-// With AVX3's 512-bit vpdpbusd panels too (docs/BENCHMARKS.md, AVX512-VNNI for the AVX3 target).
-HWY_INLINE int64_t FewRowsMax() { return UseVnni512() ? 4 : kFewRows; }
+// Up to where it beats the panel kernel (BM_LinearQ8Target, docs/BENCHMARKS.md): 8 rows with
+// vpdpbusd panels and with pmaddubsw ones.
+constexpr int64_t kFewRows = 8;
+// On AVX3 with AVX512-VNNI (docs/BENCHMARKS.md, AVX512-VNNI for the AVX3 target) the 512-bit
+// vpdpbusd panels overtake the 256-bit few-row kernel from 8 rows.
+HWY_INLINE int64_t FewRowsMax() { return !GP_Q8_VNNI512 && UseVnni512() ? 4 : kFewRows; }
+
+#if GP_Q8_VNNI512
+// The vertical kernel: 16 weight rows side by side, each int32 lane one output, so a group's
+// integer sum lands in its output's lane with no horizontal sums, every unpacked weight vector
+// serves all rows of x (4 of their bytes broadcast), and the float chain runs 16 outputs per
+// vector. The rows are transposed in registers as they are read.
+constexpr int64_t kVRows = 16;
+
+// Lane i of t[j] = dword j of row i, for 16 rows of 8 dwords: z[i] holds row i (row i + 4 for
+// i >= 4) in its low 256 bits and row i + 4 (i + 8) in its high ones, so that the lanes come
+// out in row order.
+HWY_INLINE void Transpose16x8(const __m512i* z, __m512i* t) {
+  __m512i u[2][4];
+  HWY_UNROLL(2)
+  for (int q = 0; q < 2; ++q) {
+    const __m512i* s = z + 4 * q;
+    const __m512i a = _mm512_unpacklo_epi32(s[0], s[1]), b = _mm512_unpackhi_epi32(s[0], s[1]);
+    const __m512i c = _mm512_unpacklo_epi32(s[2], s[3]), d = _mm512_unpackhi_epi32(s[2], s[3]);
+    u[q][0] = _mm512_unpacklo_epi64(a, c);
+    u[q][1] = _mm512_unpackhi_epi64(a, c);
+    u[q][2] = _mm512_unpacklo_epi64(b, d);
+    u[q][3] = _mm512_unpackhi_epi64(b, d);
+  }
+  // Block b of u[q][e]: dword e (b even) or e + 4 (b odd) of rows 4 * (2q + b / 2) ...
+  HWY_UNROLL(4)
+  for (int e = 0; e < 4; ++e) {
+    t[e] = _mm512_shuffle_i32x4(u[0][e], u[1][e], _MM_SHUFFLE(2, 0, 2, 0));
+    t[e + 4] = _mm512_shuffle_i32x4(u[0][e], u[1][e], _MM_SHUFFLE(3, 1, 3, 1));
+  }
+}
+
+// The row whose 256 bits go to half h of z[i] in Transpose16x8.
+constexpr int VRow(int i, int h) { return (i < 4 ? i : i + 4) + 4 * h; }
+
+// 32 bytes at p[VRow(i, h)] + off for the 16 rows, transposed.
+HWY_INLINE void LoadTransposed(const uint8_t* const* p, int64_t off, __m512i* t) {
+  __m512i z[8];
+  HWY_UNROLL(8)
+  for (int i = 0; i < 8; ++i) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[VRow(i, 0)] + off));
+    const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[VRow(i, 1)] + off));
+    z[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+  Transpose16x8(z, t);
+}
+
+// Outputs o .. o+15 (those below w.out) for the NR rows of x: xq row r at xq + r * in (QuantizeX
+// order), dx and xs [NR, gpr]. The chain of each output is GemmQ8's (see the section's head).
+// kPacked: the nibbles come from `packed` (pack_q8_vertical) instead of the mapped rows.
+template <int NR, bool kPacked>
+GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, const float* xs,
+                             int64_t o, int64_t o_end, float* y, const float* bias, float* buf,
+                             const uint8_t* packed) {
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8, gs = (gpr + 7) / 8 * 8;
+  const size_t ss = dtype_size(w.scale_dtype);
+  const int64_t partial = w.out - w.out % QPanelWidth();
+  const int64_t first_chunk = std::min(gpr, kQKC / kGroup);
+  // The scales and biases of the 16 rows as f32 rows of gs values, then 8 groups of both at a
+  // time transposed, 16 outputs per vector.
+  float* rs = buf;
+  float* rb = buf + kVRows * gs;
+  float* tsc = rb + kVRows * gs;
+  float* tbi = tsc + 8 * kVRows;
+  const uint8_t* rows[kVRows];
+  const uint8_t *srow[kVRows], *brow[kVRows];
+  for (int i = 0; i < kVRows; ++i) {
+    const int64_t r = std::min(o + i, w.out - 1);
+    rows[i] = reinterpret_cast<const uint8_t*>(w.q + r * wpr);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + r * gpr * ss, gpr, rs + i * gs);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + r * gpr * ss, gpr, rb + i * gs);
+    for (int64_t g = gpr; g < gs; ++g) rs[i * gs + g] = rb[i * gs + g] = 0.0f;
+    srow[i] = reinterpret_cast<const uint8_t*>(rs + i * gs);
+    brow[i] = reinterpret_cast<const uint8_t*>(rb + i * gs);
+  }
+  const int64_t valid = std::min<int64_t>(kVRows, w.out - o);
+  const __mmask16 in_range = static_cast<__mmask16>((1u << valid) - 1);
+  const int64_t n_full = std::clamp<int64_t>(partial - o, 0, kVRows);
+  const __mmask16 full = static_cast<__mmask16>((1u << n_full) - 1);
+  const __m512 bv = bias ? _mm512_maskz_loadu_ps(in_range, bias + o) : _mm512_setzero_ps();
+  __m512 acc[NR];
+  HWY_UNROLL(8)
+  for (int r = 0; r < NR; ++r) acc[r] = _mm512_maskz_mov_ps(full, bv);
+  const __m512i mask = _mm512_set1_epi8(0x0F);
+  // The next block's bytes, prefetched as one stream while this one is read as 16.
+  const bool prefetch_next = o + 2 * kVRows <= o_end;
+  const uint8_t* next =
+      prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kVRows) * wpr) : nullptr;
+  const uint8_t* pk = packed + o / kVRows * gpr * kVRows * 32;
+  for (int64_t g0 = 0; g0 < gpr; g0 += 8) {
+    __m512i t[8];
+    LoadTransposed(srow, g0 * 4, t);
+    HWY_UNROLL(8)
+    for (int j = 0; j < 8; ++j) _mm512_store_si512(tsc + j * kVRows, t[j]);
+    LoadTransposed(brow, g0 * 4, t);
+    HWY_UNROLL(8)
+    for (int j = 0; j < 8; ++j) _mm512_store_si512(tbi + j * kVRows, t[j]);
+    const int64_t g1 = std::min(gpr, g0 + 8);
+    for (int64_t g = g0; g < g1; ++g) {
+      if constexpr (kPacked) {
+        const uint8_t* p = pk + g * kVRows * 32;
+        hwy::Prefetch(p + 4 * kPrefetchAhead);
+        hwy::Prefetch(p + 4 * kPrefetchAhead + 64);
+        hwy::Prefetch(p + 4 * kPrefetchAhead + 128);
+        hwy::Prefetch(p + 4 * kPrefetchAhead + 192);
+        hwy::Prefetch(p + 4 * kPrefetchAhead + 256);
+        hwy::Prefetch(p + 4 * kPrefetchAhead + 320);
+        hwy::Prefetch(p + 4 * kPrefetchAhead + 384);
+        hwy::Prefetch(p + 4 * kPrefetchAhead + 448);
+        HWY_UNROLL(8)
+        for (int j = 0; j < 8; ++j) t[j] = _mm512_loadu_si512(p + j * 64);
+      } else {
+        if (prefetch_next) {
+          HWY_UNROLL(8)
+          for (int i = 0; i < 8; ++i) hwy::Prefetch(next + (g * 8 + i) * 64);
+        }
+        LoadTransposed(rows, g * 32, t);
+      }
+      // Where the 32 even and the 32 odd elements of group g are in each row of xq.
+      const int64_t even =
+          (g | 1) < gpr ? (g & ~int64_t{1}) * kGroup + (g & 1) * (kGroup / 2) : g * kGroup;
+      const int64_t odd = even + ((g | 1) < gpr ? kGroup : kGroup / 2);
+      __m512i pe[NR], po[NR];
+      HWY_UNROLL(8)
+      for (int r = 0; r < NR; ++r) pe[r] = po[r] = _mm512_setzero_si512();
+      HWY_UNROLL(8)
+      for (int j = 0; j < 8; ++j) {
+        const __m512i lo = _mm512_and_si512(t[j], mask);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi32(t[j], 4), mask);
+        HWY_UNROLL(8)
+        for (int r = 0; r < NR; ++r) {
+          int32_t xe, xo;
+          std::memcpy(&xe, xq + r * w.in + even + 4 * j, 4);
+          std::memcpy(&xo, xq + r * w.in + odd + 4 * j, 4);
+          pe[r] = _mm512_dpbusd_epi32(pe[r], lo, _mm512_set1_epi32(xe));
+          po[r] = _mm512_dpbusd_epi32(po[r], hi, _mm512_set1_epi32(xo));
+        }
+      }
+      const __m512 sc = _mm512_load_ps(tsc + (g - g0) * kVRows);
+      const __m512 bi = _mm512_load_ps(tbi + (g - g0) * kVRows);
+      HWY_UNROLL(8)
+      for (int r = 0; r < NR; ++r) {
+        const __m512 d = _mm512_set1_ps(dx[r * gpr + g]), x = _mm512_set1_ps(xs[r * gpr + g]);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(pe[r], po[r])),
+                                 _mm512_mul_ps(sc, d), acc[r]);
+        acc[r] = _mm512_fmadd_ps(bi, x, acc[r]);
+      }
+      if (g + 1 == first_chunk) {
+        HWY_UNROLL(8)
+        for (int r = 0; r < NR; ++r)
+          acc[r] = _mm512_mask_add_ps(acc[r], static_cast<__mmask16>(~full), acc[r], bv);
+      }
+    }
+  }
+  HWY_UNROLL(8)
+  for (int r = 0; r < NR; ++r) _mm512_mask_storeu_ps(y + r * w.out + o, in_range, acc[r]);
+}
+
+// Outputs [r0, r1) (r0 a multiple of 16), 16 at a time.
+template <int NR, bool kPacked>
+GP_VNNI_ATTR void FewRowsQ8VBlock(const Weight& w, const XQ* xq, const float* dx, const float* xs,
+                                  int64_t r0, int64_t r1, float* y, const float* bias,
+                                  const uint8_t* packed) {
+  const int64_t gs = (w.groups_per_row() + 7) / 8 * 8;
+  float* buf = thread_scratch(kScratchA, 2 * kVRows * gs + 2 * 8 * kVRows);
+  for (int64_t o = r0; o < r1; o += kVRows)
+    FewRowsQ8V<NR, kPacked>(w, xq, dx, xs, o, r1, y, bias, buf, packed);
+}
+
+// x [n, in], 1 <= n <= 8, through the vertical kernel (from `packed` where not null).
+void LinearQ8VerticalImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias,
+                          const uint8_t* packed) {
+  const int64_t gpr = w.groups_per_row();
+  auto* xq =
+      reinterpret_cast<XQ*>(thread_scratch(kScratchC, n * w.in * sizeof(XQ) / sizeof(float) + 1));
+  float* dx = thread_scratch(kScratchD, 2 * n * gpr);
+  float* xs = dx + n * gpr;
+  for (int64_t r = 0; r < n; ++r)
+    QuantizeX(x + r * w.in, w.in, xq + r * w.in, dx + r * gpr, xs + r * gpr);
+  const int64_t rb = std::max(kVRows, gemv_row_block(w.out) / kVRows * kVRows);
+  const int64_t blocks = (w.out + rb - 1) / rb;
+  auto run = [&](int64_t k, int) {
+    const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
+    auto go = [&](auto nr) {
+      if (packed)
+        return FewRowsQ8VBlock<decltype(nr)::value, true>(w, xq, dx, xs, r0, r1, y, bias, packed);
+      FewRowsQ8VBlock<decltype(nr)::value, false>(w, xq, dx, xs, r0, r1, y, bias, packed);
+    };
+    switch (n) {
+      case 1:
+        return go(std::integral_constant<int, 1>());
+      case 2:
+        return go(std::integral_constant<int, 2>());
+      case 3:
+        return go(std::integral_constant<int, 3>());
+      case 4:
+        return go(std::integral_constant<int, 4>());
+      case 5:
+        return go(std::integral_constant<int, 5>());
+      case 6:
+        return go(std::integral_constant<int, 6>());
+      case 7:
+        return go(std::integral_constant<int, 7>());
+      default:
+        return go(std::integral_constant<int, 8>());
+    }
+  };
+  if (w.bytes() < kGemvInlineBytes) {
+    for (int64_t k = 0; k < blocks; ++k) run(k, 0);
+  } else {
+    parallel_blocks(blocks, run);
+  }
+}
+
+// x [n, in], 2 <= n <= kFewRows.
+void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
+  LinearQ8VerticalImpl(w, x, n, y, bias, nullptr);
+}
+#else
+// The other x86 targets: each weight row's groups dotted with every row of x (lanes are
+// inputs), the sums of four rows of x reduced together into one 128-bit float chain.
 using D4 = hn::Full128<float>;
 using D4I = hn::Full128<int32_t>;
 
-#if GP_Q8_VNNI512
-// Two groups' 64 nibble bytes (lo, hi: their low and high nibbles) against one row's xq: int32
-// partial sums, lanes 0-7 the first group's, 8-15 the second's.
-GP_VNNI_ATTR HWY_INLINE __m512i DotPairI(__m512i lo, __m512i hi, const XQ* x) {
-  const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x));
-  return _mm512_dpbusd_epi32(d, hi, _mm512_loadu_si512(x + 64));
-}
-// One group's 32 nibble bytes (zero-extended) against xq in the order of the other targets.
-GP_VNNI_ATTR HWY_INLINE __m512i DotLastI(__m512i lo, __m512i hi, const XQ* x) {
-  auto load32 = [](const XQ* p) {
-    return _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  };
-  const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, load32(x));
-  return _mm512_dpbusd_epi32(d, hi, load32(x + kGroup / 2));
-}
-// Lane i of 128-bit block L: the total of block L of the i-th vector; then blocks 0 + 1 in
-// block 0 (the first group's sums of the four rows) and 2 + 3 in block 2 (the second's).
-GP_VNNI_ATTR HWY_INLINE __m512i Reduce4(__m512i a, __m512i b, __m512i c, __m512i e) {
-  const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-  const __m512i ce = _mm512_add_epi32(_mm512_unpacklo_epi32(c, e), _mm512_unpackhi_epi32(c, e));
-  const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, ce), _mm512_unpackhi_epi64(ab, ce));
-  return _mm512_add_epi32(s, _mm512_shuffle_i32x4(s, s, _MM_SHUFFLE(2, 3, 0, 1)));
-}
-#else
 // One group's 32 nibble bytes (lo, hi) against one row's xq (even elements, then odd ones).
 template <bool kVnni>
 GP_AVXVNNI_ATTR HWY_INLINE hn::Vec<DB32> DotGroupI(hn::Vec<DBU8> lo, hn::Vec<DBU8> hi,
@@ -1104,7 +1296,6 @@ HWY_INLINE hn::Vec<D4I> Reduce4(hn::Vec<DB32> a, hn::Vec<DB32> b, hn::Vec<DB32> 
                          hn::BitCast(d, hn::InterleaveUpper(d64, ab, ce)));
   return hn::Add(hn::LowerHalf(s), hn::UpperHalf(hn::Half<DB32>(), s));
 }
-#endif
 
 // Outputs o .. o+K-1 for the 4 * NB rows of x (xq row i at xq + i * in, the group scales and
 // sums transposed: dxt[g * 4NB + i], xst[g * 4NB + i]); rows from n on are padding. NB and K
@@ -1153,47 +1344,6 @@ GP_FEW_ATTR HWY_INLINE void FewRowsQ8(const Weight& w, const XQ* xq, const float
       }
     }
   };
-#if GP_Q8_VNNI512
-  const __m512i mask = _mm512_set1_epi8(0x0F);
-  __m512i both[K][NB];
-  int64_t g = 0;
-  for (; g + 2 <= gpr; g += 2) {
-    for (int k = 0; k < K; ++k) {
-      hwy::Prefetch(row[k] + kPrefetchAhead + g * 32);
-      const __m512i v = _mm512_loadu_si512(row[k] + g * 32);
-      const __m512i lo = _mm512_and_si512(v, mask);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-      for (int b = 0; b < NB; ++b) {
-        const XQ* x = xq + 4 * b * w.in + g * kGroup;
-        both[k][b] = Reduce4(DotPairI(lo, hi, x), DotPairI(lo, hi, x + w.in),
-                             DotPairI(lo, hi, x + 2 * w.in), DotPairI(lo, hi, x + 3 * w.in));
-        sums[k][b] = hn::Vec<D4I>{_mm512_castsi512_si128(both[k][b])};
-      }
-    }
-    steps(g);
-    for (int k = 0; k < K; ++k)
-      for (int b = 0; b < NB; ++b)
-        sums[k][b] = hn::Vec<D4I>{_mm512_extracti32x4_epi32(both[k][b], 2)};
-    steps(g + 1);
-  }
-  if (g < gpr) {
-    // A last unpaired group: 32 bytes against xq in the order of the other targets, zero-
-    // extended (the upper half's sums are zero and unused).
-    for (int k = 0; k < K; ++k) {
-      const __m512i v = _mm512_zextsi256_si512(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[k] + g * 32)));
-      const __m512i lo = _mm512_and_si512(v, mask);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-      for (int b = 0; b < NB; ++b) {
-        const XQ* x = xq + 4 * b * w.in + g * kGroup;
-        sums[k][b] = hn::Vec<D4I>{_mm512_castsi512_si128(
-            Reduce4(DotLastI(lo, hi, x), DotLastI(lo, hi, x + w.in), DotLastI(lo, hi, x + 2 * w.in),
-                    DotLastI(lo, hi, x + 3 * w.in)))};
-      }
-    }
-    steps(g);
-  }
-#else
   const DBU8 du8;
   const hn::Repartition<uint16_t, DB32> du16;
   const auto mask = hn::Set(du8, 0x0F);
@@ -1212,7 +1362,6 @@ GP_FEW_ATTR HWY_INLINE void FewRowsQ8(const Weight& w, const XQ* xq, const float
     }
     steps(g);
   }
-#endif
   HWY_ALIGN float out[4];
   for (int k = 0; k < K; ++k) {
     for (int b = 0; b < NB; ++b) {
@@ -1277,7 +1426,42 @@ void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const
     parallel_blocks(blocks, run);
   }
 }
+#endif  // GP_Q8_VNNI512
 #endif  // GP_Q8_FEW
+
+// For kernels_bench (issue 16 item 3): the nibbles in the vertical kernel's layout, 16 rows
+// transposed per group, [out/16][gpr][8][16] dwords; empty where the target has no such kernel.
+std::vector<uint8_t> PackQ8VerticalImpl(const Weight& w) {
+#if GP_Q8_VNNI512
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
+  std::vector<uint8_t> packed((w.out + kVRows - 1) / kVRows * gpr * kVRows * 32);
+  for (int64_t o = 0; o < w.out; o += kVRows) {
+    const uint8_t* rows[kVRows];
+    for (int i = 0; i < kVRows; ++i)
+      rows[i] = reinterpret_cast<const uint8_t*>(w.q + std::min(o + i, w.out - 1) * wpr);
+    for (int64_t g = 0; g < gpr; ++g) {
+      __m512i t[8];
+      LoadTransposed(rows, g * 32, t);
+      uint8_t* p = packed.data() + (o / kVRows * gpr + g) * kVRows * 32;
+      for (int j = 0; j < 8; ++j) _mm512_storeu_si512(p + j * 64, t[j]);
+    }
+  }
+  return packed;
+#else
+  (void)w;
+  return {};
+#endif
+}
+
+// linear_q8 from PackQ8VerticalImpl's layout, 1 <= n <= 8, no bias.
+void LinearQ8VerticalPackedImpl(const Weight& w, const uint8_t* packed, const float* x, int64_t n,
+                                float* y) {
+#if GP_Q8_VNNI512
+  LinearQ8VerticalImpl(w, x, n, y, nullptr, packed);
+#else
+  (void)w, (void)packed, (void)x, (void)n, (void)y;
+#endif
+}
 
 // The most rows the few-row kernel takes on this target (0: none).
 int64_t FewRowsMaxImpl() {
@@ -1327,6 +1511,8 @@ HWY_EXPORT(LinearQ8OneRowImpl);
 HWY_EXPORT(LinearQ8BatchImpl);
 HWY_EXPORT(LinearQ8GemmImpl);
 HWY_EXPORT(FewRowsMaxImpl);
+HWY_EXPORT(PackQ8VerticalImpl);
+HWY_EXPORT(LinearQ8VerticalPackedImpl);
 HWY_EXPORT(Q8KernelNameImpl);
 
 namespace {
@@ -1397,6 +1583,16 @@ void linear_q8_gemm(const Weight& w, const float* x, int64_t n, float* y, const 
 }
 
 int64_t linear_q8_few_rows_max() { return HWY_DYNAMIC_DISPATCH(FewRowsMaxImpl)(); }
+
+std::vector<uint8_t> pack_q8_vertical(const Weight& w) {
+  if (!has_q8_path(w)) return {};
+  return HWY_DYNAMIC_DISPATCH(PackQ8VerticalImpl)(w);
+}
+
+void linear_q8_vertical_packed(const Weight& w, const uint8_t* packed, const float* x, int64_t n,
+                               float* y) {
+  HWY_DYNAMIC_DISPATCH(LinearQ8VerticalPackedImpl)(w, packed, x, n, y);
+}
 
 void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n,
                  ops::Activations act) {

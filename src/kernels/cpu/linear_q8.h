@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "tensor/weight.h"
 
@@ -19,6 +20,14 @@ void linear_q8_gemm(const Weight& w, const float* x, int64_t n, float* y, const 
 // The most rows (n >= 2) that linear_q8 runs through the few-row kernel on the current SIMD
 // target; 0 where that target has none.
 int64_t linear_q8_few_rows_max();
+
+// Benchmarks only (issue 16 item 3, a weight layout decided at load): a copy of w's nibbles
+// in the vertical few-row kernel's layout (16 rows transposed per group), empty where the
+// current target has no such kernel (AVX3_DL only); and linear_q8 without bias for
+// 1 <= n <= 8 rows read from that copy (nothing where it is empty).
+std::vector<uint8_t> pack_q8_vertical(const Weight& w);
+void linear_q8_vertical_packed(const Weight& w, const uint8_t* packed, const float* x, int64_t n,
+                               float* y);
 
 // The int8 kernel linear_q8 runs on the current SIMD target, e.g. "vpdpbusd 256-bit (AVX-VNNI)".
 const char* linear_q8_kernel_name();
