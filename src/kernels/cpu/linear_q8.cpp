@@ -1069,7 +1069,7 @@ HWY_INLINE void Transpose16x8(const __m512i* z, __m512i* t) {
     u[q][2] = _mm512_unpacklo_epi64(b, d);
     u[q][3] = _mm512_unpackhi_epi64(b, d);
   }
-  // Block b of u[q][e]: dword e (b even) or e + 4 (b odd) of rows 4 * (2q + b / 2) ...
+  // Block b of u[q][e]: dword e (b even) or e + 4 (b odd) of rows 4 * (2q + b / 2) to +3.
   HWY_UNROLL(4)
   for (int e = 0; e < 4; ++e) {
     t[e] = _mm512_shuffle_i32x4(u[0][e], u[1][e], _MM_SHUFFLE(2, 0, 2, 0));
