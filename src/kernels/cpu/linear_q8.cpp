@@ -1034,12 +1034,12 @@ void GemmQ8(const Weight& w, const float* x, int64_t n, float* y, const float* b
 // in decode, and each of its groups meets every row of x, instead of being unpacked into panels
 // that so few rows cannot repay. Every output gets GemmQ8's bits: the same exact per-group
 // integer sums and the same chain of multiply-adds in group order, started from the bias in
-// full panels, the bias added after the first kQKC inputs in a last partial panel.
+// full panels, the bias added after the first kQKC inputs in a last partial panel. Weight rows
+// sit side by side, one output per int32 lane (16 rows at 512 bits, 8 at 256), transposed in
+// registers as they are read.
 #undef GP_Q8_FEW
-#undef GP_FEW_ATTR
 #if GP_Q8_VNNI512 || (GP_Q8_X86 && HWY_TARGET <= HWY_AVX2)
 #define GP_Q8_FEW 1
-#define GP_FEW_ATTR GP_AVXVNNI_ATTR
 // Up to where it beats the panel kernel (BM_LinearQ8Target, docs/BENCHMARKS.md): 8 rows with
 // vpdpbusd panels and with pmaddubsw ones.
 constexpr int64_t kFewRows = 8;
@@ -1264,160 +1264,198 @@ void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const
   LinearQ8VerticalImpl(w, x, n, y, bias, nullptr);
 }
 #else
-// The other x86 targets: each weight row's groups dotted with every row of x (lanes are
-// inputs), the sums of four rows of x reduced together into one 128-bit float chain.
-using D4 = hn::Full128<float>;
-using D4I = hn::Full128<int32_t>;
+// The vertical kernel at 256 bits: 8 weight rows side by side, each int32 lane one output (see
+// the AVX3_DL one above), with vpdpbusd (AVX-VNNI) or pmaddubsw + pmaddwd.
+constexpr int64_t kV8Rows = 8;
 
-// One group's 32 nibble bytes (lo, hi) against one row's xq (even elements, then odd ones).
-template <bool kVnni>
-GP_AVXVNNI_ATTR HWY_INLINE hn::Vec<DB32> DotGroupI(hn::Vec<DBU8> lo, hn::Vec<DBU8> hi,
-                                                   const XQ* x) {
-  const DBI8 di8;
-#if GP_Q8_AVXVNNI
-  if constexpr (kVnni) {
-    return DotAccVnni(DotAccVnni(hn::Zero(DB32()), lo, hn::LoadU(di8, x)), hi,
-                      hn::LoadU(di8, x + kGroup / 2));
+// Lane i of t[j] = dword j of z[i], for 8 vectors of 8 dwords.
+HWY_INLINE void Transpose8x8(const __m256i* z, __m256i* t) {
+  __m256i u[2][4];
+  HWY_UNROLL(2)
+  for (int q = 0; q < 2; ++q) {
+    const __m256i* s = z + 4 * q;
+    const __m256i a = _mm256_unpacklo_epi32(s[0], s[1]), b = _mm256_unpackhi_epi32(s[0], s[1]);
+    const __m256i c = _mm256_unpacklo_epi32(s[2], s[3]), d = _mm256_unpackhi_epi32(s[2], s[3]);
+    u[q][0] = _mm256_unpacklo_epi64(a, c);
+    u[q][1] = _mm256_unpackhi_epi64(a, c);
+    u[q][2] = _mm256_unpacklo_epi64(b, d);
+    u[q][3] = _mm256_unpackhi_epi64(b, d);
   }
-#endif
-  return PairSumI16(
-      hn::Add(PairDotU8I8(lo, hn::LoadU(di8, x)), PairDotU8I8(hi, hn::LoadU(di8, x + kGroup / 2))));
-}
-// The totals of the 8 lanes of a, b, c, e, in lanes 0-3.
-HWY_INLINE hn::Vec<D4I> Reduce4(hn::Vec<DB32> a, hn::Vec<DB32> b, hn::Vec<DB32> c,
-                                hn::Vec<DB32> e) {
-  const DB32 d;
-  const hn::Repartition<int64_t, DB32> d64;
-  const auto ab =
-      hn::BitCast(d64, hn::Add(hn::InterleaveLower(d, a, b), hn::InterleaveUpper(d, a, b)));
-  const auto ce =
-      hn::BitCast(d64, hn::Add(hn::InterleaveLower(d, c, e), hn::InterleaveUpper(d, c, e)));
-  const auto s = hn::Add(hn::BitCast(d, hn::InterleaveLower(d64, ab, ce)),
-                         hn::BitCast(d, hn::InterleaveUpper(d64, ab, ce)));
-  return hn::Add(hn::LowerHalf(s), hn::UpperHalf(hn::Half<DB32>(), s));
+  // Block b of u[q][e]: dword e + 4b of rows 4q to 4q + 3.
+  HWY_UNROLL(4)
+  for (int e = 0; e < 4; ++e) {
+    t[e] = _mm256_permute2x128_si256(u[0][e], u[1][e], 0x20);
+    t[e + 4] = _mm256_permute2x128_si256(u[0][e], u[1][e], 0x31);
+  }
 }
 
-// Outputs o .. o+K-1 for the 4 * NB rows of x (xq row i at xq + i * in, the group scales and
-// sums transposed: dxt[g * 4NB + i], xst[g * 4NB + i]); rows from n on are padding. NB and K
-// fixed at compile time keep the K * NB float chains in registers, and K > 1 interleaves
-// independent chains, which alone would wait on each other's latency. kVnni: the AVX-VNNI
-// variant of the AVX2 target.
-template <int NB, int K, bool kVnni>
-GP_FEW_ATTR HWY_INLINE void FewRowsQ8(const Weight& w, const XQ* xq, const float* dxt,
-                                      const float* xst, int64_t o, int64_t n, float* y,
-                                      const float* bias, float* sc_buf) {
-  const D4 df;
-  constexpr int64_t np = 4 * NB;
-  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
+// 32 bytes at p[i] + off for the 8 rows, transposed.
+HWY_INLINE void LoadTransposed8(const uint8_t* const* p, int64_t off, __m256i* t) {
+  __m256i z[8];
+  HWY_UNROLL(8)
+  for (int i = 0; i < 8; ++i)
+    z[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p[i] + off));
+  Transpose8x8(z, t);
+}
+
+// Outputs o .. o+7 (those below w.out) for the NR rows of x: xq row r at xq + r * in (QuantizeX
+// order: each group's 32 even elements, then its 32 odd ones), dx and xs [NR, gpr].
+template <int NR, bool kVnni>
+GP_AVXVNNI_ATTR void FewRowsQ8V8(const Weight& w, const XQ* xq, const float* dx, const float* xs,
+                                 int64_t o, int64_t o_end, float* y, const float* bias,
+                                 float* buf) {
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8, gs = (gpr + 7) / 8 * 8;
   const size_t ss = dtype_size(w.scale_dtype);
-  // Outputs from `partial` on form GemmQ8's last partial panel.
-  const int64_t partial = w.out - w.out % QPanelWidth();
   const int64_t first_chunk = std::min(gpr, kQKC / kGroup);
-  hn::Vec<D4> acc[K][NB];
-  hn::Vec<D4I> sums[K][NB];
-  const uint8_t* row[K];
-  const float *sc[K], *bi[K];
-  bool full[K];
-  for (int k = 0; k < K; ++k) {
-    float* s = sc_buf + 2 * k * gpr;
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + (o + k) * gpr * ss, gpr, s);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + (o + k) * gpr * ss, gpr, s + gpr);
-    sc[k] = s;
-    bi[k] = s + gpr;
-    full[k] = o + k < partial;
-    row[k] = reinterpret_cast<const uint8_t*>(w.q + (o + k) * wpr);
-    for (int b = 0; b < NB; ++b)
-      acc[k][b] = full[k] && bias ? hn::Set(df, bias[o + k]) : hn::Zero(df);
+  // GemmQ8's panels are 8 outputs wide here: the block is one panel, full or the last partial.
+  const bool full = o + kV8Rows <= w.out - w.out % QPanelWidth();
+  float* rs = buf;
+  float* rb = buf + kV8Rows * gs;
+  float* tsc = rb + kV8Rows * gs;
+  float* tbi = tsc + 8 * kV8Rows;
+  const uint8_t* rows[kV8Rows];
+  const uint8_t *srow[kV8Rows], *brow[kV8Rows];
+  const int64_t valid = std::min<int64_t>(kV8Rows, w.out - o);
+  HWY_ALIGN float bias_lanes[kV8Rows] = {};
+  for (int i = 0; i < kV8Rows; ++i) {
+    const int64_t r = std::min(o + i, w.out - 1);
+    rows[i] = reinterpret_cast<const uint8_t*>(w.q + r * wpr);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + r * gpr * ss, gpr, rs + i * gs);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + r * gpr * ss, gpr, rb + i * gs);
+    for (int64_t g = gpr; g < gs; ++g) rs[i * gs + g] = rb[i * gs + g] = 0.0f;
+    srow[i] = reinterpret_cast<const uint8_t*>(rs + i * gs);
+    brow[i] = reinterpret_cast<const uint8_t*>(rb + i * gs);
+    if (bias && i < valid) bias_lanes[i] = bias[o + i];
   }
-  // Group g's two multiply-adds for every output and row block, sums[k][b] its integer sums.
-  auto steps = [&](int64_t g) {
-    for (int k = 0; k < K; ++k) {
-      const auto s = hn::Set(df, sc[k][g]), bg = hn::Set(df, bi[k][g]);
-      for (int b = 0; b < NB; ++b) {
-        acc[k][b] = hn::MulAdd(hn::ConvertTo(df, sums[k][b]),
-                               hn::Mul(s, hn::LoadU(df, dxt + g * np + 4 * b)), acc[k][b]);
-        acc[k][b] = hn::MulAdd(bg, hn::LoadU(df, xst + g * np + 4 * b), acc[k][b]);
+  const __m256 bv = _mm256_load_ps(bias_lanes);
+  __m256 acc[NR];
+  HWY_UNROLL(8)
+  for (int r = 0; r < NR; ++r) acc[r] = full ? bv : _mm256_setzero_ps();
+  const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const bool prefetch_next = o + 2 * kV8Rows <= o_end;
+  const uint8_t* next =
+      prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kV8Rows) * wpr) : nullptr;
+  for (int64_t g0 = 0; g0 < gpr; g0 += 8) {
+    __m256i t[8];
+    LoadTransposed8(srow, g0 * 4, t);
+    HWY_UNROLL(8)
+    for (int j = 0; j < 8; ++j) _mm256_store_si256(reinterpret_cast<__m256i*>(tsc + j * 8), t[j]);
+    LoadTransposed8(brow, g0 * 4, t);
+    HWY_UNROLL(8)
+    for (int j = 0; j < 8; ++j) _mm256_store_si256(reinterpret_cast<__m256i*>(tbi + j * 8), t[j]);
+    const int64_t g1 = std::min(gpr, g0 + 8);
+    for (int64_t g = g0; g < g1; ++g) {
+      if (prefetch_next) {
+        HWY_UNROLL(4)
+        for (int i = 0; i < 4; ++i) hwy::Prefetch(next + (g * 4 + i) * 64);
       }
-      if (!full[k] && g + 1 == first_chunk) {
-        const auto add = hn::Set(df, bias ? bias[o + k] : 0.0f);
-        for (int b = 0; b < NB; ++b) acc[k][b] = hn::Add(acc[k][b], add);
-      }
-    }
-  };
-  const DBU8 du8;
-  const hn::Repartition<uint16_t, DB32> du16;
-  const auto mask = hn::Set(du8, 0x0F);
-  for (int64_t g = 0; g < gpr; ++g) {
-    for (int k = 0; k < K; ++k) {
-      if (g % 2 == 0) hwy::Prefetch(row[k] + kPrefetchAhead + g * 32);
-      const auto v = hn::LoadU(du8, row[k] + g * 32);
-      const auto lo = hn::And(v, mask);
-      const auto hi = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, v))), mask);
-      for (int b = 0; b < NB; ++b) {
-        const XQ* x = xq + 4 * b * w.in + g * kGroup;
-        sums[k][b] =
-            Reduce4(DotGroupI<kVnni>(lo, hi, x), DotGroupI<kVnni>(lo, hi, x + w.in),
-                    DotGroupI<kVnni>(lo, hi, x + 2 * w.in), DotGroupI<kVnni>(lo, hi, x + 3 * w.in));
-      }
-    }
-    steps(g);
-  }
-  HWY_ALIGN float out[4];
-  for (int k = 0; k < K; ++k) {
-    for (int b = 0; b < NB; ++b) {
-      hn::Store(acc[k][b], df, out);
-      for (int64_t i = 0; i < 4 && 4 * b + i < n; ++i) y[(4 * b + i) * w.out + o + k] = out[i];
-    }
-  }
-}
-
-// Outputs [r0, r1), two at a time.
-template <int NB, bool kVnni>
-GP_FEW_ATTR void FewRowsQ8Block(const Weight& w, const XQ* xq, const float* dxt, const float* xst,
-                                int64_t r0, int64_t r1, int64_t n, float* y, const float* bias) {
-  float* sc = thread_scratch(kScratchA, 4 * w.groups_per_row());
-  int64_t o = r0;
-  for (; o + 2 <= r1; o += 2) FewRowsQ8<NB, 2, kVnni>(w, xq, dxt, xst, o, n, y, bias, sc);
-  if (o < r1) FewRowsQ8<NB, 1, kVnni>(w, xq, dxt, xst, o, n, y, bias, sc);
-}
-
-// Rows [r0, r1) for the 4 * NB rows of x, in the variant the CPU runs.
-template <int NB>
-void FewRowsQ8Run([[maybe_unused]] bool vnni, const Weight& w, const XQ* xq, const float* dxt,
-                  const float* xst, int64_t r0, int64_t r1, int64_t n, float* y,
-                  const float* bias) {
+      LoadTransposed8(rows, g * 32, t);
+      __m256i pa[NR], pb[NR];
+      HWY_UNROLL(8)
+      for (int r = 0; r < NR; ++r) pa[r] = pb[r] = _mm256_setzero_si256();
+      HWY_UNROLL(8)
+      for (int j = 0; j < 8; ++j) {
+        const __m256i lo = _mm256_and_si256(t[j], mask);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(t[j], 4), mask);
+        HWY_UNROLL(8)
+        for (int r = 0; r < NR; ++r) {
+          int32_t xe, xo;
+          std::memcpy(&xe, xq + r * w.in + g * kGroup + 4 * j, 4);
+          std::memcpy(&xo, xq + r * w.in + g * kGroup + kGroup / 2 + 4 * j, 4);
+          const __m256i be = _mm256_set1_epi32(xe), bo = _mm256_set1_epi32(xo);
 #if GP_Q8_AVXVNNI
-  if (vnni) return FewRowsQ8Block<NB, true>(w, xq, dxt, xst, r0, r1, n, y, bias);
+          if constexpr (kVnni) {
+            pa[r] = _mm256_dpbusd_avx_epi32(pa[r], lo, be);
+            pb[r] = _mm256_dpbusd_avx_epi32(pb[r], hi, bo);
+            continue;
+          }
 #endif
-  FewRowsQ8Block<NB, false>(w, xq, dxt, xst, r0, r1, n, y, bias);
-}
-
-// x [n, in], 2 <= n <= kFewRows: rows quantized as for decode, padded to a multiple of 4 with
-// copies of the last one.
-void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
-  const int64_t gpr = w.groups_per_row(), np = (n + 3) / 4 * 4;
-  auto* xq =
-      reinterpret_cast<XQ*>(thread_scratch(kScratchC, np * w.in * sizeof(XQ) / sizeof(float)));
-  float* dx = thread_scratch(kScratchD, 2 * gpr);
-  float* xs = dx + gpr;
-  float* t = thread_scratch(kScratchE, 2 * np * gpr);
-  float *dxt = t, *xst = t + np * gpr;
-  for (int64_t i = 0; i < np; ++i) {
-    QuantizeX(x + std::min(i, n - 1) * w.in, w.in, xq + i * w.in, dx, xs);
-    for (int64_t g = 0; g < gpr; ++g) {
-      dxt[g * np + i] = dx[g];
-      xst[g * np + i] = xs[g];
+          // int16 lanes: 4 steps of two pair sums <= 4 * 2 * 3810 < 32768 in each of pa, pb.
+          const __m256i s =
+              _mm256_add_epi16(_mm256_maddubs_epi16(lo, be), _mm256_maddubs_epi16(hi, bo));
+          if (j < 4) {
+            pa[r] = _mm256_add_epi16(pa[r], s);
+          } else {
+            pb[r] = _mm256_add_epi16(pb[r], s);
+          }
+        }
+      }
+      const __m256 sc = _mm256_load_ps(tsc + (g - g0) * 8), bi = _mm256_load_ps(tbi + (g - g0) * 8);
+      HWY_UNROLL(8)
+      for (int r = 0; r < NR; ++r) {
+        const __m256i isum = kVnni ? _mm256_add_epi32(pa[r], pb[r])
+                                   : _mm256_add_epi32(_mm256_madd_epi16(pa[r], ones),
+                                                      _mm256_madd_epi16(pb[r], ones));
+        const __m256 d = _mm256_set1_ps(dx[r * gpr + g]), x = _mm256_set1_ps(xs[r * gpr + g]);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(sc, d), acc[r]);
+        acc[r] = _mm256_fmadd_ps(bi, x, acc[r]);
+      }
+      if (!full && g + 1 == first_chunk) {
+        HWY_UNROLL(8)
+        for (int r = 0; r < NR; ++r) acc[r] = _mm256_add_ps(acc[r], bv);
+      }
     }
   }
-  const int64_t rb = gemv_row_block(w.out);
+  HWY_UNROLL(8)
+  for (int r = 0; r < NR; ++r) {
+    if (valid == kV8Rows) {
+      _mm256_storeu_ps(y + r * w.out + o, acc[r]);
+    } else {
+      HWY_ALIGN float out[kV8Rows];
+      _mm256_store_ps(out, acc[r]);
+      std::memcpy(y + r * w.out + o, out, valid * sizeof(float));
+    }
+  }
+}
+
+// Outputs [r0, r1) (r0 a multiple of 8), 8 at a time.
+template <int NR, bool kVnni>
+GP_AVXVNNI_ATTR void FewRowsQ8V8Block(const Weight& w, const XQ* xq, const float* dx,
+                                      const float* xs, int64_t r0, int64_t r1, float* y,
+                                      const float* bias) {
+  const int64_t gs = (w.groups_per_row() + 7) / 8 * 8;
+  float* buf = thread_scratch(kScratchA, 2 * kV8Rows * gs + 2 * 8 * kV8Rows);
+  for (int64_t o = r0; o < r1; o += kV8Rows)
+    FewRowsQ8V8<NR, kVnni>(w, xq, dx, xs, o, r1, y, bias, buf);
+}
+
+// x [n, in], 2 <= n <= 8, through the 256-bit vertical kernel.
+void LinearQ8Vertical8Impl(const Weight& w, const float* x, int64_t n, float* y,
+                           const float* bias) {
+  const int64_t gpr = w.groups_per_row();
+  auto* xq =
+      reinterpret_cast<XQ*>(thread_scratch(kScratchC, n * w.in * sizeof(XQ) / sizeof(float) + 1));
+  float* dx = thread_scratch(kScratchD, 2 * n * gpr);
+  float* xs = dx + n * gpr;
+  for (int64_t r = 0; r < n; ++r)
+    QuantizeX(x + r * w.in, w.in, xq + r * w.in, dx + r * gpr, xs + r * gpr);
+  const int64_t rb = std::max(kV8Rows, gemv_row_block(w.out) / kV8Rows * kV8Rows);
   const int64_t blocks = (w.out + rb - 1) / rb;
   [[maybe_unused]] const bool vnni = UseAvxVnni();
   auto run = [&](int64_t k, int) {
     const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
-    if (np == 4) {
-      FewRowsQ8Run<1>(vnni, w, xq, dxt, xst, r0, r1, n, y, bias);
-    } else {
-      FewRowsQ8Run<2>(vnni, w, xq, dxt, xst, r0, r1, n, y, bias);
+    auto go = [&](auto nr) {
+      constexpr int NR = decltype(nr)::value;
+#if GP_Q8_AVXVNNI
+      if (vnni) return FewRowsQ8V8Block<NR, true>(w, xq, dx, xs, r0, r1, y, bias);
+#endif
+      FewRowsQ8V8Block<NR, false>(w, xq, dx, xs, r0, r1, y, bias);
+    };
+    switch (n) {
+      case 2:
+        return go(std::integral_constant<int, 2>());
+      case 3:
+        return go(std::integral_constant<int, 3>());
+      case 4:
+        return go(std::integral_constant<int, 4>());
+      case 5:
+        return go(std::integral_constant<int, 5>());
+      case 6:
+        return go(std::integral_constant<int, 6>());
+      case 7:
+        return go(std::integral_constant<int, 7>());
+      default:
+        return go(std::integral_constant<int, 8>());
     }
   };
   if (w.bytes() < kGemvInlineBytes) {
@@ -1425,6 +1463,11 @@ void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const
   } else {
     parallel_blocks(blocks, run);
   }
+}
+
+// x [n, in], 2 <= n <= kFewRows.
+void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
+  LinearQ8Vertical8Impl(w, x, n, y, bias);
 }
 #endif  // GP_Q8_VNNI512
 #endif  // GP_Q8_FEW
