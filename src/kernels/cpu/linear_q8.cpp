@@ -1331,7 +1331,7 @@ GP_AVXVNNI_ATTR void FewRowsQ8V8(const Weight& w, const XQ* xq, const float* dx,
   __m256 acc[NR];
   HWY_UNROLL(8)
   for (int r = 0; r < NR; ++r) acc[r] = full ? bv : _mm256_setzero_ps();
-  const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i mask = _mm256_set1_epi8(0x0F);
   const bool prefetch_next = o + 2 * kV8Rows <= o_end;
   const uint8_t* next =
       prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kV8Rows) * wpr) : nullptr;
@@ -1384,8 +1384,8 @@ GP_AVXVNNI_ATTR void FewRowsQ8V8(const Weight& w, const XQ* xq, const float* dx,
       HWY_UNROLL(8)
       for (int r = 0; r < NR; ++r) {
         const __m256i isum = kVnni ? _mm256_add_epi32(pa[r], pb[r])
-                                   : _mm256_add_epi32(_mm256_madd_epi16(pa[r], ones),
-                                                      _mm256_madd_epi16(pb[r], ones));
+                                   : _mm256_add_epi32(PairSumI16(hn::Vec<DBI16>{pa[r]}).raw,
+                                                      PairSumI16(hn::Vec<DBI16>{pb[r]}).raw);
         const __m256 d = _mm256_set1_ps(dx[r * gpr + g]), x = _mm256_set1_ps(xs[r * gpr + g]);
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(sc, d), acc[r]);
         acc[r] = _mm256_fmadd_ps(bi, x, acc[r]);
