@@ -1047,6 +1047,50 @@ constexpr int64_t kFewRows = 8;
 // vpdpbusd panels overtake the 256-bit few-row kernel from 8 rows.
 HWY_INLINE int64_t FewRowsMax() { return !GP_Q8_VNNI512 && UseVnni512() ? 4 : kFewRows; }
 
+// The vertical kernels' driver for x [n, in], 1 <= n <= 8: the rows quantized as for decode, then
+// blocks of whole kLanes-row groups of outputs over the pool, each run as
+// block(std::integral_constant<int, n>, xq, dx, xsum, r0, r1): the kernels keep the n rows'
+// chains in registers, so n is a compile-time constant.
+template <int64_t kLanes, typename Block>
+void RunVertical(const Weight& w, const float* x, int64_t n, const Block& block) {
+  const int64_t gpr = w.groups_per_row();
+  auto* xq =
+      reinterpret_cast<XQ*>(thread_scratch(kScratchC, n * w.in * sizeof(XQ) / sizeof(float) + 1));
+  float* dx = thread_scratch(kScratchD, 2 * n * gpr);
+  float* xs = dx + n * gpr;
+  for (int64_t r = 0; r < n; ++r)
+    QuantizeX(x + r * w.in, w.in, xq + r * w.in, dx + r * gpr, xs + r * gpr);
+  const int64_t rb = std::max(kLanes, gemv_row_block(w.out) / kLanes * kLanes);
+  const int64_t blocks = (w.out + rb - 1) / rb;
+  auto run = [&](int64_t k, int) {
+    const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
+    auto go = [&](auto nr) { block(nr, xq, dx, xs, r0, r1); };
+    switch (n) {
+      case 1:
+        return go(std::integral_constant<int, 1>());
+      case 2:
+        return go(std::integral_constant<int, 2>());
+      case 3:
+        return go(std::integral_constant<int, 3>());
+      case 4:
+        return go(std::integral_constant<int, 4>());
+      case 5:
+        return go(std::integral_constant<int, 5>());
+      case 6:
+        return go(std::integral_constant<int, 6>());
+      case 7:
+        return go(std::integral_constant<int, 7>());
+      default:
+        return go(std::integral_constant<int, 8>());
+    }
+  };
+  if (w.bytes() < kGemvInlineBytes) {
+    for (int64_t k = 0; k < blocks; ++k) run(k, 0);
+  } else {
+    parallel_blocks(blocks, run);
+  }
+}
+
 #if GP_Q8_VNNI512
 // The vertical kernel: 16 weight rows side by side, each int32 lane one output, so a group's
 // integer sum lands in its output's lane with no horizontal sums, every unpacked weight vector
@@ -1217,46 +1261,13 @@ GP_VNNI_ATTR void FewRowsQ8VBlock(const Weight& w, const XQ* xq, const float* dx
 // x [n, in], 1 <= n <= 8, through the vertical kernel (from `packed` where not null).
 void LinearQ8VerticalImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias,
                           const uint8_t* packed) {
-  const int64_t gpr = w.groups_per_row();
-  auto* xq =
-      reinterpret_cast<XQ*>(thread_scratch(kScratchC, n * w.in * sizeof(XQ) / sizeof(float) + 1));
-  float* dx = thread_scratch(kScratchD, 2 * n * gpr);
-  float* xs = dx + n * gpr;
-  for (int64_t r = 0; r < n; ++r)
-    QuantizeX(x + r * w.in, w.in, xq + r * w.in, dx + r * gpr, xs + r * gpr);
-  const int64_t rb = std::max(kVRows, gemv_row_block(w.out) / kVRows * kVRows);
-  const int64_t blocks = (w.out + rb - 1) / rb;
-  auto run = [&](int64_t k, int) {
-    const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
-    auto go = [&](auto nr) {
-      if (packed)
-        return FewRowsQ8VBlock<decltype(nr)::value, true>(w, xq, dx, xs, r0, r1, y, bias, packed);
-      FewRowsQ8VBlock<decltype(nr)::value, false>(w, xq, dx, xs, r0, r1, y, bias, packed);
-    };
-    switch (n) {
-      case 1:
-        return go(std::integral_constant<int, 1>());
-      case 2:
-        return go(std::integral_constant<int, 2>());
-      case 3:
-        return go(std::integral_constant<int, 3>());
-      case 4:
-        return go(std::integral_constant<int, 4>());
-      case 5:
-        return go(std::integral_constant<int, 5>());
-      case 6:
-        return go(std::integral_constant<int, 6>());
-      case 7:
-        return go(std::integral_constant<int, 7>());
-      default:
-        return go(std::integral_constant<int, 8>());
-    }
-  };
-  if (w.bytes() < kGemvInlineBytes) {
-    for (int64_t k = 0; k < blocks; ++k) run(k, 0);
-  } else {
-    parallel_blocks(blocks, run);
-  }
+  RunVertical<kVRows>(
+      w, x, n,
+      [&](auto nr, const XQ* xq, const float* dx, const float* xs, int64_t r0, int64_t r1) {
+        constexpr int NR = decltype(nr)::value;
+        if (packed) return FewRowsQ8VBlock<NR, true>(w, xq, dx, xs, r0, r1, y, bias, packed);
+        FewRowsQ8VBlock<NR, false>(w, xq, dx, xs, r0, r1, y, bias, packed);
+      });
 }
 
 // x [n, in], 2 <= n <= kFewRows.
@@ -1422,47 +1433,16 @@ GP_AVXVNNI_ATTR void FewRowsQ8V8Block(const Weight& w, const XQ* xq, const float
 // x [n, in], 2 <= n <= 8, through the 256-bit vertical kernel.
 void LinearQ8Vertical8Impl(const Weight& w, const float* x, int64_t n, float* y,
                            const float* bias) {
-  const int64_t gpr = w.groups_per_row();
-  auto* xq =
-      reinterpret_cast<XQ*>(thread_scratch(kScratchC, n * w.in * sizeof(XQ) / sizeof(float) + 1));
-  float* dx = thread_scratch(kScratchD, 2 * n * gpr);
-  float* xs = dx + n * gpr;
-  for (int64_t r = 0; r < n; ++r)
-    QuantizeX(x + r * w.in, w.in, xq + r * w.in, dx + r * gpr, xs + r * gpr);
-  const int64_t rb = std::max(kV8Rows, gemv_row_block(w.out) / kV8Rows * kV8Rows);
-  const int64_t blocks = (w.out + rb - 1) / rb;
   [[maybe_unused]] const bool vnni = UseAvxVnni();
-  auto run = [&](int64_t k, int) {
-    const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
-    auto go = [&](auto nr) {
-      constexpr int NR = decltype(nr)::value;
+  RunVertical<kV8Rows>(
+      w, x, n,
+      [&](auto nr, const XQ* xq, const float* dx, const float* xs, int64_t r0, int64_t r1) {
+        constexpr int NR = decltype(nr)::value;
 #if GP_Q8_AVXVNNI
-      if (vnni) return FewRowsQ8V8Block<NR, true>(w, xq, dx, xs, r0, r1, y, bias);
+        if (vnni) return FewRowsQ8V8Block<NR, true>(w, xq, dx, xs, r0, r1, y, bias);
 #endif
-      FewRowsQ8V8Block<NR, false>(w, xq, dx, xs, r0, r1, y, bias);
-    };
-    switch (n) {
-      case 2:
-        return go(std::integral_constant<int, 2>());
-      case 3:
-        return go(std::integral_constant<int, 3>());
-      case 4:
-        return go(std::integral_constant<int, 4>());
-      case 5:
-        return go(std::integral_constant<int, 5>());
-      case 6:
-        return go(std::integral_constant<int, 6>());
-      case 7:
-        return go(std::integral_constant<int, 7>());
-      default:
-        return go(std::integral_constant<int, 8>());
-    }
-  };
-  if (w.bytes() < kGemvInlineBytes) {
-    for (int64_t k = 0; k < blocks; ++k) run(k, 0);
-  } else {
-    parallel_blocks(blocks, run);
-  }
+        FewRowsQ8V8Block<NR, false>(w, xq, dx, xs, r0, r1, y, bias);
+      });
 }
 
 // x [n, in], 2 <= n <= kFewRows.
