@@ -703,7 +703,7 @@ TEST(Bench, JsonHasEveryFigureOfTheTable) {
   const int rc =
       test::run_command(test::bin_path("gemma-bench") + " " + test::data_path("tiny-mobile") +
                             " --reps 2 --pp 16 --tg 8 --text-tokens 6 --image-tokens 5 "
-                            "--json 2>/dev/null",
+                            "--batch 1 3 --json 2>/dev/null",
                         &out);
   ASSERT_EQ(rc, 0) << out;
   const auto j = nlohmann::json::parse(out);
@@ -717,8 +717,10 @@ TEST(Bench, JsonHasEveryFigureOfTheTable) {
       EXPECT_LE(f["median"].get<double>(), f["max"].get<double>()) << part << " " << k;
     }
   EXPECT_GT(j["image"]["image_s"]["median"].get<double>(), 0);
-  for (const char* k : {"pp_tps", "pp_exact_tps", "tg_tps", "tg_exact_tps"})
+  for (const char* k :
+       {"pp_tps", "pp_exact_tps", "tg_tps", "tg_exact_tps", "batch1_tps", "batch3_tps"})
     EXPECT_GT(j["bench"][k]["min"].get<double>(), 0) << k;
+  EXPECT_FALSE(j["bench"].contains("batch2_tps"));
   const auto& r = j["roofline"];
   EXPECT_GT(r["bandwidth_gbs"]["min"].get<double>(), 0.1);
   // The roofline is bandwidth / bytes read per token: decode cannot beat it by much.

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -34,6 +35,7 @@ struct Args {
   std::string model, image;
   int reps = 3, threads = 0, pp = 512, tg = 128, depth = 0, text_tokens = 100, image_tokens = 200;
   std::vector<int> pp_short = {16, 64};
+  std::vector<int> batch;  // --batch: sequences decoded together (llama-batched-bench's -npl)
   bool json_out = false, skip_image = false;
   std::optional<DType> kv;  // --kv; unset: f16 with int8 activations, f32 with --exact ones
   std::string simd_target;  // --simd-target; empty: the best this CPU runs
@@ -220,6 +222,26 @@ json pp_tg_test(const Args& a) {
     std::sort(tps.begin(), tps.end());
     short_pp["pp" + std::to_string(n) + "_tps"] = tps[tps.size() / 2];
   }
+  // Batched decode as gemma-server runs it (llama-batched-bench's S_TG): n sessions, each with a
+  // prompt of 16 ids of its own, then tg steps of one forward over the next id of every session;
+  // generated tokens (n per step) per second of those steps.
+  for (int n : a.batch) {
+    std::vector<std::unique_ptr<Session>> seqs;
+    for (int i = 0; i < n; ++i) {
+      seqs.push_back(std::make_unique<Session>(engine, 16 + a.tg + 8));
+      std::vector<int32_t> prompt = {c.bos_token};
+      for (int32_t id : take(15)) prompt.push_back(id);
+      seqs.back()->prefill(prompt, {});
+    }
+    std::vector<SequenceRows> rows(n);
+    Timer t;
+    for (int32_t id : tg_ids) {
+      for (int i = 0; i < n; ++i) rows[i] = seqs[i]->decode_rows(id);
+      engine.text().forward(rows);
+      for (auto& s : seqs) s->rows_ran();
+    }
+    short_pp["batch" + std::to_string(n) + "_tps"] = n * a.tg / t.seconds();
+  }
   const auto [pp_tps, tg_tps, bw, bytes, wbw] = run(engine);
   const auto [pp_exact_tps, tg_exact_tps, bw_exact, bytes_exact, unused] = run(exact);
   json out = {{"pp_tps", pp_tps},
@@ -305,6 +327,10 @@ int run(const Args& a) {
     const std::string k = "pp" + std::to_string(n) + "_tps";
     out["bench"][k] = collect(bench, k);
   }
+  for (int n : a.batch) {
+    const std::string k = "batch" + std::to_string(n) + "_tps";
+    out["bench"][k] = collect(bench, k);
+  }
   out["bench"]["load_average"] = json::array();
   for (const auto& r : bench)
     out["bench"]["load_average"].push_back({r["load_start"], r["load_end"]});
@@ -371,6 +397,13 @@ int run(const Args& a) {
               spread(out["bench"]["tg_tps"]).c_str());
   std::printf("%-28s %10.2f t/s %s\n", (tg + " --exact").c_str(), m(out["bench"]["tg_exact_tps"]),
               spread(out["bench"]["tg_exact_tps"]).c_str());
+  for (int n : a.batch) {
+    const std::string k = "batch" + std::to_string(n) + "_tps";
+    std::printf("%-28s %10.2f t/s %s (x%.2f %s)\n",
+                ("tg" + std::to_string(a.tg) + " x " + std::to_string(n) + " sequences").c_str(),
+                m(out["bench"][k]), spread(out["bench"][k]).c_str(),
+                m(out["bench"][k]) / m(out["bench"]["tg_tps"]), tg.c_str());
+  }
   const double bw = m(out["roofline"]["bandwidth_gbs"]);
   std::printf("%-28s %10.2f t/s (%.1f GB/s around tg / %.0f MB per token)\n", "decode roofline",
               bw * 1e9 / bytes, bw, bytes / 1e6);
@@ -409,6 +442,10 @@ int main(int argc, char** argv) {
   app.add_option("--pp-short", a.pp_short, "short prompt lengths also measured (int8 only)")
       ->check(CLI::PositiveNumber);
   app.add_option("--tg", a.tg, "tokens of the generation benchmark")->check(CLI::PositiveNumber);
+  app.add_option("--batch", a.batch,
+                 "also decode this many sequences together, --tg steps of one forward over all "
+                 "(as gemma-server's slots; llama-batched-bench's -npl), int8 only")
+      ->check(CLI::Range(1, 64));
   app.add_option("--depth", a.depth,
                  "tokens of context before the prefill and generation benchmarks (llama-bench's "
                  "-d)")
