@@ -34,7 +34,13 @@ uint64_t SumWordsImpl(const uint64_t* HWY_RESTRICT p, size_t n) {
     s2 = hn::Add(s2, hn::Load(d, p + i + 2 * L));
     s3 = hn::Add(s3, hn::Load(d, p + i + 3 * L));
   }
-  return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(s0, s1), hn::Add(s2, s3))));
+  // Summed in scalar unsigned words: SumOfLanes on AVX-512 is gcc's _mm512_reduce_add_epi64,
+  // which adds as signed long long, and the words of weight pages overflow that (UBSan).
+  HWY_ALIGN uint64_t lanes[8];
+  hn::Store(hn::Add(hn::Add(s0, s1), hn::Add(s2, s3)), d, lanes);
+  uint64_t sum = 0;
+  for (size_t i = 0; i < L; ++i) sum += lanes[i];
+  return sum;
 }
 
 }  // namespace gp::cpu::HWY_NAMESPACE
