@@ -913,6 +913,11 @@ std::vector<Case> model_cases() {
        none(),
        {"gemma-bench", "{M}", "--simd-target", "BOGUS", "--skip-image"},
        "--simd-target BOGUS: not a SIMD target this build and CPU run"});
+  add({"BenchBatchTooLarge",
+       kOrig,
+       none(),
+       {"gemma-bench", "{M}", "--batch", "2", "65", "--skip-image"},
+       "--batch: Value 65 not in range 1 to 64"});
   add({"BenchImageGarbage",
        kOrig,
        image("garbage"),
