@@ -722,6 +722,30 @@ TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
               ran.empty() ? "(none of these targets)" : ran.c_str());
 }
 
+// The cases of the int8 kernel-variant tests: 1 and 3 threads; each weight with random x (65 rows)
+// and bias; n rows of x from 1 to 65; without and with the bias; linear_q8 and linear_q8_gemm.
+// check(t, x, n, b, gemm, what), `what` naming the case.
+template <typename Check>
+void for_each_q8_case(const std::vector<TestWeight>& ws, std::mt19937& rng, const Check& check) {
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    for (const TestWeight& t : ws) {
+      const std::vector<float> x = randn(65 * t.w.in, rng), bias = randn(t.w.out, rng);
+      for (int64_t n : {1, 2, 3, 5, 8, 9, 16, 65}) {
+        for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
+          for (bool gemm : {false, true}) {
+            check(t, x.data(), n, b, gemm,
+                  "n=" + std::to_string(n) + " out=" + std::to_string(t.w.out) +
+                      " in=" + std::to_string(t.w.in) + " bias=" + std::to_string(b != nullptr) +
+                      " gemm=" + std::to_string(gemm));
+          }
+        }
+      }
+    }
+  }
+}
+
 // The AVX2 target's two int8 kernels, vpdpbusd (AVX-VNNI) and pmaddubsw + pmaddwd, give the
 // same outputs bit for bit (the same exact int32 sums into the same float chains): one row, few
 // rows and panels, odd group counts, partial panels, with and without bias, 1 and 3 threads.
@@ -751,25 +775,15 @@ TEST(BatchInvariance, AvxVnniKernelEqualsPmaddubswBitwise) {
     (gemm ? cpu::linear_q8_gemm : cpu::linear_q8)(w, x, n, y.data(), b);
     return y;
   };
-  for (int threads : {1, 3}) {
-    SCOPED_TRACE("threads=" + std::to_string(threads));
-    ScopedThreads pool(threads);
-    for (const TestWeight& t : ws) {
-      const std::vector<float> x = randn(65 * t.w.in, rng), bias = randn(t.w.out, rng);
-      for (int64_t n : {1, 2, 3, 5, 8, 9, 16, 65}) {
-        for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
-          for (bool gemm : {false, true}) {
-            const std::vector<float> vnni = run(true, t.w, x.data(), n, b, gemm);
-            const std::vector<float> plain = run(false, t.w, x.data(), n, b, gemm);
-            EXPECT_FALSE(std::isnan(vnni[0]));
-            ASSERT_EQ(std::memcmp(vnni.data(), plain.data(), vnni.size() * sizeof(float)), 0)
-                << "n=" << n << " out=" << t.w.out << " in=" << t.w.in << " bias=" << (b != nullptr)
-                << " gemm=" << gemm;
-          }
-        }
-      }
-    }
-  }
+  for_each_q8_case(
+      ws, rng,
+      [&](const TestWeight& t, const float* x, int64_t n, const float* b, bool gemm,
+          const std::string& what) {
+        const std::vector<float> vnni = run(true, t.w, x, n, b, gemm);
+        const std::vector<float> plain = run(false, t.w, x, n, b, gemm);
+        EXPECT_FALSE(std::isnan(vnni[0]));
+        ASSERT_EQ(std::memcmp(vnni.data(), plain.data(), vnni.size() * sizeof(float)), 0) << what;
+      });
 }
 
 // |got - want| <= rel * |want| + abs for every element.
@@ -825,47 +839,35 @@ TEST(BatchInvariance, Avx512VnniOnAvx3EqualsAvx3DlAndPmaddubswBitwise) {
     (gemm ? cpu::linear_q8_gemm : cpu::linear_q8)(w, x, n, y.data(), b);
     return y;
   };
-  for (int threads : {1, 3}) {
-    SCOPED_TRACE("threads=" + std::to_string(threads));
-    ScopedThreads pool(threads);
-    for (const TestWeight& t : ws) {
-      const std::vector<float> x = randn(65 * t.w.in, rng), bias = randn(t.w.out, rng);
-      for (int64_t n : {1, 2, 3, 5, 8, 9, 16, 65}) {
-        for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
-          for (bool gemm : {false, true}) {
-            const std::string what = "n=" + std::to_string(n) + " out=" + std::to_string(t.w.out) +
-                                     " in=" + std::to_string(t.w.in) +
-                                     " bias=" + std::to_string(b != nullptr) +
-                                     " gemm=" + std::to_string(gemm);
-            const std::vector<float> on = run(HWY_AVX3, true, t.w, x.data(), n, b, gemm);
-            const std::vector<float> off = run(HWY_AVX3, false, t.w, x.data(), n, b, gemm);
-            EXPECT_FALSE(std::isnan(on[0]));
-            const size_t bytes = on.size() * sizeof(float);
-            if (n == 1 && !gemm) {
-              expect_close(on.data(), off.data(), t.w.out, 1e-5, 1e-4, "VNNI on/off, " + what);
-            } else {
-              // With a bias, outputs [lo, hi) are in a full panel of 8 columns, which starts
-              // from the bias, and in the last partial one of 32, which adds it after the first
-              // chunk of inputs: within rounding there.
-              const int64_t out = t.w.out;
-              const int64_t lo = b ? out - out % 32 : 0, hi = b ? out - out % 8 : 0;
-              for (int64_t r = 0; r < n; ++r) {
-                const float *p = on.data() + r * out, *q = off.data() + r * out;
-                ASSERT_EQ(std::memcmp(p, q, lo * sizeof(float)), 0) << "VNNI on/off, " << what;
-                ASSERT_EQ(std::memcmp(p + hi, q + hi, (out - hi) * sizeof(float)), 0)
-                    << "VNNI on/off, " << what;
-                expect_close(p + lo, q + lo, hi - lo, 1e-5, 1e-5, "VNNI on/off, " + what);
-              }
-            }
-            if (with_dl) {
-              const std::vector<float> dl = run(HWY_AVX3_DL, true, t.w, x.data(), n, b, gemm);
-              ASSERT_EQ(std::memcmp(on.data(), dl.data(), bytes), 0) << "AVX3_DL, " << what;
-            }
+  for_each_q8_case(
+      ws, rng,
+      [&](const TestWeight& t, const float* x, int64_t n, const float* b, bool gemm,
+          const std::string& what) {
+        const std::vector<float> on = run(HWY_AVX3, true, t.w, x, n, b, gemm);
+        const std::vector<float> off = run(HWY_AVX3, false, t.w, x, n, b, gemm);
+        EXPECT_FALSE(std::isnan(on[0]));
+        const size_t bytes = on.size() * sizeof(float);
+        if (n == 1 && !gemm) {
+          expect_close(on.data(), off.data(), t.w.out, 1e-5, 1e-4, "VNNI on/off, " + what);
+        } else {
+          // With a bias, outputs [lo, hi) are in a full panel of 8 columns, which starts
+          // from the bias, and in the last partial one of 32, which adds it after the first
+          // chunk of inputs: within rounding there.
+          const int64_t out = t.w.out;
+          const int64_t lo = b ? out - out % 32 : 0, hi = b ? out - out % 8 : 0;
+          for (int64_t r = 0; r < n; ++r) {
+            const float *p = on.data() + r * out, *q = off.data() + r * out;
+            ASSERT_EQ(std::memcmp(p, q, lo * sizeof(float)), 0) << "VNNI on/off, " << what;
+            ASSERT_EQ(std::memcmp(p + hi, q + hi, (out - hi) * sizeof(float)), 0)
+                << "VNNI on/off, " << what;
+            expect_close(p + lo, q + lo, hi - lo, 1e-5, 1e-5, "VNNI on/off, " + what);
           }
         }
-      }
-    }
-  }
+        if (with_dl) {
+          const std::vector<float> dl = run(HWY_AVX3_DL, true, t.w, x, n, b, gemm);
+          ASSERT_EQ(std::memcmp(on.data(), dl.data(), bytes), 0) << "AVX3_DL, " << what;
+        }
+      });
   std::printf("AVX3 + AVX512-VNNI (vpdpbusd 512-bit) tested against AVX3 pmaddubsw + pmaddwd%s\n",
               with_dl ? " and AVX3_DL" : " (no AVX3_DL on this CPU)");
 }
