@@ -741,6 +741,7 @@ TEST(Server, MetricsCountRequestsAndTokens) {
   EXPECT_EQ(values["gemma_queue_length"], 0);
   EXPECT_EQ(values["gemma_slots_busy"], 0);
   EXPECT_EQ(values["gemma_slots"], 4);
+  EXPECT_EQ(values["gemma_request_body_bytes"], 0);  // the answered request's body is freed
   EXPECT_GT(values["gemma_busy_seconds_total"], 0);
   EXPECT_GT(values["gemma_generated_tokens_per_second"], 0);
 }
@@ -1148,6 +1149,79 @@ TEST(Server, BodyOverTheLimitGets413WithoutReadingIt) {
               HasSubstr("the request body is 5000 bytes, over the limit of 1000 (--max-body)"));
 }
 
+// httplib 0.11 bounds a declared Content-Length only: a chunked body, or one that ends with the
+// connection, is counted as it is read and cut at --max-body.
+TEST(Server, ChunkedAndUnsizedBodiesOverTheLimitGet413) {
+  ServerOptions o;
+  o.max_body = 1000;
+  TestServer s(o);
+  const std::string head =
+      "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
+  std::string chunked = head + "Transfer-Encoding: chunked\r\n\r\n";
+  for (int i = 0; i < 10; ++i) chunked += "1f4\r\n" + std::string(500, ' ') + "\r\n";
+  // Without a length, a body on a connection to be closed ends with the connection.
+  const std::string unsized = head + "Connection: close\r\n\r\n" + std::string(5000, ' ');
+  for (const std::string& request : {chunked, unsized}) {
+    RawClient c(s.port());
+    c.send_raw(request);  // the server may stop reading, and close, before it is all sent
+    const std::string got = c.read_to_end();
+    EXPECT_THAT(got, StartsWith("HTTP/1.1 413 Payload Too Large\r\n"));
+    EXPECT_THAT(got, HasSubstr("the request body is over the limit of 1000 bytes (--max-body)"));
+  }
+  EXPECT_TRUE(health_answers(s.port()));
+}
+
+// The bytes of request bodies held now, from /metrics.
+double body_bytes_held(const TestServer& s) {
+  const auto m = s.get("/metrics");
+  if (!m || m->status != 200) return -1;
+  const std::string name = "\ngemma_request_body_bytes ";
+  const size_t at = m->body.find(name);
+  return at == std::string::npos ? -1 : std::stod(m->body.substr(at + name.size()));
+}
+
+// Waits (at most 30 s, a bound for liveness only) until the server holds `bytes` of bodies.
+bool holds_body_bytes(const TestServer& s, double bytes) {
+  for (int i = 0; i < 600; ++i) {
+    if (body_bytes_held(s) == bytes) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+// Bodies held at once, over all connections, are bounded by --max-body-total: many clients
+// sending large bodies cannot take the machine's memory. One beyond it gets 503 and may retry.
+TEST(Server, BodiesBeyondTheServersTotalGet503) {
+  ServerOptions o;
+  o.max_body = 1000;
+  o.max_body_total = 1500;
+  TestServer s(o);
+  std::string body = json{{"prompt", "Once upon"}, {"max_tokens", 1}, {"temperature", 0}}.dump();
+  body.insert(body.size() - 1, std::string(1000 - body.size(), ' '));
+  const std::string head =
+      "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+      "Content-Length: 1000\r\n\r\n";
+  RawClient first(s.port());
+  ASSERT_TRUE(first.send_raw(head + body.substr(0, 900)));
+  ASSERT_TRUE(holds_body_bytes(s, 900));
+  {
+    RawClient second(s.port());
+    second.send_raw(head + body);
+    const std::string got = second.read_to_end();
+    EXPECT_THAT(got, StartsWith("HTTP/1.1 503 Service Unavailable\r\n"));
+    EXPECT_THAT(got, HasSubstr("\r\nRetry-After: 1\r\n"));
+    EXPECT_THAT(got, HasSubstr("the server holds its limit of 1500 bytes of request bodies "
+                               "(--max-body-total); retry later"));
+  }
+  EXPECT_TRUE(holds_body_bytes(s, 900));  // the refused body's bytes are given back
+  ASSERT_TRUE(first.send_raw(body.substr(900)));
+  EXPECT_THAT(first.next_response(), StartsWith("HTTP/1.1 200 OK\r\n"));
+  ASSERT_TRUE(holds_body_bytes(s, 0));
+  const auto retry = s.post_raw("/v1/completions", body);
+  ASSERT_TRUE(retry);
+  EXPECT_EQ(retry->status, 200) << retry->body;
+}
+
 // A head may hold 64 KiB (common servers allow less); beyond it 431, without reading the rest.
 TEST(Server, HeadOverItsSizeBoundGets431) {
   TestServer s;
@@ -1265,6 +1339,9 @@ TEST(Server, ConnectionOptionsAreChecked) {
   EXPECT_EQ(test::run_command(server + " --max-queue 1 --parallel 2 --max-connections 3", &out), 1);
   EXPECT_THAT(out, HasSubstr("error: --max-connections must be more than --max-queue + "
                              "--parallel (3), got 3"));
+  EXPECT_EQ(test::run_command(server + " --max-body 2000 --max-body-total 1000", &out), 1);
+  EXPECT_THAT(out,
+              HasSubstr("error: --max-body-total must be at least --max-body (2000), got 1000"));
   EXPECT_EQ(test::run_command(server + " --header-timeout nan", &out), 1);
   EXPECT_THAT(out,
               HasSubstr("error: --header-timeout must be from 0.001 to 3600 seconds, got nan"));

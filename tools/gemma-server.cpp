@@ -63,6 +63,9 @@ int main(int argc, char** argv) {
       ->envname("GEMMA_API_KEY");
   app.add_option("--max-body", o.max_body, "largest request body in bytes (413 beyond)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--max-body-total", o.max_body_total,
+                 "bytes of request bodies held at once, all connections together (503 beyond)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-connections", o.max_connections,
                  "connections served at once, a thread each (0: 256, more for a long "
                  "--max-queue); as many more wait, and beyond them a connection gets 503")

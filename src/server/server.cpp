@@ -41,6 +41,10 @@ thread_local bool t_refuse = false;
 // Whether this thread's current request was answered 408 or 431 by the connection loop (httplib's
 // 400 for its unfinished head is not logged).
 thread_local bool t_head_refused = false;
+// Why the connection loop stopped reading this thread's current request body, if it did: httplib
+// then answers 400 for the cut body, and the error handler says why instead.
+enum class BodyRefusal { kNone, kTooLarge, kServerFull };
+thread_local BodyRefusal t_body_refusal = BodyRefusal::kNone;
 
 // A Content-Length value as HTTP defines it: one or more decimal digits.
 bool is_decimal(const std::string& v) {
@@ -128,6 +132,9 @@ class HttpServer : public httplib::Server {
   static constexpr size_t kMaxHeadBytes = 64 << 10;  // as common servers allow (nginx: 32 KB)
 
   std::chrono::milliseconds head_timeout{10000};
+  // Bytes of request bodies all connections may hold at once (--max-body-total), and held now.
+  size_t max_body_total = size_t{256} << 20;
+  std::atomic<size_t> body_bytes_held{0};
   // Whole HTTP responses, written as they are: a head too slow (408) or too large (431), and a
   // connection beyond the cap (503).
   std::string head_timeout_response, head_too_large_response, busy_response;
@@ -169,6 +176,7 @@ class HttpServer : public httplib::Server {
         conn.head_done();
         if (!body_length_ok(req)) conn.refuse_body();
       });
+      conn.end_request();  // its body is freed
       if (conn.refused_head() || conn.refused_body()) {
         linger(sock);
         break;
@@ -225,7 +233,7 @@ class HttpServer : public httplib::Server {
   // bytes, is_writable false once the peer has gone), plus the head's deadline and size bound.
   class Connection : public httplib::Stream {
    public:
-    Connection(const HttpServer& server, int fd)
+    Connection(HttpServer& server, int fd)
         : server_(server),
           fd_(fd),
           read_timeout_ms_(server.read_timeout_sec_ * 1000 + server.read_timeout_usec_ / 1000),
@@ -240,7 +248,14 @@ class HttpServer : public httplib::Server {
       in_head_ = true;
       head_bytes_ = 0;
       t_head_refused = false;
+      t_body_refusal = BodyRefusal::kNone;
     }
+    // The request is answered and its body freed: the bytes it held go back to the server.
+    void end_request() {
+      server_.body_bytes_held -= body_bytes_;
+      body_bytes_ = 0;
+    }
+    ~Connection() { end_request(); }
     // Called once the request's line and headers are read: the body has no deadline.
     void head_done() { in_head_ = false; }
     // Whether the request's head was answered 408 or 431: nothing more goes in or out.
@@ -281,6 +296,7 @@ class HttpServer : public httplib::Server {
         size_ = static_cast<size_t>(n);
       }
       const size_t n = std::min(size, size_ - off_);
+      if (!in_head_ && !take_body_bytes(n)) return -1;  // 0 would end a body without a length
       if (in_head_ && (head_bytes_ += n) > kMaxHeadBytes) {
         refuse_head(server_.head_too_large_response);
         if (server_.log)
@@ -305,6 +321,26 @@ class HttpServer : public httplib::Server {
     socket_t socket() const override { return fd_; }
 
    private:
+    // Counts n more bytes of the request's body against --max-body (which httplib checks only
+    // for a Content-Length, not for a chunked body or one that ends with the connection) and
+    // against the bytes of bodies the server holds at once; false, and the body refused, when
+    // either would be exceeded.
+    bool take_body_bytes(size_t n) {
+      BodyRefusal why = BodyRefusal::kNone;
+      if (body_bytes_ + n > server_.payload_max_length_) {
+        why = BodyRefusal::kTooLarge;
+      } else if (server_.body_bytes_held.fetch_add(n) + n > server_.max_body_total) {
+        server_.body_bytes_held -= n;
+        why = BodyRefusal::kServerFull;
+      }
+      if (why == BodyRefusal::kNone) {
+        body_bytes_ += n;
+        return true;
+      }
+      t_body_refusal = why;
+      body_refused_ = true;
+      return false;
+    }
     // The read timeout, cut to what is left of the head's deadline while the head is read
     // (rounded up: a wait of 0 would end a read at once while the head still has time).
     int64_t read_wait_ms() const {
@@ -345,12 +381,13 @@ class HttpServer : public httplib::Server {
                                            : reinterpret_cast<sockaddr_in*>(&a)->sin_port);
     }
 
-    const HttpServer& server_;
+    HttpServer& server_;
     const int fd_;
     const int64_t read_timeout_ms_, write_timeout_ms_;
     std::chrono::steady_clock::time_point deadline_;
     bool in_head_ = false, refused_ = false, body_refused_ = false;
     size_t head_bytes_ = 0;  // of the current request's head, so far
+    size_t body_bytes_ = 0;  // of the current request's body, so far (held in the server's count)
     char buf_[4096];
     size_t off_ = 0, size_ = 0;
   };
@@ -749,6 +786,9 @@ std::string Server::Impl::metrics() const {
   metric("gemma_queue_length", "gauge", "requests waiting for a slot", s.waiting);
   metric("gemma_slots_busy", "gauge", "slots running a request", s.slots_busy);
   metric("gemma_slots", "gauge", "slots (--parallel)", static_cast<double>(s.slots.size()));
+  metric("gemma_request_body_bytes", "gauge",
+         "bytes of request bodies held now (--max-body-total bounds them)",
+         static_cast<double>(http.body_bytes_held.load()));
   metric("gemma_busy_seconds_total", "counter", "seconds spent in model forwards", s.busy_s);
   metric("gemma_generated_tokens_per_second", "gauge",
          "tokens generated per second of forwards, all slots together",
@@ -780,6 +820,7 @@ void Server::Impl::routes() {
       ApiError(503, "server_error", "server_busy",
                "the server has too many open connections (--max-connections); retry later"));
   http.log = options.log;
+  http.max_body_total = options.max_body_total;
   // httplib sets SO_REUSEPORT too, with which a second server on the same port starts silently
   // and takes half the connections: SO_REUSEADDR alone makes that bind fail.
   // The callback gets the listening socket before it is bound (the last one it gets is the one
@@ -840,7 +881,16 @@ void Server::Impl::routes() {
   // httplib's own refusals (no route, body too large, bad HTTP) get an error object too.
   http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    if (res.status == 404)
+    if (t_body_refusal == BodyRefusal::kTooLarge)
+      reply_error(res, ApiError(413, "invalid_request_error", "request_too_large",
+                                "the request body is over the limit of " +
+                                    std::to_string(options.max_body) + " bytes (--max-body)"));
+    else if (t_body_refusal == BodyRefusal::kServerFull)
+      reply_error(
+          res, ApiError(503, "server_error", "server_busy",
+                        "the server holds its limit of " + std::to_string(options.max_body_total) +
+                            " bytes of request bodies (--max-body-total); retry later"));
+    else if (res.status == 404)
       reply_error(
           res, ApiError(404, "invalid_request_error", "not_found",
                         "no route " + req.method + " " + req.path +
@@ -890,6 +940,9 @@ const ServerOptions& checked(const ServerOptions& o) {
         "--max-connections must be more than --max-queue + --parallel (" +
             std::to_string(o.max_queue + o.parallel) + "), got " +
             std::to_string(o.max_connections));
+  check(o.max_body_total >= o.max_body, "--max-body-total must be at least --max-body (" +
+                                            std::to_string(o.max_body) + "), got " +
+                                            std::to_string(o.max_body_total));
   check(std::isfinite(o.header_timeout) && o.header_timeout >= 0.001 && o.header_timeout <= 3600,
         "--header-timeout must be from 0.001 to 3600 seconds, got " +
             std::to_string(o.header_timeout));

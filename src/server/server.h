@@ -22,6 +22,8 @@ struct ServerOptions {
   int max_queue = 16;              // requests that may wait for a slot; more get 503
   std::string api_key;             // when set, /v1/ needs "Authorization: Bearer KEY"
   size_t max_body = 32u << 20;     // request bodies beyond this get 413
+  // Bytes of request bodies held at once, over all connections; a body beyond it gets 503.
+  size_t max_body_total = size_t{256} << 20;
   // Connections served at once, a thread each (0: 256, or max_queue + parallel + 64 when more);
   // as many more wait for a thread, and beyond those a connection gets 503 and is closed.
   int max_connections = 0;
