@@ -1047,24 +1047,39 @@ constexpr int64_t kFewRows = 8;
 // vpdpbusd panels overtake the 256-bit few-row kernel from 8 rows.
 HWY_INLINE int64_t FewRowsMax() { return !GP_Q8_VNNI512 && UseVnni512() ? 4 : kFewRows; }
 
-// The vertical kernels' driver for x [n, in], 1 <= n <= 8: the rows quantized as for decode, then
-// blocks of whole kLanes-row groups of outputs over the pool, each run as
-// block(std::integral_constant<int, n>, xq, dx, xsum, r0, r1): the kernels keep the n rows'
-// chains in registers, so n is a compile-time constant.
+// The vertical kernels' driver for x [n, in], 1 <= n <= 8, through the n_outs weights of outs
+// (the same input width, as ops::linear_many's): the rows quantized once, as for decode, then
+// blocks of whole kLanes-row groups of outputs of every weight in one pass over the pool, each
+// run as block(std::integral_constant<int, n>, out, xq, dx, xsum, r0, r1): the kernels keep the
+// n rows' chains in registers, so n is a compile-time constant.
 template <int64_t kLanes, typename Block>
-void RunVertical(const Weight& w, const float* x, int64_t n, const Block& block) {
-  const int64_t gpr = w.groups_per_row();
+void RunVertical(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n,
+                 const Block& block) {
+  const int64_t in = outs[0].w->in, gpr = in / kGroup;
   auto* xq =
-      reinterpret_cast<XQ*>(thread_scratch(kScratchC, n * w.in * sizeof(XQ) / sizeof(float) + 1));
+      reinterpret_cast<XQ*>(thread_scratch(kScratchC, n * in * sizeof(XQ) / sizeof(float) + 1));
   float* dx = thread_scratch(kScratchD, 2 * n * gpr);
   float* xs = dx + n * gpr;
   for (int64_t r = 0; r < n; ++r)
-    QuantizeX(x + r * w.in, w.in, xq + r * w.in, dx + r * gpr, xs + r * gpr);
-  const int64_t rb = std::max(kLanes, gemv_row_block(w.out) / kLanes * kLanes);
-  const int64_t blocks = (w.out + rb - 1) / rb;
+    QuantizeX(x + r * in, in, xq + r * in, dx + r * gpr, xs + r * gpr);
+  struct Task {
+    const ops::LinearOut* out;
+    int64_t r0, r1;
+  };
+  thread_local std::vector<Task> kept;  // no allocation per call
+  std::vector<Task>& tasks = kept;      // the caller's, also on the pool's threads
+  tasks.clear();
+  size_t bytes = 0;
+  for (size_t j = 0; j < n_outs; ++j) {
+    const Weight& w = *outs[j].w;
+    const int64_t rb = std::max(kLanes, gemv_row_block(w.out) / kLanes * kLanes);
+    for (int64_t r0 = 0; r0 < w.out; r0 += rb)
+      tasks.push_back({&outs[j], r0, std::min(w.out, r0 + rb)});
+    bytes += w.bytes();
+  }
   auto run = [&](int64_t k, int) {
-    const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
-    auto go = [&](auto nr) { block(nr, xq, dx, xs, r0, r1); };
+    const Task& t = tasks[k];
+    auto go = [&](auto nr) { block(nr, *t.out, xq, dx, xs, t.r0, t.r1); };
     switch (n) {
       case 1:
         return go(std::integral_constant<int, 1>());
@@ -1084,10 +1099,11 @@ void RunVertical(const Weight& w, const float* x, int64_t n, const Block& block)
         return go(std::integral_constant<int, 8>());
     }
   };
-  if (w.bytes() < kGemvInlineBytes) {
-    for (int64_t k = 0; k < blocks; ++k) run(k, 0);
+  const auto n_tasks = static_cast<int64_t>(tasks.size());
+  if (bytes < kGemvInlineBytes) {
+    for (int64_t k = 0; k < n_tasks; ++k) run(k, 0);
   } else {
-    parallel_blocks(blocks, run);
+    parallel_blocks(n_tasks, run);
   }
 }
 
@@ -1155,6 +1171,16 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
   float* tbi = tsc + 8 * kVRows;
   const uint8_t* rows[kVRows];
   const uint8_t *srow[kVRows], *brow[kVRows];
+  // The next block's nibbles are prefetched as they are read below; its scales and biases
+  // (their own two streams, read at the block's start) here, a whole block ahead.
+  if (o + 2 * kVRows <= o_end) {
+    const uint8_t* s = static_cast<const uint8_t*>(w.scales) + (o + kVRows) * gpr * ss;
+    const uint8_t* b = static_cast<const uint8_t*>(w.biases) + (o + kVRows) * gpr * ss;
+    for (int64_t k = 0; k < kVRows * gpr * static_cast<int64_t>(ss); k += 64) {
+      hwy::Prefetch(s + k);
+      hwy::Prefetch(b + k);
+    }
+  }
   for (int i = 0; i < kVRows; ++i) {
     const int64_t r = std::min(o + i, w.out - 1);
     rows[i] = reinterpret_cast<const uint8_t*>(w.q + r * wpr);
@@ -1258,21 +1284,24 @@ GP_VNNI_ATTR void FewRowsQ8VBlock(const Weight& w, const XQ* xq, const float* dx
     FewRowsQ8V<NR, kPacked>(w, xq, dx, xs, o, r1, y, bias, buf, packed);
 }
 
-// x [n, in], 1 <= n <= 8, through the vertical kernel (from `packed` where not null).
-void LinearQ8VerticalImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias,
+// x [n, in], 1 <= n <= 8, through the vertical kernel for every weight of outs (from `packed`
+// where not null: then outs is one weight).
+void LinearQ8VerticalImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n,
                           const uint8_t* packed) {
   RunVertical<kVRows>(
-      w, x, n,
-      [&](auto nr, const XQ* xq, const float* dx, const float* xs, int64_t r0, int64_t r1) {
+      outs, n_outs, x, n,
+      [&](auto nr, const ops::LinearOut& out, const XQ* xq, const float* dx, const float* xs,
+          int64_t r0, int64_t r1) {
         constexpr int NR = decltype(nr)::value;
-        if (packed) return FewRowsQ8VBlock<NR, true>(w, xq, dx, xs, r0, r1, y, bias, packed);
-        FewRowsQ8VBlock<NR, false>(w, xq, dx, xs, r0, r1, y, bias, packed);
+        if (packed)
+          return FewRowsQ8VBlock<NR, true>(*out.w, xq, dx, xs, r0, r1, out.y, out.bias, packed);
+        FewRowsQ8VBlock<NR, false>(*out.w, xq, dx, xs, r0, r1, out.y, out.bias, packed);
       });
 }
 
-// x [n, in], 2 <= n <= kFewRows.
-void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
-  LinearQ8VerticalImpl(w, x, n, y, bias, nullptr);
+// x [n, in], 2 <= n <= kFewRows, through every weight of outs.
+void LinearQ8FewImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
+  LinearQ8VerticalImpl(outs, n_outs, x, n, nullptr);
 }
 #else
 // The vertical kernel at 256 bits: 8 weight rows side by side, each int32 lane one output (see
@@ -1430,24 +1459,20 @@ GP_AVXVNNI_ATTR void FewRowsQ8V8Block(const Weight& w, const XQ* xq, const float
     FewRowsQ8V8<NR, kVnni>(w, xq, dx, xs, o, r1, y, bias, buf);
 }
 
-// x [n, in], 2 <= n <= 8, through the 256-bit vertical kernel.
-void LinearQ8Vertical8Impl(const Weight& w, const float* x, int64_t n, float* y,
-                           const float* bias) {
+// x [n, in], 2 <= n <= kFewRows, through the 256-bit vertical kernel for every weight of outs.
+void LinearQ8FewImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
   [[maybe_unused]] const bool vnni = UseAvxVnni();
-  RunVertical<kV8Rows>(
-      w, x, n,
-      [&](auto nr, const XQ* xq, const float* dx, const float* xs, int64_t r0, int64_t r1) {
-        constexpr int NR = decltype(nr)::value;
+  RunVertical<kV8Rows>(outs, n_outs, x, n,
+                       [&](auto nr, const ops::LinearOut& out, const XQ* xq, const float* dx,
+                           const float* xs, int64_t r0, int64_t r1) {
+                         constexpr int NR = decltype(nr)::value;
 #if GP_Q8_AVXVNNI
-        if (vnni) return FewRowsQ8V8Block<NR, true>(w, xq, dx, xs, r0, r1, y, bias);
+                         if (vnni)
+                           return FewRowsQ8V8Block<NR, true>(*out.w, xq, dx, xs, r0, r1, out.y,
+                                                             out.bias);
 #endif
-        FewRowsQ8V8Block<NR, false>(w, xq, dx, xs, r0, r1, y, bias);
-      });
-}
-
-// x [n, in], 2 <= n <= kFewRows.
-void LinearQ8FewImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
-  LinearQ8Vertical8Impl(w, x, n, y, bias);
+                         FewRowsQ8V8Block<NR, false>(*out.w, xq, dx, xs, r0, r1, out.y, out.bias);
+                       });
 }
 #endif  // GP_Q8_VNNI512
 #endif  // GP_Q8_FEW
@@ -1480,7 +1505,8 @@ std::vector<uint8_t> PackQ8VerticalImpl(const Weight& w) {
 void LinearQ8VerticalPackedImpl(const Weight& w, const uint8_t* packed, const float* x, int64_t n,
                                 float* y) {
 #if GP_Q8_VNNI512
-  LinearQ8VerticalImpl(w, x, n, y, nullptr, packed);
+  const ops::LinearOut out{&w, y, nullptr};
+  LinearQ8VerticalImpl(&out, 1, x, n, packed);
 #else
   (void)w, (void)packed, (void)x, (void)n, (void)y;
 #endif
@@ -1513,9 +1539,22 @@ const char* Q8KernelNameImpl() {
 void LinearQ8BatchImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
   if (n <= 0 || w.out <= 0) return;
 #if GP_Q8_FEW
-  if (n <= FewRowsMax()) return LinearQ8FewImpl(w, x, n, y, bias);
+  if (n <= FewRowsMax()) {
+    const ops::LinearOut out{&w, y, bias};
+    return LinearQ8FewImpl(&out, 1, x, n);
+  }
 #endif
   GemmQ8(w, x, n, y, bias);
+}
+
+// x [n, in] through every weight of outs (the same input width), 2 <= n <= FewRowsMaxImpl():
+// the few-row kernel's blocks of all of them in one pass over the pool, x quantized once.
+void LinearQ8FewManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
+#if GP_Q8_FEW
+  LinearQ8FewImpl(outs, n_outs, x, n);
+#else
+  (void)outs, (void)n_outs, (void)x, (void)n;
+#endif
 }
 
 // GemmQ8 for any n: the reference of the few-row kernel's tests.
@@ -1532,6 +1571,7 @@ namespace gp::cpu {
 
 HWY_EXPORT(LinearQ8OneRowImpl);
 HWY_EXPORT(LinearQ8BatchImpl);
+HWY_EXPORT(LinearQ8FewManyImpl);
 HWY_EXPORT(LinearQ8GemmImpl);
 HWY_EXPORT(FewRowsMaxImpl);
 HWY_EXPORT(PackQ8VerticalImpl);
@@ -1625,6 +1665,13 @@ void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n
                        return has_q8_path(*o.w) && o.w->in == outs[0].w->in && o.w->out > 0;
                      });
   if (fused) return HWY_DYNAMIC_DISPATCH(LinearQ8OneRowImpl)(outs.data(), outs.size(), x);
+  // A few rows (batched decode): the same kernel as one weight at a time, in one pass.
+  const bool few = act == ops::Activations::kInt8 && n >= 2 && outs.size() > 1 &&
+                   n <= linear_q8_few_rows_max() &&
+                   std::all_of(outs.begin(), outs.end(), [&](const ops::LinearOut& o) {
+                     return has_q8_path(*o.w) && o.w->in == outs[0].w->in && o.w->out > 0;
+                   });
+  if (few) return HWY_DYNAMIC_DISPATCH(LinearQ8FewManyImpl)(outs.data(), outs.size(), x, n);
   for (const ops::LinearOut& o : outs) {
     if (act == ops::Activations::kInt8) {
       linear_q8(*o.w, x, n, o.y, o.bias);
