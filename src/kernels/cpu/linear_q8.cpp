@@ -1072,7 +1072,9 @@ void RunVertical(const ops::LinearOut* outs, size_t n_outs, const float* x, int6
   size_t bytes = 0;
   for (size_t j = 0; j < n_outs; ++j) {
     const Weight& w = *outs[j].w;
-    const int64_t rb = std::max(kLanes, gemv_row_block(w.out) / kLanes * kLanes);
+    // At least 4 blocks of kLanes rows per task: a task's first block is read cold (nothing
+    // prefetched it), the others were prefetched while the one before ran.
+    const int64_t rb = std::max(4 * kLanes, gemv_row_block(w.out) / kLanes * kLanes);
     for (int64_t r0 = 0; r0 < w.out; r0 += rb)
       tasks.push_back({&outs[j], r0, std::min(w.out, r0 + rb)});
     bytes += w.bytes();
@@ -1154,11 +1156,12 @@ HWY_INLINE void LoadTransposed(const uint8_t* const* p, int64_t off, __m512i* t)
 
 // Outputs o .. o+15 (those below w.out) for the NR rows of x: xq row r at xq + r * in (QuantizeX
 // order), dx and xs [NR, gpr]. The chain of each output is GemmQ8's (see the section's head).
-// kPacked: the nibbles come from `packed` (pack_q8_vertical) instead of the mapped rows.
+// kPacked: the nibbles come from `packed` (pack_q8_vertical) instead of the mapped rows. cold: no
+// earlier block prefetched this one's rows (12 % of a 4-row step, docs/BENCHMARKS.md).
 template <int NR, bool kPacked>
 GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, const float* xs,
                              int64_t o, int64_t o_end, float* y, const float* bias, float* buf,
-                             const uint8_t* packed) {
+                             const uint8_t* packed, bool cold = false) {
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8, gs = (gpr + 7) / 8 * 8;
   const size_t ss = dtype_size(w.scale_dtype);
   const int64_t partial = w.out - w.out % QPanelWidth();
@@ -1231,6 +1234,10 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
           HWY_UNROLL(8)
           for (int i = 0; i < 8; ++i) hwy::Prefetch(next + (g * 8 + i) * 64);
         }
+        if (cold && (g & 1) == 0 && g + 8 < gpr) {  // a task's first block: its own rows ahead
+          HWY_UNROLL(16)
+          for (int i = 0; i < kVRows; ++i) hwy::Prefetch(rows[i] + (g + 8) * 32);
+        }
         LoadTransposed(rows, g * 32, t);
       }
       // Where the 32 even and the 32 odd elements of group g are in each row of xq.
@@ -1281,7 +1288,7 @@ GP_VNNI_ATTR void FewRowsQ8VBlock(const Weight& w, const XQ* xq, const float* dx
   const int64_t gs = (w.groups_per_row() + 7) / 8 * 8;
   float* buf = thread_scratch(kScratchA, 2 * kVRows * gs + 2 * 8 * kVRows);
   for (int64_t o = r0; o < r1; o += kVRows)
-    FewRowsQ8V<NR, kPacked>(w, xq, dx, xs, o, r1, y, bias, buf, packed);
+    FewRowsQ8V<NR, kPacked>(w, xq, dx, xs, o, r1, y, bias, buf, packed, o == r0);
 }
 
 // x [n, in], 1 <= n <= 8, through the vertical kernel for every weight of outs (from `packed`
