@@ -1,10 +1,12 @@
 // MLX's affine quantization (tensor/weight.h) against golden groups computed independently.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#include "tensor/dtype.h"
 #include "tensor/weight.h"
 
 namespace gp {
@@ -122,6 +124,60 @@ TEST(QuantizeRow, MatchesMlxBitForBit) {
     for (int k = 0; k < 8; ++k) EXPECT_EQ(q[g * 8 + k], kGolden[g].q[k]) << "group " << g;
     EXPECT_EQ(bits_of(scales[g]), kGolden[g].scale) << "group " << g << ": " << scales[g];
     EXPECT_EQ(bits_of(biases[g]), kGolden[g].bias) << "group " << g << ": " << biases[g];
+  }
+}
+
+// IEEE half encodings worked out by hand: rounding to nearest even at the half's precision, its
+// subnormals (multiples of 2^-24), overflow to infinity from 65520 (the midpoint above 65504).
+TEST(HalfFloat, KnownEncodings) {
+  const std::vector<std::pair<float, uint16_t>> cases = {
+      {0.0f, 0x0000},         {-0.0f, 0x8000},        {1.0f, 0x3c00},         {-2.0f, 0xc000},
+      {65504.0f, 0x7bff},     {65519.0f, 0x7bff},     {65520.0f, 0x7c00},     {1e30f, 0x7c00},
+      {0x1p-24f, 0x0001},     {0x1p-25f, 0x0000},     {0x3p-25f, 0x0002},     {0x1p-14f, 0x0400},
+      {0x1.ff8p-15f, 0x03ff}, {0x1.ffcp-15f, 0x0400}, {0x1.ffep-15f, 0x0400}, {0x1.002p0f, 0x3c00},
+      {0x1.006p0f, 0x3c02},   {0x1.0021p0f, 0x3c01},  {-0x1p-30f, 0x8000},
+  };
+  for (const auto& [f, h] : cases) {
+    uint16_t got;
+    from_f32(DType::F16, &f, 1, &got);
+    EXPECT_EQ(got, h) << f;
+    EXPECT_EQ(f32_to_f16(f), h) << f;
+  }
+  const float inf = INFINITY, nan = NAN;
+  uint16_t got;
+  from_f32(DType::F16, &inf, 1, &got);
+  EXPECT_EQ(got, 0x7c00);
+  from_f32(DType::F16, &nan, 1, &got);
+  EXPECT_EQ(got & 0x7fff, 0x7e00);
+}
+
+// The array conversions (branch-free, vectorized) give the scalar ones' bits: every half to f32
+// and back (the identity for every non-NaN half), and f32 values spread over every exponent.
+TEST(HalfFloat, ArrayConversionsMatchTheScalarOnes) {
+  std::vector<uint16_t> halves(65536);
+  for (uint32_t h = 0; h < 65536; ++h) halves[h] = static_cast<uint16_t>(h);
+  std::vector<float> f(halves.size());
+  to_f32(DType::F16, halves.data(), halves.size(), f.data());
+  std::vector<uint16_t> back(halves.size());
+  from_f32(DType::F16, f.data(), f.size(), back.data());
+  for (uint32_t h = 0; h < 65536; ++h) {
+    ASSERT_EQ(bits_of(f[h]), bits_of(f16_to_f32(static_cast<uint16_t>(h)))) << h;
+    const bool nan = (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) != 0;
+    if (!nan) {
+      ASSERT_EQ(back[h], h) << h;
+    }
+  }
+  std::vector<float> x;
+  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 7919) {  // a prime stride: every exponent
+    float v;
+    const auto w = static_cast<uint32_t>(u);
+    std::memcpy(&v, &w, 4);
+    x.push_back(v);
+  }
+  std::vector<uint16_t> y(x.size());
+  from_f32(DType::F16, x.data(), x.size(), y.data());
+  for (size_t i = 0; i < x.size(); ++i) {
+    ASSERT_EQ(y[i], f32_to_f16(x[i])) << bits_of(x[i]);  // NaN: its sign, then 0x7e00
   }
 }
 
