@@ -1157,7 +1157,7 @@ HWY_INLINE void LoadTransposed(const uint8_t* const* p, int64_t off, __m512i* t)
 // Outputs o .. o+15 (those below w.out) for the NR rows of x: xq row r at xq + r * in (QuantizeX
 // order), dx and xs [NR, gpr]. The chain of each output is GemmQ8's (see the section's head).
 // kPacked: the nibbles come from `packed` (pack_q8_vertical) instead of the mapped rows. cold: no
-// earlier block prefetched this one's rows (12 % of a 4-row step, docs/BENCHMARKS.md).
+// earlier block prefetched this one's rows (11 % of a 4-row step, docs/BENCHMARKS.md).
 template <int NR, bool kPacked>
 GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, const float* xs,
                              int64_t o, int64_t o_end, float* y, const float* bias, float* buf,
