@@ -1346,11 +1346,12 @@ HWY_INLINE void LoadTransposed8(const uint8_t* const* p, int64_t off, __m256i* t
 }
 
 // Outputs o .. o+7 (those below w.out) for the NR rows of x: xq row r at xq + r * in (QuantizeX
-// order: each group's 32 even elements, then its 32 odd ones), dx and xs [NR, gpr].
+// order: each group's 32 even elements, then its 32 odd ones), dx and xs [NR, gpr]. cold: no
+// earlier block prefetched this one's rows.
 template <int NR, bool kVnni>
 GP_AVXVNNI_ATTR void FewRowsQ8V8(const Weight& w, const XQ* xq, const float* dx, const float* xs,
-                                 int64_t o, int64_t o_end, float* y, const float* bias,
-                                 float* buf) {
+                                 int64_t o, int64_t o_end, float* y, const float* bias, float* buf,
+                                 bool cold) {
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8, gs = (gpr + 7) / 8 * 8;
   const size_t ss = dtype_size(w.scale_dtype);
   const int64_t first_chunk = std::min(gpr, kQKC / kGroup);
@@ -1364,6 +1365,15 @@ GP_AVXVNNI_ATTR void FewRowsQ8V8(const Weight& w, const XQ* xq, const float* dx,
   const uint8_t *srow[kV8Rows], *brow[kV8Rows];
   const int64_t valid = std::min<int64_t>(kV8Rows, w.out - o);
   HWY_ALIGN float bias_lanes[kV8Rows] = {};
+  // The next block's scales and biases a block ahead, as in the 512-bit kernel.
+  if (o + 2 * kV8Rows <= o_end) {
+    const uint8_t* s = static_cast<const uint8_t*>(w.scales) + (o + kV8Rows) * gpr * ss;
+    const uint8_t* b = static_cast<const uint8_t*>(w.biases) + (o + kV8Rows) * gpr * ss;
+    for (int64_t k = 0; k < kV8Rows * gpr * static_cast<int64_t>(ss); k += 64) {
+      hwy::Prefetch(s + k);
+      hwy::Prefetch(b + k);
+    }
+  }
   for (int i = 0; i < kV8Rows; ++i) {
     const int64_t r = std::min(o + i, w.out - 1);
     rows[i] = reinterpret_cast<const uint8_t*>(w.q + r * wpr);
@@ -1395,6 +1405,10 @@ GP_AVXVNNI_ATTR void FewRowsQ8V8(const Weight& w, const XQ* xq, const float* dx,
       if (prefetch_next) {
         HWY_UNROLL(4)
         for (int i = 0; i < 4; ++i) hwy::Prefetch(next + (g * 4 + i) * 64);
+      }
+      if (cold && (g & 1) == 0 && g + 8 < gpr) {  // a task's first block: its own rows ahead
+        HWY_UNROLL(8)
+        for (int i = 0; i < kV8Rows; ++i) hwy::Prefetch(rows[i] + (g + 8) * 32);
       }
       LoadTransposed8(rows, g * 32, t);
       __m256i pa[NR], pb[NR];
@@ -1463,7 +1477,7 @@ GP_AVXVNNI_ATTR void FewRowsQ8V8Block(const Weight& w, const XQ* xq, const float
   const int64_t gs = (w.groups_per_row() + 7) / 8 * 8;
   float* buf = thread_scratch(kScratchA, 2 * kV8Rows * gs + 2 * 8 * kV8Rows);
   for (int64_t o = r0; o < r1; o += kV8Rows)
-    FewRowsQ8V8<NR, kVnni>(w, xq, dx, xs, o, r1, y, bias, buf);
+    FewRowsQ8V8<NR, kVnni>(w, xq, dx, xs, o, r1, y, bias, buf, o == r0);
 }
 
 // x [n, in], 2 <= n <= kFewRows, through the 256-bit vertical kernel for every weight of outs.
