@@ -722,6 +722,41 @@ TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
               ran.empty() ? "(none of these targets)" : ran.c_str());
 }
 
+// Every batch path of n = 9..64 rows (the short-prompt kernel on AVX3_DL, panels elsewhere)
+// against the panel kernel, bitwise, row by row, with and without bias: padded row tiles (n not
+// a multiple of 4 or 16), several row blocks on the pool, partial last panels, odd group counts
+// and inputs past the first chunk of kQKC.
+TEST(BatchInvariance, ShortPromptKernelEqualsPanelKernelBitwise) {
+  std::mt19937 rng(25);
+  std::vector<TestWeight> ws = few_row_weights(rng);
+  ws.push_back(make_quantized(1050, 2560, DType::BF16, 1, rng));
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    for_each_target([&] {
+      for_each_q8_kernel([&] {
+        for (const TestWeight& t : ws) {
+          const std::vector<float> x = randn(64 * t.w.in, rng), bias = randn(t.w.out, rng);
+          for (int64_t n : {9, 10, 13, 16, 17, 30, 33, 64}) {
+            for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
+              std::vector<float> got(n * t.w.out, std::nanf("")), want(n * t.w.out, std::nanf(""));
+              cpu::linear_q8(t.w, x.data(), n, got.data(), b);
+              cpu::linear_q8_gemm(t.w, x.data(), n, want.data(), b);
+              for (int64_t r = 0; r < n; ++r) {
+                ASSERT_EQ(std::memcmp(got.data() + r * t.w.out, want.data() + r * t.w.out,
+                                      t.w.out * sizeof(float)),
+                          0)
+                    << "row " << r << " of " << n << ", out=" << t.w.out << " in=" << t.w.in
+                    << " bias=" << (b != nullptr);
+              }
+            }
+          }
+        }
+      });
+    });
+  }
+}
+
 // The cases of the int8 kernel-variant tests: 1 and 3 threads; each weight with random x (65 rows)
 // and bias; n rows of x from 1 to 65; without and with the bias; linear_q8 and linear_q8_gemm.
 // check(t, x, n, b, gemm, what), `what` naming the case.

@@ -1498,6 +1498,225 @@ void LinearQ8FewImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, 
 #endif  // GP_Q8_VNNI512
 #endif  // GP_Q8_FEW
 
+// ---------------------------------------------------------------- short prompts
+//
+// FewRowsMax() + 1 to kManyRows rows (a chat turn), on AVX3_DL: the few-row kernel's vertical
+// layout (weight rows side by side, transposed in registers as they are read), 32 outputs at a
+// time, each group's transposed nibbles meeting all rows of x, 8 rows at a time. The panel
+// kernel instead unpacks every weight into a buffer and reads it back, which costs about as much
+// as its products when a panel serves only 16 rows (docs/BENCHMARKS.md, Short prompts). The
+// chains are GemmQ8's (see the few-row section's head): the rows' float accumulators live in a
+// small buffer, the int32 sums of a tile of rows in registers.
+#if GP_Q8_VNNI512
+constexpr int64_t kManyRows = 64;
+constexpr int kMTile = 8;       // rows of x per tile: 8 x 32 int32 sums in registers
+constexpr int64_t kMCols = 32;  // outputs per block: two transposes of kVRows rows
+
+// acc[r] (32 outputs) += one group of NR rows of x against the nibbles of 32 weight rows,
+// transposed and spread to bytes: u[16h + j] and u[16h + 8 + j] the low and the high nibbles of
+// dword j of outputs 16h .. 16h+15. xg: the group's 16 dwords of xq of the NR rows, dword k of
+// row r at xg[k * NR + r] (k < 8: the even elements 4k .. 4k+3, then the odd ones), so that
+// every broadcast is at a fixed offset from one pointer; d, s: the rows' dx and xsum of the
+// group; sc, bi: the outputs' scales and biases of the group.
+template <int NR>
+GP_VNNI_ATTR HWY_INLINE void ManyRowsTile(const __m512i* HWY_RESTRICT u,
+                                          const int32_t* HWY_RESTRICT xg, const __m512* sc,
+                                          const __m512* bi, const float* HWY_RESTRICT d,
+                                          const float* HWY_RESTRICT s, float* HWY_RESTRICT acc) {
+  __m512i p[NR][2];
+  HWY_UNROLL(8)
+  for (int r = 0; r < NR; ++r) p[r][0] = p[r][1] = _mm512_setzero_si512();
+  HWY_UNROLL(8)
+  for (int j = 0; j < 8; ++j) {
+    const __m512i lo0 = _mm512_load_si512(u + j), lo1 = _mm512_load_si512(u + 16 + j);
+    const __m512i hi0 = _mm512_load_si512(u + 8 + j), hi1 = _mm512_load_si512(u + 24 + j);
+    HWY_UNROLL(8)
+    for (int r = 0; r < NR; ++r) {
+      const __m512i xe = _mm512_set1_epi32(xg[j * NR + r]);
+      const __m512i xo = _mm512_set1_epi32(xg[(8 + j) * NR + r]);
+      p[r][0] = _mm512_dpbusd_epi32(p[r][0], lo0, xe);
+      p[r][1] = _mm512_dpbusd_epi32(p[r][1], lo1, xe);
+      p[r][0] = _mm512_dpbusd_epi32(p[r][0], hi0, xo);
+      p[r][1] = _mm512_dpbusd_epi32(p[r][1], hi1, xo);
+    }
+  }
+  HWY_UNROLL(8)
+  for (int r = 0; r < NR; ++r) {
+    const __m512 dv = _mm512_set1_ps(d[r]), sv = _mm512_set1_ps(s[r]);
+    HWY_UNROLL(2)
+    for (int h = 0; h < 2; ++h) {
+      float* ar = acc + r * kMCols + 16 * h;
+      __m512 a = _mm512_load_ps(ar);
+      a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p[r][h]), _mm512_mul_ps(sc[h], dv), a);
+      _mm512_store_ps(ar, _mm512_fmadd_ps(bi[h], sv, a));
+    }
+  }
+}
+
+// Outputs o .. o+31 (those below w.out) for n rows of x, given as xt [gpr][np][16] dwords (in
+// tiles of kMTile rows, see ManyRowsTile), dt and st [gpr][np] (np a multiple of 4; rows past n
+// repeat the last one and are not stored). buf: the f32 scales and biases of the 32 rows
+// [32][gs] each, the group's 8 transposed [8][32] each, the spread nibbles (32 vectors), then
+// the accumulators [np][32].
+GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* dt, const float* st,
+                              int64_t n, int64_t np, int64_t o, int64_t o_end, float* y,
+                              const float* bias, float* buf) {
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8, gs = (gpr + 7) / 8 * 8;
+  const size_t ss = dtype_size(w.scale_dtype);
+  const int64_t partial = w.out - w.out % QPanelWidth();
+  const int64_t first_chunk = std::min(gpr, kQKC / kGroup);
+  float* rs = buf;
+  float* rb = rs + kMCols * gs;
+  float* tsc = rb + kMCols * gs;
+  float* tbi = tsc + 8 * kMCols;
+  auto* u = reinterpret_cast<__m512i*>(tbi + 8 * kMCols);
+  float* acc = tbi + 8 * kMCols + 32 * 16;
+  const __m512i mask = _mm512_set1_epi8(0x0F);
+  const uint8_t* rows[kMCols];
+  const uint8_t *srow[kMCols], *brow[kMCols];
+  for (int i = 0; i < kMCols; ++i) {
+    const int64_t r = std::min(o + i, w.out - 1);
+    rows[i] = reinterpret_cast<const uint8_t*>(w.q + r * wpr);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + r * gpr * ss, gpr, rs + i * gs);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + r * gpr * ss, gpr, rb + i * gs);
+    for (int64_t g = gpr; g < gs; ++g) rs[i * gs + g] = rb[i * gs + g] = 0.0f;
+    srow[i] = reinterpret_cast<const uint8_t*>(rs + i * gs);
+    brow[i] = reinterpret_cast<const uint8_t*>(rb + i * gs);
+  }
+  // Per half h (outputs o + 16h ..): the outputs below w.out, those in full panels (started
+  // from the bias; the others get it after the first chunk), the bias.
+  __mmask16 in_range[2], not_full[2];
+  __m512 bv[2];
+  for (int h = 0; h < 2; ++h) {
+    const int64_t oh = o + 16 * h;
+    const int64_t valid = std::clamp<int64_t>(w.out - oh, 0, kVRows);
+    const int64_t n_full = std::clamp<int64_t>(partial - oh, 0, kVRows);
+    in_range[h] = static_cast<__mmask16>((1u << valid) - 1);
+    not_full[h] = static_cast<__mmask16>(~((1u << n_full) - 1));
+    bv[h] = bias ? _mm512_maskz_loadu_ps(in_range[h], bias + oh) : _mm512_setzero_ps();
+    for (int64_t r = 0; r < np; ++r)
+      _mm512_store_ps(acc + r * kMCols + 16 * h,
+                      _mm512_maskz_mov_ps(static_cast<__mmask16>(~not_full[h]), bv[h]));
+  }
+  const bool prefetch_next = o + 2 * kMCols <= o_end;
+  const uint8_t* next =
+      prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kMCols) * wpr) : nullptr;
+  for (int64_t g0 = 0; g0 < gpr; g0 += 8) {
+    __m512i t[8];
+    for (int h = 0; h < 2; ++h) {
+      LoadTransposed(srow + 16 * h, g0 * 4, t);
+      HWY_UNROLL(8)
+      for (int j = 0; j < 8; ++j) _mm512_store_si512(tsc + j * kMCols + 16 * h, t[j]);
+      LoadTransposed(brow + 16 * h, g0 * 4, t);
+      HWY_UNROLL(8)
+      for (int j = 0; j < 8; ++j) _mm512_store_si512(tbi + j * kMCols + 16 * h, t[j]);
+    }
+    const int64_t g1 = std::min(gpr, g0 + 8);
+    for (int64_t g = g0; g < g1; ++g) {
+      if (prefetch_next) {
+        HWY_UNROLL(16)
+        for (int i = 0; i < 16; ++i) hwy::Prefetch(next + (g * 16 + i) * 64);
+      }
+      for (int h = 0; h < 2; ++h) {
+        LoadTransposed(rows + 16 * h, g * 32, t);
+        HWY_UNROLL(8)
+        for (int j = 0; j < 8; ++j) {
+          _mm512_store_si512(u + 16 * h + j, _mm512_and_si512(t[j], mask));
+          _mm512_store_si512(u + 16 * h + 8 + j,
+                             _mm512_and_si512(_mm512_srli_epi32(t[j], 4), mask));
+        }
+      }
+      const __m512 sc[2] = {_mm512_load_ps(tsc + (g - g0) * kMCols),
+                            _mm512_load_ps(tsc + (g - g0) * kMCols + 16)};
+      const __m512 bi[2] = {_mm512_load_ps(tbi + (g - g0) * kMCols),
+                            _mm512_load_ps(tbi + (g - g0) * kMCols + 16)};
+      for (int64_t r0 = 0; r0 < np; r0 += kMTile) {
+        const int32_t* xg = xt + (g * np + r0) * 16;
+        const float* d = dt + g * np + r0;
+        const float* s = st + g * np + r0;
+        float* a = acc + r0 * kMCols;
+        if (np - r0 >= kMTile) {
+          ManyRowsTile<kMTile>(u, xg, sc, bi, d, s, a);
+        } else {
+          ManyRowsTile<4>(u, xg, sc, bi, d, s, a);
+        }
+      }
+      if (g + 1 == first_chunk) {
+        for (int64_t r = 0; r < np; ++r) {
+          for (int h = 0; h < 2; ++h) {
+            float* ar = acc + r * kMCols + 16 * h;
+            const __m512 a = _mm512_load_ps(ar);
+            _mm512_store_ps(ar, _mm512_mask_add_ps(a, not_full[h], a, bv[h]));
+          }
+        }
+      }
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    for (int h = 0; h < 2; ++h) {
+      _mm512_mask_storeu_ps(y + r * w.out + o + 16 * h, in_range[h],
+                            _mm512_load_ps(acc + r * kMCols + 16 * h));
+    }
+  }
+}
+
+// x [n, in], FewRowsMax() < n <= kManyRows: each row quantized as for decode and spread into
+// the tiles' layout (on the pool when large), then blocks of 32-output groups over the pool.
+void LinearQ8ManyImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
+  const int64_t gpr = w.groups_per_row(), np = (n + 3) / 4 * 4;
+  // Caller's slots C-E (the workers use A): xq of each row, its dx and xsum, then [gpr][np] of
+  // both and xt [gpr][np][16] dwords.
+  auto* xq =
+      reinterpret_cast<XQ*>(thread_scratch(kScratchC, n * w.in * sizeof(XQ) / sizeof(float) + 1));
+  float* dx = thread_scratch(kScratchD, 2 * n * gpr + 2 * gpr * np);
+  float* xs = dx + n * gpr;
+  float* dt = xs + n * gpr;
+  float* st = dt + gpr * np;
+  auto* xt = reinterpret_cast<int32_t*>(thread_scratch(kScratchE, gpr * np * 16));
+  const bool inline_run = w.bytes() < kGemvInlineBytes;
+  auto quantize = [&](int64_t r, int) {
+    QuantizeX(x + r * w.in, w.in, xq + r * w.in, dx + r * gpr, xs + r * gpr);
+    // Row r, and after the last row the padding rows that repeat it.
+    for (int64_t pr = r; pr < (r == n - 1 ? np : r + 1); ++pr) {
+      const int64_t r0 = pr / kMTile * kMTile, nr = std::min<int64_t>(kMTile, np - r0);
+      for (int64_t g = 0; g < gpr; ++g) {
+        dt[g * np + pr] = dx[r * gpr + g];
+        st[g * np + pr] = xs[r * gpr + g];
+        // Where the 32 even and the 32 odd elements of group g are in the row (QuantizeX).
+        const int64_t even =
+            (g | 1) < gpr ? (g & ~int64_t{1}) * kGroup + (g & 1) * (kGroup / 2) : g * kGroup;
+        const int64_t odd = even + ((g | 1) < gpr ? kGroup : kGroup / 2);
+        int32_t* xg = xt + (g * np + r0) * 16 + (pr - r0);
+        for (int k = 0; k < 8; ++k) {
+          std::memcpy(xg + k * nr, xq + r * w.in + even + 4 * k, 4);
+          std::memcpy(xg + (8 + k) * nr, xq + r * w.in + odd + 4 * k, 4);
+        }
+      }
+    }
+  };
+  if (inline_run) {
+    for (int64_t r = 0; r < n; ++r) quantize(r, 0);
+  } else {
+    parallel_blocks(n, quantize);
+  }
+  const int64_t rb = std::max(kMCols, gemv_row_block(w.out) / kMCols * kMCols);
+  const int64_t blocks = (w.out + rb - 1) / rb;
+  auto run = [&](int64_t k, int) {
+    const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
+    const int64_t gs = (gpr + 7) / 8 * 8;
+    float* buf =
+        thread_scratch(kScratchA, 2 * kMCols * gs + 2 * 8 * kMCols + 32 * 16 + np * kMCols);
+    for (int64_t o = r0; o < r1; o += kMCols)
+      ManyRowsQ8V(w, xt, dt, st, n, np, o, r1, y, bias, buf);
+  };
+  if (inline_run) {
+    for (int64_t k = 0; k < blocks; ++k) run(k, 0);
+  } else {
+    parallel_blocks(blocks, run);
+  }
+}
+#endif  // GP_Q8_VNNI512
+
 // For kernels_bench (issue 16 item 3): the nibbles in the vertical kernel's layout, 16 rows
 // transposed per group, [out/16][gpr][8][16] dwords; empty where the target has no such kernel.
 std::vector<uint8_t> PackQ8VerticalImpl(const Weight& w) {
@@ -1564,6 +1783,9 @@ void LinearQ8BatchImpl(const Weight& w, const float* x, int64_t n, float* y, con
     const ops::LinearOut out{&w, y, bias};
     return LinearQ8FewImpl(&out, 1, x, n);
   }
+#endif
+#if GP_Q8_VNNI512
+  if (n <= kManyRows) return LinearQ8ManyImpl(w, x, n, y, bias);
 #endif
   GemmQ8(w, x, n, y, bias);
 }
