@@ -309,6 +309,35 @@ BENCHMARK(BM_LinearQ8Target)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// linear_q8 (panels: 0) against the panel kernel (linear_q8_gemm, panels: 1) on the best target:
+// on AVX3_DL linear_q8 takes the short-prompt kernel up to 32 rows, the same outputs bit for
+// bit, so the pair is an in-process A/B of the two paths. The weights come from DRAM, as in a
+// model.
+void BM_LinearQ8Panels(benchmark::State& state) {
+  const int64_t n = state.range(0), in = state.range(1), out = state.range(2);
+  const bool panels = state.range(3) != 0;
+  const size_t bytes = QuantWeight(1, in, 0).w.bytes() * out;
+  const size_t copies = std::max<size_t>(1, (size_t{256} << 20) / bytes + 1);
+  std::vector<QuantWeight> ws;
+  for (size_t c = 0; c < copies; ++c) ws.emplace_back(out, in, static_cast<uint32_t>(c));
+  const std::vector<float> x = activations(n * in);
+  std::vector<float> y(n * out);
+  size_t c = 0;
+  for (auto _ : state) {
+    (panels ? cpu::linear_q8_gemm : cpu::linear_q8)(ws[c].w, x.data(), n, y.data(), nullptr);
+    c = (c + 1) % copies;
+    benchmark::DoNotOptimize(y.data());
+  }
+  set_flops(state, 2.0 * n * in * out);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * ws[0].w.bytes()));
+}
+BENCHMARK(BM_LinearQ8Panels)
+    ->ArgNames({"n", "in", "out", "panels"})
+    ->ArgsProduct({{16, 32, 64, 128}, {2560}, {10240}, {0, 1}})
+    ->ArgsProduct({{16, 32, 64, 128}, {10240}, {2560}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
 // The vertical few-row kernel reading a prepacked copy of the weights instead of transposing
 // the mapped rows as it reads them: what a load-time repack (issue 16 item 3) would give. On
 // the best target only (AVX3_DL); no bias.

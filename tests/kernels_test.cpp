@@ -722,10 +722,10 @@ TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
               ran.empty() ? "(none of these targets)" : ran.c_str());
 }
 
-// Every batch path of n = 9..64 rows (the short-prompt kernel on AVX3_DL, panels elsewhere)
-// against the panel kernel, bitwise, row by row, with and without bias: padded row tiles (n not
-// a multiple of 4 or 16), several row blocks on the pool, partial last panels, odd group counts
-// and inputs past the first chunk of kQKC.
+// Every batch path of n = 9..128 rows (the short-prompt kernel up to 32 rows on AVX3_DL, panels
+// beyond and elsewhere) against the panel kernel, bitwise, row by row, with and without bias:
+// padded row tiles (n not a multiple of 4 or 8), several row blocks on the pool, partial last
+// panels, odd group counts and inputs past the first chunk of kQKC.
 TEST(BatchInvariance, ShortPromptKernelEqualsPanelKernelBitwise) {
   std::mt19937 rng(25);
   std::vector<TestWeight> ws = few_row_weights(rng);
@@ -736,8 +736,8 @@ TEST(BatchInvariance, ShortPromptKernelEqualsPanelKernelBitwise) {
     for_each_target([&] {
       for_each_q8_kernel([&] {
         for (const TestWeight& t : ws) {
-          const std::vector<float> x = randn(64 * t.w.in, rng), bias = randn(t.w.out, rng);
-          for (int64_t n : {9, 10, 13, 16, 17, 30, 33, 64}) {
+          const std::vector<float> x = randn(128 * t.w.in, rng), bias = randn(t.w.out, rng);
+          for (int64_t n : {9, 13, 16, 17, 30, 64, 128}) {
             for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
               std::vector<float> got(n * t.w.out, std::nanf("")), want(n * t.w.out, std::nanf(""));
               cpu::linear_q8(t.w, x.data(), n, got.data(), b);
