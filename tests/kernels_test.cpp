@@ -682,6 +682,19 @@ std::vector<TestWeight> few_row_weights(std::mt19937& rng) {
   return ws;
 }
 
+// linear_q8's n rows of x through w (whatever path it takes) equal the panel kernel's, bit for
+// bit, row by row.
+void expect_rows_of_the_panel_kernel(const Weight& w, const float* x, int64_t n, const float* b) {
+  std::vector<float> got(n * w.out, std::nanf("")), want(n * w.out, std::nanf(""));
+  cpu::linear_q8(w, x, n, got.data(), b);
+  cpu::linear_q8_gemm(w, x, n, want.data(), b);
+  for (int64_t r = 0; r < n; ++r)
+    ASSERT_EQ(std::memcmp(got.data() + r * w.out, want.data() + r * w.out, w.out * sizeof(float)),
+              0)
+        << "row " << r << " of " << n << ", out=" << w.out << " in=" << w.in
+        << " bias=" << (b != nullptr);
+}
+
 // The few-row int8 kernel (2 <= n <= linear_q8_few_rows_max()) against the panel kernel it
 // stands in for, bitwise, row by row, with and without bias.
 TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
@@ -701,18 +714,8 @@ TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
         for (const TestWeight& t : ws) {
           const std::vector<float> x = randn(16 * t.w.in, rng), bias = randn(t.w.out, rng);
           for (int64_t n = 2; n <= std::max<int64_t>(max_rows, 4); ++n) {
-            for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
-              std::vector<float> got(n * t.w.out, std::nanf("")), want(n * t.w.out, std::nanf(""));
-              cpu::linear_q8(t.w, x.data(), n, got.data(), b);
-              cpu::linear_q8_gemm(t.w, x.data(), n, want.data(), b);
-              for (int64_t r = 0; r < n; ++r) {
-                ASSERT_EQ(std::memcmp(got.data() + r * t.w.out, want.data() + r * t.w.out,
-                                      t.w.out * sizeof(float)),
-                          0)
-                    << "row " << r << " of " << n << ", out=" << t.w.out << " in=" << t.w.in
-                    << " bias=" << (b != nullptr);
-              }
-            }
+            for (const float* b : {static_cast<const float*>(nullptr), bias.data()})
+              ASSERT_NO_FATAL_FAILURE(expect_rows_of_the_panel_kernel(t.w, x.data(), n, b));
           }
         }
       });
@@ -738,18 +741,8 @@ TEST(BatchInvariance, ShortPromptKernelEqualsPanelKernelBitwise) {
         for (const TestWeight& t : ws) {
           const std::vector<float> x = randn(128 * t.w.in, rng), bias = randn(t.w.out, rng);
           for (int64_t n : {9, 13, 16, 17, 30, 32, 33, 64}) {
-            for (const float* b : {static_cast<const float*>(nullptr), bias.data()}) {
-              std::vector<float> got(n * t.w.out, std::nanf("")), want(n * t.w.out, std::nanf(""));
-              cpu::linear_q8(t.w, x.data(), n, got.data(), b);
-              cpu::linear_q8_gemm(t.w, x.data(), n, want.data(), b);
-              for (int64_t r = 0; r < n; ++r) {
-                ASSERT_EQ(std::memcmp(got.data() + r * t.w.out, want.data() + r * t.w.out,
-                                      t.w.out * sizeof(float)),
-                          0)
-                    << "row " << r << " of " << n << ", out=" << t.w.out << " in=" << t.w.in
-                    << " bias=" << (b != nullptr);
-              }
-            }
+            for (const float* b : {static_cast<const float*>(nullptr), bias.data()})
+              ASSERT_NO_FATAL_FAILURE(expect_rows_of_the_panel_kernel(t.w, x.data(), n, b));
           }
         }
       });

@@ -1047,6 +1047,35 @@ constexpr int64_t kFewRows = 8;
 // vpdpbusd panels overtake the 256-bit few-row kernel from 8 rows.
 HWY_INLINE int64_t FewRowsMax() { return !GP_Q8_VNNI512 && UseVnni512() ? 4 : kFewRows; }
 
+// The sources of a vertical block's `count` weight rows o, o+1, ... (past w.out: the last row
+// again): the nibbles of each in the mapped file, and its scales and biases converted to f32 rows
+// of gs values (zero past gpr) in rs and rb. prefetch_next: the next block's scales and biases
+// (their own two streams, read at a block's start) are prefetched a whole block ahead; the
+// kernels prefetch its nibbles as they read this block's.
+HWY_INLINE void VerticalRowSources(const Weight& w, int64_t o, int count, int64_t gs, float* rs,
+                                   float* rb, const uint8_t** rows, const uint8_t** srow,
+                                   const uint8_t** brow, bool prefetch_next = false) {
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
+  const size_t ss = dtype_size(w.scale_dtype);
+  if (prefetch_next) {
+    const uint8_t* s = static_cast<const uint8_t*>(w.scales) + (o + count) * gpr * ss;
+    const uint8_t* b = static_cast<const uint8_t*>(w.biases) + (o + count) * gpr * ss;
+    for (int64_t k = 0; k < count * gpr * static_cast<int64_t>(ss); k += 64) {
+      hwy::Prefetch(s + k);
+      hwy::Prefetch(b + k);
+    }
+  }
+  for (int i = 0; i < count; ++i) {
+    const int64_t r = std::min(o + i, w.out - 1);
+    rows[i] = reinterpret_cast<const uint8_t*>(w.q + r * wpr);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + r * gpr * ss, gpr, rs + i * gs);
+    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + r * gpr * ss, gpr, rb + i * gs);
+    for (int64_t g = gpr; g < gs; ++g) rs[i * gs + g] = rb[i * gs + g] = 0.0f;
+    srow[i] = reinterpret_cast<const uint8_t*>(rs + i * gs);
+    brow[i] = reinterpret_cast<const uint8_t*>(rb + i * gs);
+  }
+}
+
 // The vertical kernels' driver for x [n, in], 1 <= n <= 8, through the n_outs weights of outs
 // (the same input width, as ops::linear_many's): the rows quantized once, as for decode, then
 // blocks of whole kLanes-row groups of outputs of every weight in one pass over the pool, each
@@ -1174,25 +1203,7 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
   float* tbi = tsc + 8 * kVRows;
   const uint8_t* rows[kVRows];
   const uint8_t *srow[kVRows], *brow[kVRows];
-  // The next block's nibbles are prefetched as they are read below; its scales and biases
-  // (their own two streams, read at the block's start) here, a whole block ahead.
-  if (o + 2 * kVRows <= o_end) {
-    const uint8_t* s = static_cast<const uint8_t*>(w.scales) + (o + kVRows) * gpr * ss;
-    const uint8_t* b = static_cast<const uint8_t*>(w.biases) + (o + kVRows) * gpr * ss;
-    for (int64_t k = 0; k < kVRows * gpr * static_cast<int64_t>(ss); k += 64) {
-      hwy::Prefetch(s + k);
-      hwy::Prefetch(b + k);
-    }
-  }
-  for (int i = 0; i < kVRows; ++i) {
-    const int64_t r = std::min(o + i, w.out - 1);
-    rows[i] = reinterpret_cast<const uint8_t*>(w.q + r * wpr);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + r * gpr * ss, gpr, rs + i * gs);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + r * gpr * ss, gpr, rb + i * gs);
-    for (int64_t g = gpr; g < gs; ++g) rs[i * gs + g] = rb[i * gs + g] = 0.0f;
-    srow[i] = reinterpret_cast<const uint8_t*>(rs + i * gs);
-    brow[i] = reinterpret_cast<const uint8_t*>(rb + i * gs);
-  }
+  VerticalRowSources(w, o, kVRows, gs, rs, rb, rows, srow, brow, o + 2 * kVRows <= o_end);
   const int64_t valid = std::min<int64_t>(kVRows, w.out - o);
   const __mmask16 in_range = static_cast<__mmask16>((1u << valid) - 1);
   const int64_t n_full = std::clamp<int64_t>(partial - o, 0, kVRows);
@@ -1365,25 +1376,9 @@ GP_AVXVNNI_ATTR void FewRowsQ8V8(const Weight& w, const XQ* xq, const float* dx,
   const uint8_t *srow[kV8Rows], *brow[kV8Rows];
   const int64_t valid = std::min<int64_t>(kV8Rows, w.out - o);
   HWY_ALIGN float bias_lanes[kV8Rows] = {};
-  // The next block's scales and biases a block ahead, as in the 512-bit kernel.
-  if (o + 2 * kV8Rows <= o_end) {
-    const uint8_t* s = static_cast<const uint8_t*>(w.scales) + (o + kV8Rows) * gpr * ss;
-    const uint8_t* b = static_cast<const uint8_t*>(w.biases) + (o + kV8Rows) * gpr * ss;
-    for (int64_t k = 0; k < kV8Rows * gpr * static_cast<int64_t>(ss); k += 64) {
-      hwy::Prefetch(s + k);
-      hwy::Prefetch(b + k);
-    }
-  }
-  for (int i = 0; i < kV8Rows; ++i) {
-    const int64_t r = std::min(o + i, w.out - 1);
-    rows[i] = reinterpret_cast<const uint8_t*>(w.q + r * wpr);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + r * gpr * ss, gpr, rs + i * gs);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + r * gpr * ss, gpr, rb + i * gs);
-    for (int64_t g = gpr; g < gs; ++g) rs[i * gs + g] = rb[i * gs + g] = 0.0f;
-    srow[i] = reinterpret_cast<const uint8_t*>(rs + i * gs);
-    brow[i] = reinterpret_cast<const uint8_t*>(rb + i * gs);
-    if (bias && i < valid) bias_lanes[i] = bias[o + i];
-  }
+  VerticalRowSources(w, o, kV8Rows, gs, rs, rb, rows, srow, brow, o + 2 * kV8Rows <= o_end);
+  if (bias)
+    for (int i = 0; i < valid; ++i) bias_lanes[i] = bias[o + i];
   const __m256 bv = _mm256_load_ps(bias_lanes);
   __m256 acc[NR];
   HWY_UNROLL(8)
@@ -1576,15 +1571,7 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
   const __m512i mask = _mm512_set1_epi8(0x0F);
   const uint8_t* rows[kMCols];
   const uint8_t *srow[kMCols], *brow[kMCols];
-  for (int i = 0; i < kMCols; ++i) {
-    const int64_t r = std::min(o + i, w.out - 1);
-    rows[i] = reinterpret_cast<const uint8_t*>(w.q + r * wpr);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + r * gpr * ss, gpr, rs + i * gs);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + r * gpr * ss, gpr, rb + i * gs);
-    for (int64_t g = gpr; g < gs; ++g) rs[i * gs + g] = rb[i * gs + g] = 0.0f;
-    srow[i] = reinterpret_cast<const uint8_t*>(rs + i * gs);
-    brow[i] = reinterpret_cast<const uint8_t*>(rb + i * gs);
-  }
+  VerticalRowSources(w, o, kMCols, gs, rs, rb, rows, srow, brow);
   // Per half h (outputs o + 16h ..): the outputs below w.out, those in full panels (started
   // from the bias; the others get it after the first chunk), the bias.
   __mmask16 in_range[2], not_full[2];
