@@ -177,6 +177,21 @@ HWY_INLINE float RoundQ(float v) {
 // and the high nibbles each meet their activations in one u8 x i8 multiply-add.
 using XQ = int8_t;
 using DQ32 = DB32;  // int32 partial sums of GroupDotQ
+// Where group g's 32 even and 32 odd elements are in a row of xq. With pairs (the layout of the
+// 512-bit vpdpbusd kernels), two groups' 64 nibble bytes are one 512-bit load: their even
+// elements, then their odd ones, so that each nibble half meets its activations in one
+// vpdpbusd; a last unpaired group, and every group without pairs, has its even then its odd.
+struct XQHalves {
+  int64_t even, odd;
+};
+HWY_INLINE XQHalves XQGroupHalves(int64_t g, int64_t gpr, bool pairs) {
+  if (pairs && (g | 1) < gpr) {
+    const int64_t even = (g & ~int64_t{1}) * kGroup + (g & 1) * (kGroup / 2);
+    return {even, even + kGroup};
+  }
+  return {g * kGroup, g * kGroup + kGroup / 2};
+}
+constexpr bool kPairLayout = GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU;  // pairs can be asked for
 // pairs: the layout of the 512-bit vpdpbusd kernels (UseVnni512()).
 void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
                float* HWY_RESTRICT xsum, [[maybe_unused]] bool pairs = GP_Q8_VNNI512) {
@@ -185,17 +200,9 @@ void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTR
     const float* xg = x + g * kGroup;
     float inv;
     dx[g] = GroupScale(xg, &inv, &xsum[g]);
-    XQ* even = xq + g * kGroup;
-    XQ* odd = even + kGroup / 2;
-#if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
-    // Two groups' 64 nibble bytes are one 512-bit load: their even elements, then their odd
-    // ones, so that each nibble half meets its activations in one vpdpbusd. A last unpaired
-    // group keeps the order above.
-    if (pairs && (g | 1) < gpr) {
-      even = xq + (g & ~int64_t{1}) * kGroup + (g & 1) * (kGroup / 2);
-      odd = even + kGroup;
-    }
-#endif
+    const XQHalves h = XQGroupHalves(g, gpr, kPairLayout && pairs);
+    XQ* even = xq + h.even;
+    XQ* odd = xq + h.odd;
     for (int64_t i = 0; i < kGroup / 2; ++i) {
       even[i] = static_cast<XQ>(RoundQ(xg[2 * i] * inv));
       odd[i] = static_cast<XQ>(RoundQ(xg[2 * i + 1] * inv));
@@ -228,14 +235,9 @@ void QuantizeXOne(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RE
     xsum[g] = hn::GetLane(hn::SumOfLanes(df, sum));
     dx[g] = a / 127.0f;
     const auto inv = hn::Set(df, a > 0 ? 127.0f / a : 0.0f);
-    XQ* even = xq + g * kGroup;
-    XQ* odd = even + kGroup / 2;
-#if GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU
-    if (pairs && (g | 1) < gpr) {  // the pair layout of QuantizeX
-      even = xq + (g & ~int64_t{1}) * kGroup + (g & 1) * (kGroup / 2);
-      odd = even + kGroup;
-    }
-#endif
+    const XQHalves h = XQGroupHalves(g, gpr, kPairLayout && pairs);
+    XQ* even = xq + h.even;
+    XQ* odd = xq + h.odd;
     for (int64_t i = 0; i < kGroup; i += 2 * L) {
       const auto v0 = hn::LoadU(df, xg + i), v1 = hn::LoadU(df, xg + i + L);
       const auto e = hn::Sub(hn::Add(hn::Mul(hn::ConcatEven(df, v1, v0), inv), round), round);
@@ -1251,10 +1253,7 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
         }
         LoadTransposed(rows, g * 32, t);
       }
-      // Where the 32 even and the 32 odd elements of group g are in each row of xq.
-      const int64_t even =
-          (g | 1) < gpr ? (g & ~int64_t{1}) * kGroup + (g & 1) * (kGroup / 2) : g * kGroup;
-      const int64_t odd = even + ((g | 1) < gpr ? kGroup : kGroup / 2);
+      const auto [even, odd] = XQGroupHalves(g, gpr, true);  // in each row of xq
       __m512i pe[NR], po[NR];
       HWY_UNROLL(8)
       for (int r = 0; r < NR; ++r) pe[r] = po[r] = _mm512_setzero_si512();
@@ -1671,10 +1670,7 @@ void LinearQ8ManyImpl(const Weight& w, const float* x, int64_t n, float* y, cons
       for (int64_t g = 0; g < gpr; ++g) {
         dt[g * np + pr] = dx[r * gpr + g];
         st[g * np + pr] = xs[r * gpr + g];
-        // Where the 32 even and the 32 odd elements of group g are in the row (QuantizeX).
-        const int64_t even =
-            (g | 1) < gpr ? (g & ~int64_t{1}) * kGroup + (g & 1) * (kGroup / 2) : g * kGroup;
-        const int64_t odd = even + ((g | 1) < gpr ? kGroup : kGroup / 2);
+        const auto [even, odd] = XQGroupHalves(g, gpr, true);  // in the row (QuantizeX)
         int32_t* xg = xt + (g * np + r0) * 16 + (pr - r0);
         for (int k = 0; k < 8; ++k) {
           std::memcpy(xg + k * nr, xq + r * w.in + even + 4 * k, 4);
@@ -1892,18 +1888,16 @@ void linear_q8_vertical_packed(const Weight& w, const uint8_t* packed, const flo
 void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n,
                  ops::Activations act) {
   if (outs.empty() || n <= 0) return;
-  const bool fused = act == ops::Activations::kInt8 && n == 1 &&
-                     std::all_of(outs.begin(), outs.end(), [&](const ops::LinearOut& o) {
-                       return has_q8_path(*o.w) && o.w->in == outs[0].w->in && o.w->out > 0;
-                     });
-  if (fused) return HWY_DYNAMIC_DISPATCH(LinearQ8OneRowImpl)(outs.data(), outs.size(), x);
-  // A few rows (batched decode): the same kernel as one weight at a time, in one pass.
-  const bool few = act == ops::Activations::kInt8 && n >= 2 && outs.size() > 1 &&
-                   n <= linear_q8_few_rows_max() &&
-                   std::all_of(outs.begin(), outs.end(), [&](const ops::LinearOut& o) {
-                     return has_q8_path(*o.w) && o.w->in == outs[0].w->in && o.w->out > 0;
-                   });
-  if (few) return HWY_DYNAMIC_DISPATCH(LinearQ8FewManyImpl)(outs.data(), outs.size(), x, n);
+  // Every weight int8, of one input width: the one-row kernel, or for a few rows (batched
+  // decode) the few-row kernel, runs them all in one pass.
+  const bool one_pass = act == ops::Activations::kInt8 &&
+                        std::all_of(outs.begin(), outs.end(), [&](const ops::LinearOut& o) {
+                          return has_q8_path(*o.w) && o.w->in == outs[0].w->in && o.w->out > 0;
+                        });
+  if (one_pass && n == 1)
+    return HWY_DYNAMIC_DISPATCH(LinearQ8OneRowImpl)(outs.data(), outs.size(), x);
+  if (one_pass && outs.size() > 1 && n <= linear_q8_few_rows_max())
+    return HWY_DYNAMIC_DISPATCH(LinearQ8FewManyImpl)(outs.data(), outs.size(), x, n);
   for (const ops::LinearOut& o : outs) {
     if (act == ops::Activations::kInt8) {
       linear_q8(*o.w, x, n, o.y, o.bias);
