@@ -726,6 +726,14 @@ TEST(Bench, JsonHasEveryFigureOfTheTable) {
   // The roofline is bandwidth / bytes read per token: decode cannot beat it by much.
   EXPECT_GT(r["tg_fraction"]["median"].get<double>(), 0);
   EXPECT_LT(r["tg_fraction"]["max"].get<double>(), 2.0);
+  // tg / weight-page read: the median of one ratio per round (--roofline-rounds 8, at most one
+  // round per tg step), which lies within the rounds' spread.
+  EXPECT_EQ(r["rounds"].get<int>(), 8);
+  const auto& rounds = r["tg_weights_fraction_rounds"];
+  EXPECT_GT(rounds["min"].get<double>(), 0);
+  EXPECT_LE(rounds["min"].get<double>(), r["tg_weights_fraction"]["min"].get<double>());
+  EXPECT_GE(rounds["max"].get<double>(), r["tg_weights_fraction"]["max"].get<double>());
+  EXPECT_GT(r["weights_bandwidth_gbs"]["min"].get<double>(), 0.1);
 }
 
 // --depth N: pp and tg run after N tokens of context, and the roofline counts the f16 keys and

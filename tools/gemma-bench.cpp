@@ -34,6 +34,7 @@ using nlohmann::json;
 struct Args {
   std::string model, image;
   int reps = 3, threads = 0, pp = 512, tg = 128, depth = 0, text_tokens = 100, image_tokens = 200;
+  int roofline_rounds = 8;  // --roofline-rounds: weight-page reads alternating with tg steps
   std::vector<int> pp_short = {16, 64};
   std::vector<int> batch;  // --batch: sequences decoded together (llama-batched-bench's -npl)
   bool json_out = false, skip_image = false;
@@ -141,6 +142,17 @@ json generation_test(const Args& a, const std::string& prompt, int n_tokens, boo
           {"peak_rss_mb", peak_rss_mb()}};
 }
 
+struct Stat {
+  double median = 0, lo = 0, hi = 0;
+};
+Stat stat_of(std::vector<double> v) {
+  if (v.empty()) return {};
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  const double med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+  return {med, v.front(), v.back()};
+}
+
 json pp_tg_test(const Args& a) {
   // The default int8 activations, and --exact's f32 ones in an engine of their own (precision is
   // fixed when an engine is built; the weights' pages are shared).
@@ -171,7 +183,7 @@ json pp_tg_test(const Args& a) {
   // within seconds); the roofline uses the higher of the two.
   auto bandwidth = [] { return cpu::read_bandwidth_gbs(size_t{512} << 20); };
   // And a plain sequential read of the weight pages themselves, in place (issue 16's ceiling:
-  // the same pages, the same process), around the int8 tg run.
+  // the same pages, the same process), between rounds of the int8 tg run.
   const auto weight_ranges = engine.text().weight_ranges_per_token();
   auto weights_bandwidth = [&] { return cpu::read_bandwidth_gbs(weight_ranges); };
   // Bytes a decode step reads: the weights, and the keys and values attended to (the average of
@@ -195,15 +207,33 @@ json pp_tg_test(const Args& a) {
     tg_session.prefill(context, {});
     const double kv_first = static_cast<double>(tg_session.kv_bytes_per_step());
     const bool int8 = &e == &engine;
-    const double wbw_before = int8 ? weights_bandwidth() : 0;
     const double bw_before = bandwidth();
-    Timer t;
-    for (int32_t id : tg_ids) tg_session.decode(id);
-    const double tg_s = t.seconds();
+    // The int8 tg run in rounds, each between two reads of the weight pages: each round's rate
+    // against the higher of the reads on either side, so that a slow minute of the machine
+    // lands on both sides of a ratio; the median of the rounds' ratios, with their spread.
+    const int n_rounds = int8 ? std::min(a.roofline_rounds, a.tg) : 1;
+    std::vector<double> reads, fractions;  // [n_rounds + 1], [n_rounds]
+    if (int8) reads.push_back(weights_bandwidth());
+    double tg_s = 0;
+    size_t done = 0;
+    for (int r = 0; r < n_rounds; ++r) {
+      const size_t end = tg_ids.size() * (r + 1) / n_rounds;
+      const size_t steps = end - done;
+      const double kv_before = static_cast<double>(tg_session.kv_bytes_per_step());
+      Timer t;
+      for (; done < end; ++done) tg_session.decode(tg_ids[done]);
+      const double s = t.seconds();
+      tg_s += s;
+      if (!int8) continue;
+      reads.push_back(weights_bandwidth());
+      const double round_bytes =
+          weight_bytes + (kv_before + static_cast<double>(tg_session.kv_bytes_per_step())) / 2;
+      const double read = std::max(reads[r], reads[r + 1]);
+      fractions.push_back(steps / s / (read * 1e9 / round_bytes));
+    }
     const double bw = std::max(bw_before, bandwidth());
-    const double wbw = int8 ? std::max(wbw_before, weights_bandwidth()) : 0;
     const double bytes = weight_bytes + (kv_first + tg_session.kv_bytes_per_step()) / 2;
-    return std::tuple{a.pp / pp_s, a.tg / tg_s, bw, bytes, wbw};
+    return std::tuple{a.pp / pp_s, a.tg / tg_s, bw, bytes, reads, fractions};
   };
   const double load_start = load_average();
   // Short prompts (a chat turn) with int8 activations: the median of 5 timed prefills of n new
@@ -242,16 +272,20 @@ json pp_tg_test(const Args& a) {
     }
     short_pp["batch" + std::to_string(n) + "_tps"] = n * a.tg / t.seconds();
   }
-  const auto [pp_tps, tg_tps, bw, bytes, wbw] = run(engine);
-  const auto [pp_exact_tps, tg_exact_tps, bw_exact, bytes_exact, unused] = run(exact);
+  const auto [pp_tps, tg_tps, bw, bytes, reads, fractions] = run(engine);
+  const auto [pp_exact_tps, tg_exact_tps, bw_exact, bytes_exact, unused_reads, unused] = run(exact);
+  const Stat read = stat_of(reads), fraction = stat_of(fractions);
   json out = {{"pp_tps", pp_tps},
               {"pp_exact_tps", pp_exact_tps},
               {"tg_tps", tg_tps},
               {"tg_exact_tps", tg_exact_tps},
               {"bandwidth_gbs", bw},
               {"tg_fraction", tg_tps / (bw * 1e9 / bytes)},
-              {"weights_bandwidth_gbs", wbw},
-              {"tg_weights_fraction", tg_tps / (wbw * 1e9 / bytes)},
+              {"weights_bandwidth_gbs", read.median},
+              {"weights_bandwidth_min_gbs", read.lo},
+              {"weights_bandwidth_max_gbs", read.hi},
+              {"tg_weights_fraction", fraction.median},
+              {"tg_weights_fraction_rounds", fractions},
               {"tg_exact_fraction", tg_exact_tps / (bw_exact * 1e9 / bytes_exact)},
               {"bytes_per_token", bytes},
               {"load_start", load_start},
@@ -259,17 +293,6 @@ json pp_tg_test(const Args& a) {
               {"peak_rss_mb", peak_rss_mb()}};
   out.update(short_pp);
   return out;
-}
-
-struct Stat {
-  double median = 0, lo = 0, hi = 0;
-};
-Stat stat_of(std::vector<double> v) {
-  if (v.empty()) return {};
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  const double med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-  return {med, v.front(), v.back()};
 }
 
 json collect(const std::vector<json>& runs, const std::string& key) {
@@ -335,6 +358,12 @@ int run(const Args& a) {
   for (const auto& r : bench)
     out["bench"]["load_average"].push_back({r["load_start"], r["load_end"]});
   const double bytes = bench[0]["bytes_per_token"].get<double>();
+  // Every round of every rep: the spread behind the medians.
+  std::vector<double> all_rounds;
+  for (const auto& r : bench)
+    for (const auto& f : r["tg_weights_fraction_rounds"]) all_rounds.push_back(f.get<double>());
+  const Stat rs = stat_of(all_rounds);
+  const json round_fractions = {{"median", rs.median}, {"min", rs.lo}, {"max", rs.hi}};
   out["depth"] = a.depth;
   out["threads"] =
       a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency());
@@ -343,6 +372,8 @@ int run(const Args& a) {
                      {"tg_fraction", collect(bench, "tg_fraction")},
                      {"weights_bandwidth_gbs", collect(bench, "weights_bandwidth_gbs")},
                      {"tg_weights_fraction", collect(bench, "tg_weights_fraction")},
+                     {"tg_weights_fraction_rounds", round_fractions},
+                     {"rounds", std::min(a.roofline_rounds, a.tg)},
                      {"tg_exact_fraction", collect(bench, "tg_exact_fraction")}};
   if (!image.empty())
     for (const char* k : {"image_s", "prompt_tps", "gen_tps", "peak_rss_mb"})
@@ -411,10 +442,13 @@ int run(const Args& a) {
               100 * m(out["roofline"]["tg_fraction"]),
               spread(out["roofline"]["tg_fraction"]).c_str(),
               100 * m(out["roofline"]["tg_exact_fraction"]));
-  std::printf("%-28s %10.0f %%   %s (reading the weight pages in place: %.1f GB/s)\n",
-              "tg / weight-page read", 100 * m(out["roofline"]["tg_weights_fraction"]),
-              spread(out["roofline"]["tg_weights_fraction"]).c_str(),
-              m(out["roofline"]["weights_bandwidth_gbs"]));
+  std::printf(
+      "%-28s %10.0f %%   %s (median of %d rounds, each between two reads of the weight pages in "
+      "place; rounds %s; read %.1f GB/s)\n",
+      "tg / weight-page read", 100 * m(out["roofline"]["tg_weights_fraction"]),
+      spread(out["roofline"]["tg_weights_fraction"]).c_str(), out["roofline"]["rounds"].get<int>(),
+      spread(out["roofline"]["tg_weights_fraction_rounds"]).c_str(),
+      m(out["roofline"]["weights_bandwidth_gbs"]));
   std::printf("%-28s %10.2f s\n", "load", m(out["text"]["load_s"]));
   std::string loads;
   for (const auto& r : bench) {
@@ -442,6 +476,10 @@ int main(int argc, char** argv) {
   app.add_option("--pp-short", a.pp_short, "short prompt lengths also measured (int8 only)")
       ->check(CLI::PositiveNumber);
   app.add_option("--tg", a.tg, "tokens of the generation benchmark")->check(CLI::PositiveNumber);
+  app.add_option("--roofline-rounds", a.roofline_rounds,
+                 "rounds of the int8 tg run, each timed between two reads of the weight pages "
+                 "(tg / weight-page read is the median of the rounds' ratios)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--batch", a.batch,
                  "also decode this many sequences together, --tg steps of one forward over all "
                  "(as gemma-server's slots; llama-batched-bench's -npl), int8 only")
