@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -314,6 +315,45 @@ TEST(RefLinear, MatchesHandDequantization) {
     EXPECT_EQ(z1[0], expect[2]);
     EXPECT_EQ(z1[1], expect[3]);
   });
+}
+
+// The KV cache's f16 conversions give tensor/dtype's bits on every target (vectors on x86 from
+// AVX2 up and on 64-bit ARM, the scalar code elsewhere and for NaNs): every half, f32 values over
+// every exponent, from odd offsets and with tails shorter than a vector.
+TEST(HalfFloat, KernelConversionsMatchDtypeOnEveryTarget) {
+  std::vector<uint16_t> halves(65536);
+  for (uint32_t h = 0; h < 65536; ++h) halves[h] = static_cast<uint16_t>(h);
+  std::vector<float> want_f(halves.size());
+  to_f32(DType::F16, halves.data(), halves.size(), want_f.data());
+  std::vector<float> x;
+  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 7919) {  // a prime stride: every exponent
+    float v;
+    const auto w = static_cast<uint32_t>(u);
+    std::memcpy(&v, &w, 4);
+    x.push_back(v);
+  }
+  std::vector<uint16_t> want_h(x.size());
+  from_f32(DType::F16, x.data(), x.size(), want_h.data());
+  std::string ran;
+  for_each_target([&] {
+    ran += std::string(ran.empty() ? "" : ", ") + cpu::target_name();
+    for (size_t off : {size_t{0}, size_t{3}}) {
+      const size_t n = halves.size() - off - 5;  // a tail after the last whole vector
+      std::vector<float> f(n);
+      ops::f16_to_f32(halves.data() + off, static_cast<int64_t>(n), f.data());
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(f[i]), std::bit_cast<uint32_t>(want_f[off + i]))
+            << "half " << off + i;
+      }
+      const size_t m = x.size() - off - 5;
+      std::vector<uint16_t> h(m);
+      ops::f32_to_f16(x.data() + off, static_cast<int64_t>(m), h.data());
+      for (size_t i = 0; i < m; ++i) {
+        ASSERT_EQ(h[i], want_h[off + i]) << "f32 bits " << std::bit_cast<uint32_t>(x[off + i]);
+      }
+    }
+  });
+  std::cout << "[          ] f16 conversions checked on: " << ran << "\n";
 }
 
 TEST(Linear, QuantizedMatchesReference) {

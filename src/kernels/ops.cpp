@@ -26,6 +26,8 @@ void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out) {
 }
 void gelu_tanh(float* x, int64_t n) { cpu::gelu_tanh(x, n); }
 void add(float* x, const float* y, int64_t n) { cpu::add(x, y, n); }
+void f32_to_f16(const float* x, int64_t n, void* h) { cpu::f32_to_f16(x, n, h); }
+void f16_to_f32(const void* h, int64_t n, float* x) { cpu::f16_to_f32(h, n, x); }
 void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int head_dim,
                const int32_t* q_pos, const int32_t* q_group, std::span<const KvSegment> kv,
                AttentionMask mask, float scale, float* out) {

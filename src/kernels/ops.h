@@ -64,6 +64,11 @@ void gelu_tanh(float* x, int64_t n);
 // x += y, elementwise.
 void add(float* x, const float* y, int64_t n);
 
+// n f32 values to IEEE halves (h: 2n bytes) and back, bitwise tensor/dtype's from_f32 / to_f32 for
+// F16 (round to nearest even): the f16 KV cache's conversions, vectorized where the CPU converts.
+void f32_to_f16(const float* x, int64_t n, void* h);
+void f16_to_f32(const void* h, int64_t n, float* x);
+
 // A run of cached or fresh keys and values. Element (j, h, i) of K is k[j*pos_stride +
 // h*head_stride + i], stored as `dtype`: F32, or F16 (IEEE half, the default KV cache).
 struct KvSegment {

@@ -116,11 +116,11 @@ void TextModel::attention_block(const TextLayer& L, int layer, const float* xn, 
                               {ks, vs, m, nkv * hd, hd, pos + t0, g, DType::F32}};
     // The new rows as the cache will hold them: a query then reads the same keys and values
     // whether they are new in its batch or cached by an earlier step (batch invariance).
-    if (segs[0].dtype != DType::F32) {
+    if (segs[0].dtype == DType::F16) {
       std::vector<uint16_t> half(m * nkv * hd);
       for (float* x : {ks, vs}) {
-        from_f32(segs[0].dtype, x, half.size(), half.data());
-        to_f32(segs[0].dtype, half.data(), half.size(), x);
+        ops::f32_to_f16(x, m * nkv * hd, half.data());
+        ops::f16_to_f32(half.data(), m * nkv * hd, x);
       }
     }
     const int first = segs[0].n > 0 ? 0 : 1;

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "kernels/ops.h"
 
 namespace gp {
 
@@ -84,6 +85,16 @@ ops::KvSegment KvCache::cached(int layer) const {
   return {L.k.get(), L.v.get(), n, head_dim_, head_stride, L.pos.data(), nullptr, dtype_};
 }
 
+void KvCache::store(const float* x, std::byte* at) const {
+  if (dtype_ == DType::F16) return ops::f32_to_f16(x, head_dim_, at);
+  from_f32(dtype_, x, head_dim_, at);
+}
+
+void KvCache::load(const std::byte* at, float* x) const {
+  if (dtype_ == DType::F16) return ops::f16_to_f32(at, head_dim_, x);
+  to_f32(dtype_, at, head_dim_, x);
+}
+
 void KvCache::append(int layer, const float* k, const float* v, int n) {
   Layer& L = layers_[layer];
   const size_t es = dtype_size(dtype_);
@@ -92,8 +103,8 @@ void KvCache::append(int layer, const float* k, const float* v, int n) {
     for (int h = 0; h < n_kv_heads_; ++h) {
       const size_t at = h * head_stride_bytes(L) + static_cast<size_t>(s) * head_dim_ * es;
       const size_t row = (static_cast<size_t>(t) * n_kv_heads_ + h) * head_dim_;
-      from_f32(dtype_, k + row, head_dim_, L.k.get() + at);
-      from_f32(dtype_, v + row, head_dim_, L.v.get() + at);
+      store(k + row, L.k.get() + at);
+      store(v + row, L.v.get() + at);
     }
     L.pos[s] = p;
   }
@@ -111,8 +122,8 @@ bool KvCache::read(int layer, int pos, float* k, float* v) const {
   const size_t es = dtype_size(dtype_);
   for (int h = 0; h < n_kv_heads_; ++h) {
     const size_t at = h * head_stride_bytes(L) + static_cast<size_t>(slot(L, pos)) * head_dim_ * es;
-    to_f32(dtype_, L.k.get() + at, head_dim_, k + static_cast<size_t>(h) * head_dim_);
-    to_f32(dtype_, L.v.get() + at, head_dim_, v + static_cast<size_t>(h) * head_dim_);
+    load(L.k.get() + at, k + static_cast<size_t>(h) * head_dim_);
+    load(L.v.get() + at, v + static_cast<size_t>(h) * head_dim_);
   }
   return true;
 }

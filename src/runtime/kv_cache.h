@@ -55,6 +55,9 @@ class KvCache final : public KvStore {
   bool ring_holds_window_before(int n) const;
   // Bytes of one position's keys and values in one layer.
   size_t position_bytes() const { return 2 * dtype_size(dtype_) * n_kv_heads_ * head_dim_; }
+  // One head's head_dim values, f32 to dtype_ at `at` and back.
+  void store(const float* x, std::byte* at) const;
+  void load(const std::byte* at, float* x) const;
   size_t head_stride_bytes(const Layer& L) const {
     return static_cast<size_t>(L.capacity) * head_dim_ * dtype_size(dtype_);
   }

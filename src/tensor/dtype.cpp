@@ -4,14 +4,6 @@
 
 #include "base/error.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <cpuid.h>
-#include <immintrin.h>
-#define GP_DTYPE_F16C 1
-#else
-#define GP_DTYPE_F16C 0
-#endif
-
 namespace gp {
 
 float f16_to_f32(uint16_t h) {
@@ -91,68 +83,12 @@ inline uint16_t float_to_half(float f) {
   h = a > 0x7f800000u ? 0x7e00u : h;    // NaN
   return static_cast<uint16_t>(h | sign);
 }
-
-#if GP_DTYPE_F16C
-// F16C converts 8 values per instruction, rounding to nearest even as the functions above, but
-// quiets NaNs and keeps their payloads its own way: chunks holding a NaN take the code above.
-// Both return how many values they converted (whole chunks of 8).
-bool has_f16c() {
-  static const bool yes = [] {
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_AVX) || !(c & bit_OSXSAVE) || !(c & bit_F16C))
-      return false;
-    unsigned lo, hi;
-    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    return (lo & 6) == 6;  // the OS saves the ymm registers
-  }();
-  return yes;
-}
-__attribute__((target("avx,f16c"))) size_t halves_to_floats(const uint8_t* src, size_t n,
-                                                            float* dst) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
-    const __m256 f = _mm256_cvtph_ps(h);
-    if (_mm256_movemask_ps(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)) == 0) {
-      _mm256_storeu_ps(dst + i, f);
-      continue;
-    }
-    for (size_t j = i; j < i + 8; ++j) {
-      uint16_t b;
-      std::memcpy(&b, src + 2 * j, 2);
-      dst[j] = half_to_float(b);
-    }
-  }
-  return i;
-}
-__attribute__((target("avx,f16c"))) size_t floats_to_halves(const float* src, size_t n,
-                                                            uint8_t* dst) {
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 f = _mm256_loadu_ps(src + i);
-    if (_mm256_movemask_ps(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)) == 0) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i),
-                       _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      continue;
-    }
-    for (size_t j = i; j < i + 8; ++j) {
-      const uint16_t h = float_to_half(src[j]);
-      std::memcpy(dst + 2 * j, &h, 2);
-    }
-  }
-  return i;
-}
-#endif
 }  // namespace
 
 void to_f32(DType t, const void* src, size_t n, float* dst) {
   if (t == DType::F16) {
     const auto* s = static_cast<const uint8_t*>(src);
-    size_t i = 0;
-#if GP_DTYPE_F16C
-    if (has_f16c()) i = halves_to_floats(s, n, dst);
-#endif
-    for (; i < n; ++i) {
+    for (size_t i = 0; i < n; ++i) {
       uint16_t h;
       std::memcpy(&h, s + 2 * i, 2);
       dst[i] = half_to_float(h);
@@ -174,11 +110,7 @@ std::vector<float> to_f32(const TensorInfo& t) {
 void from_f32(DType t, const float* src, size_t n, void* dst) {
   auto* d = static_cast<uint8_t*>(dst);
   if (t == DType::F16) {
-    size_t i = 0;
-#if GP_DTYPE_F16C
-    if (has_f16c()) i = floats_to_halves(src, n, d);
-#endif
-    for (; i < n; ++i) {
+    for (size_t i = 0; i < n; ++i) {
       const uint16_t h = float_to_half(src[i]);
       std::memcpy(d + 2 * i, &h, 2);
     }

@@ -211,7 +211,7 @@ HWY_INLINE float ToF32(float x) { return x; }
 HWY_INLINE float ToF32(hwy::float16_t x) {
   uint16_t bits;
   std::memcpy(&bits, &x, 2);
-  return f16_to_f32(bits);
+  return gp::f16_to_f32(bits);
 }
 
 // Row `off` of a segment's keys or values (base: seg.k or seg.v) as f32: dst[0..n).

@@ -25,6 +25,8 @@ void rope(float* x, int64_t n, int n_heads, int head_dim, const float* cs);
 void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out);
 void gelu_tanh(float* x, int64_t n);
 void add(float* x, const float* y, int64_t n);
+void f32_to_f16(const float* x, int64_t n, void* h);
+void f16_to_f32(const void* h, int64_t n, float* x);
 void attention(const float* q, int64_t n_q, int n_heads, int n_kv_heads, int head_dim,
                const int32_t* q_pos, const int32_t* q_group, std::span<const ops::KvSegment> kv,
                ops::AttentionMask mask, float scale, float* out);

@@ -1,4 +1,5 @@
-// Row-wise and elementwise ops: rms_norm, layer_norm, rope, gelu_tanh(_mul), add.
+// Row-wise and elementwise ops: rms_norm, layer_norm, rope, gelu_tanh(_mul), add, and the f16
+// conversions of the KV cache.
 // Small inputs run inline on the calling thread; large ones are split by rows or ranges.
 #include <algorithm>
 #include <cmath>
@@ -6,6 +7,7 @@
 
 #include "base/thread_pool.h"
 #include "kernels/cpu/cpu.h"
+#include "tensor/dtype.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/elementwise.cpp"
@@ -207,6 +209,56 @@ void AddImpl(float* x, const float* y, int64_t n) {
   });
 }
 
+// f32 <-> IEEE half with the bits of tensor/dtype's from_f32 / to_f32 (round to nearest even).
+// Vectors only where the conversion is an instruction (x86 F16C, on the AVX2 target and up; 64-bit
+// ARM): Highway's emulation elsewhere truncates. A vector holding a NaN takes the scalar code,
+// whose NaN bits (sign, then the canonical quiet NaN) the instructions do not give.
+#undef GP_F16_VECTORS
+#if (HWY_ARCH_X86 && HWY_TARGET <= HWY_AVX2 && !defined(HWY_DISABLE_F16C)) || HWY_ARCH_ARM_A64
+#define GP_F16_VECTORS 1
+#else
+#define GP_F16_VECTORS 0
+#endif
+
+void F32ToF16Impl(const float* x, int64_t n, void* h) {
+  auto* out = static_cast<uint16_t*>(h);
+  int64_t i = 0;
+#if GP_F16_VECTORS
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (; i + N <= n; i += N) {
+    const auto v = hn::LoadU(df, x + i);
+    if (hn::AllFalse(df, hn::IsNaN(v))) {
+      hn::StoreU(hn::DemoteTo(dh, v), dh, reinterpret_cast<hwy::float16_t*>(out + i));
+    } else {
+      from_f32(DType::F16, x + i, static_cast<size_t>(N), out + i);
+    }
+  }
+#endif
+  from_f32(DType::F16, x + i, static_cast<size_t>(n - i), out + i);
+}
+
+void F16ToF32Impl(const void* h, int64_t n, float* x) {
+  const auto* in = static_cast<const uint16_t*>(h);
+  int64_t i = 0;
+#if GP_F16_VECTORS
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (; i + N <= n; i += N) {
+    const auto v =
+        hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(in + i)));
+    if (hn::AllFalse(df, hn::IsNaN(v))) {
+      hn::StoreU(v, df, x + i);
+    } else {
+      to_f32(DType::F16, in + i, static_cast<size_t>(N), x + i);
+    }
+  }
+#endif
+  to_f32(DType::F16, in + i, static_cast<size_t>(n - i), x + i);
+}
+
 }  // namespace gp::cpu::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
@@ -219,6 +271,8 @@ HWY_EXPORT(RopeImpl);
 HWY_EXPORT(GeluTanhMulImpl);
 HWY_EXPORT(GeluTanhImpl);
 HWY_EXPORT(AddImpl);
+HWY_EXPORT(F32ToF16Impl);
+HWY_EXPORT(F16ToF32Impl);
 
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y) {
   HWY_DYNAMIC_DISPATCH(RmsNormImpl)(x, w, n, d, eps, y);
@@ -250,6 +304,8 @@ void gelu_tanh_mul(const float* g, const float* u, int64_t n, float* out) {
 }
 void gelu_tanh(float* x, int64_t n) { HWY_DYNAMIC_DISPATCH(GeluTanhImpl)(x, n); }
 void add(float* x, const float* y, int64_t n) { HWY_DYNAMIC_DISPATCH(AddImpl)(x, y, n); }
+void f32_to_f16(const float* x, int64_t n, void* h) { HWY_DYNAMIC_DISPATCH(F32ToF16Impl)(x, n, h); }
+void f16_to_f32(const void* h, int64_t n, float* x) { HWY_DYNAMIC_DISPATCH(F16ToF32Impl)(h, n, x); }
 
 }  // namespace gp::cpu
 #endif  // HWY_ONCE
