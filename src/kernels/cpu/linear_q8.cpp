@@ -1049,19 +1049,20 @@ constexpr int64_t kFewRows = 8;
 // vpdpbusd panels overtake the 256-bit few-row kernel from 8 rows.
 HWY_INLINE int64_t FewRowsMax() { return !GP_Q8_VNNI512 && UseVnni512() ? 4 : kFewRows; }
 
-// The sources of a vertical block's `count` weight rows o, o+1, ... (past w.out: the last row
-// again): the nibbles of each in the mapped file, and its scales and biases converted to f32 rows
-// of gs values (zero past gpr) in rs and rb. prefetch_next: the next block's scales and biases
-// (their own two streams, read at a block's start) are prefetched a whole block ahead; the
-// kernels prefetch its nibbles as they read this block's.
-HWY_INLINE void VerticalRowSources(const Weight& w, int64_t o, int count, int64_t gs, float* rs,
-                                   float* rb, const uint8_t** rows, const uint8_t** srow,
-                                   const uint8_t** brow, bool prefetch_next = false) {
+// The mapped sources of a vertical block's `count` weight rows o, o+1, ... (past w.out: the last
+// row again): the nibbles, the scales and the biases of each. prefetch_next: the next block's
+// scales and biases (their own two streams, read at a block's start) are prefetched a whole block
+// ahead; the kernels prefetch its nibbles as they read this block's.
+HWY_INLINE void VerticalRowPointers(const Weight& w, int64_t o, int count, const uint8_t** rows,
+                                    const uint8_t** srow, const uint8_t** brow,
+                                    bool prefetch_next) {
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const size_t ss = dtype_size(w.scale_dtype);
+  const auto* scales = static_cast<const uint8_t*>(w.scales);
+  const auto* biases = static_cast<const uint8_t*>(w.biases);
   if (prefetch_next) {
-    const uint8_t* s = static_cast<const uint8_t*>(w.scales) + (o + count) * gpr * ss;
-    const uint8_t* b = static_cast<const uint8_t*>(w.biases) + (o + count) * gpr * ss;
+    const uint8_t* s = scales + (o + count) * gpr * ss;
+    const uint8_t* b = biases + (o + count) * gpr * ss;
     for (int64_t k = 0; k < count * gpr * static_cast<int64_t>(ss); k += 64) {
       hwy::Prefetch(s + k);
       hwy::Prefetch(b + k);
@@ -1070,8 +1071,21 @@ HWY_INLINE void VerticalRowSources(const Weight& w, int64_t o, int count, int64_
   for (int i = 0; i < count; ++i) {
     const int64_t r = std::min(o + i, w.out - 1);
     rows[i] = reinterpret_cast<const uint8_t*>(w.q + r * wpr);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.scales) + r * gpr * ss, gpr, rs + i * gs);
-    ToF32(w.scale_dtype, static_cast<const uint8_t*>(w.biases) + r * gpr * ss, gpr, rb + i * gs);
+    srow[i] = scales + r * gpr * ss;
+    brow[i] = biases + r * gpr * ss;
+  }
+}
+
+// VerticalRowPointers, with the scales and biases converted to f32 rows of gs values (zero past
+// gpr) in rs and rb, and srow, brow pointing at those.
+HWY_INLINE void VerticalRowSources(const Weight& w, int64_t o, int count, int64_t gs, float* rs,
+                                   float* rb, const uint8_t** rows, const uint8_t** srow,
+                                   const uint8_t** brow, bool prefetch_next = false) {
+  const int64_t gpr = w.groups_per_row();
+  VerticalRowPointers(w, o, count, rows, srow, brow, prefetch_next);
+  for (int i = 0; i < count; ++i) {
+    ToF32(w.scale_dtype, srow[i], gpr, rs + i * gs);
+    ToF32(w.scale_dtype, brow[i], gpr, rb + i * gs);
     for (int64_t g = gpr; g < gs; ++g) rs[i * gs + g] = rb[i * gs + g] = 0.0f;
     srow[i] = reinterpret_cast<const uint8_t*>(rs + i * gs);
     brow[i] = reinterpret_cast<const uint8_t*>(rb + i * gs);
@@ -1185,6 +1199,55 @@ HWY_INLINE void LoadTransposed(const uint8_t* const* p, int64_t off, __m512i* t)
   Transpose16x8(z, t);
 }
 
+// 32 bytes at p[VRow(i, h)] + off for the 16 rows, the bytes outside `bytes` zero (and not read),
+// transposed.
+HWY_INLINE void LoadTransposedMasked(const uint8_t* const* p, int64_t off, __mmask32 bytes,
+                                     __m512i* t) {
+  __m512i z[8];
+  HWY_UNROLL(8)
+  for (int i = 0; i < 8; ++i) {
+    const __m256i lo = _mm256_maskz_loadu_epi8(bytes, p[VRow(i, 0)] + off);
+    const __m256i hi = _mm256_maskz_loadu_epi8(bytes, p[VRow(i, 1)] + off);
+    z[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+  Transpose16x8(z, t);
+}
+
+// The scales (or biases) of groups g0 .. g0+15 (those below gpr) of the 16 rows whose mapped
+// scales start at p[VRow(i, h)], as f32, 16 outputs per vector: out[k * 16 + i] is group g0 + k
+// of row i. Read and transposed as stored, without f32 copies of the rows: a dword of 16-bit
+// values holds two groups.
+HWY_INLINE void TransposedScales(const uint8_t* const* p, DType t, int64_t g0, int64_t gpr,
+                                 float* HWY_RESTRICT out) {
+  const int64_t count = std::min<int64_t>(16, gpr - g0);
+  __m512i v[8];
+  if (t == DType::F32) {
+    for (int64_t h = 0; h * 8 < count; ++h) {
+      const int64_t c = std::min<int64_t>(8, count - h * 8);
+      LoadTransposedMasked(p, (g0 + h * 8) * 4, static_cast<__mmask32>((1ull << (4 * c)) - 1), v);
+      HWY_UNROLL(8)
+      for (int j = 0; j < 8; ++j) _mm512_store_si512(out + (h * 8 + j) * 16, v[j]);
+    }
+    return;
+  }
+  LoadTransposedMasked(p, g0 * 2, static_cast<__mmask32>((1ull << (2 * count)) - 1), v);
+  if (t == DType::BF16) {
+    const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+    HWY_UNROLL(8)
+    for (int j = 0; j < 8; ++j) {
+      _mm512_store_si512(out + 2 * j * 16, _mm512_slli_epi32(v[j], 16));
+      _mm512_store_si512(out + (2 * j + 1) * 16, _mm512_and_si512(v[j], high));
+    }
+    return;
+  }
+  HWY_UNROLL(8)
+  for (int j = 0; j < 8; ++j) {  // F16
+    _mm512_store_ps(out + 2 * j * 16, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v[j])));
+    _mm512_store_ps(out + (2 * j + 1) * 16,
+                    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(v[j], 16))));
+  }
+}
+
 // Outputs o .. o+15 (those below w.out) for the NR rows of x: xq row r at xq + r * in (QuantizeX
 // order), dx and xs [NR, gpr]. The chain of each output is GemmQ8's (see the section's head).
 // kPacked: the nibbles come from `packed` (pack_q8_vertical) instead of the mapped rows. cold: no
@@ -1193,19 +1256,16 @@ template <int NR, bool kPacked>
 GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, const float* xs,
                              int64_t o, int64_t o_end, float* y, const float* bias, float* buf,
                              const uint8_t* packed, bool cold = false) {
-  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8, gs = (gpr + 7) / 8 * 8;
-  const size_t ss = dtype_size(w.scale_dtype);
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const int64_t partial = w.out - w.out % QPanelWidth();
   const int64_t first_chunk = std::min(gpr, kQKC / kGroup);
-  // The scales and biases of the 16 rows as f32 rows of gs values, then 8 groups of both at a
-  // time transposed, 16 outputs per vector.
-  float* rs = buf;
-  float* rb = buf + kVRows * gs;
-  float* tsc = rb + kVRows * gs;
-  float* tbi = tsc + 8 * kVRows;
+  // The scales and biases of 16 groups of the 16 rows at a time, transposed: 16 outputs per
+  // vector.
+  float* tsc = buf;
+  float* tbi = buf + 16 * kVRows;
   const uint8_t* rows[kVRows];
   const uint8_t *srow[kVRows], *brow[kVRows];
-  VerticalRowSources(w, o, kVRows, gs, rs, rb, rows, srow, brow, o + 2 * kVRows <= o_end);
+  VerticalRowPointers(w, o, kVRows, rows, srow, brow, o + 2 * kVRows <= o_end);
   const int64_t valid = std::min<int64_t>(kVRows, w.out - o);
   const __mmask16 in_range = static_cast<__mmask16>((1u << valid) - 1);
   const int64_t n_full = std::clamp<int64_t>(partial - o, 0, kVRows);
@@ -1220,16 +1280,12 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
   const uint8_t* next =
       prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kVRows) * wpr) : nullptr;
   const uint8_t* pk = packed + o / kVRows * gpr * kVRows * 32;
-  for (int64_t g0 = 0; g0 < gpr; g0 += 8) {
-    __m512i t[8];
-    LoadTransposed(srow, g0 * 4, t);
-    HWY_UNROLL(8)
-    for (int j = 0; j < 8; ++j) _mm512_store_si512(tsc + j * kVRows, t[j]);
-    LoadTransposed(brow, g0 * 4, t);
-    HWY_UNROLL(8)
-    for (int j = 0; j < 8; ++j) _mm512_store_si512(tbi + j * kVRows, t[j]);
-    const int64_t g1 = std::min(gpr, g0 + 8);
+  for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
+    TransposedScales(srow, w.scale_dtype, g0, gpr, tsc);
+    TransposedScales(brow, w.scale_dtype, g0, gpr, tbi);
+    const int64_t g1 = std::min(gpr, g0 + 16);
     for (int64_t g = g0; g < g1; ++g) {
+      __m512i t[8];
       if constexpr (kPacked) {
         const uint8_t* p = pk + g * kVRows * 32;
         hwy::Prefetch(p + 4 * kPrefetchAhead);
@@ -1295,8 +1351,7 @@ template <int NR, bool kPacked>
 GP_VNNI_ATTR void FewRowsQ8VBlock(const Weight& w, const XQ* xq, const float* dx, const float* xs,
                                   int64_t r0, int64_t r1, float* y, const float* bias,
                                   const uint8_t* packed) {
-  const int64_t gs = (w.groups_per_row() + 7) / 8 * 8;
-  float* buf = thread_scratch(kScratchA, 2 * kVRows * gs + 2 * 8 * kVRows);
+  float* buf = thread_scratch(kScratchA, 2 * 16 * kVRows);
   for (int64_t o = r0; o < r1; o += kVRows)
     FewRowsQ8V<NR, kPacked>(w, xq, dx, xs, o, r1, y, bias, buf, packed, o == r0);
 }
