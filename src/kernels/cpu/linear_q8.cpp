@@ -1257,6 +1257,7 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
                              int64_t o, int64_t o_end, float* y, const float* bias, float* buf,
                              const uint8_t* packed, bool cold = false) {
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
+  const auto ss = static_cast<int64_t>(dtype_size(w.scale_dtype));
   const int64_t partial = w.out - w.out % QPanelWidth();
   const int64_t first_chunk = std::min(gpr, kQKC / kGroup);
   // The scales and biases of 16 groups of the 16 rows at a time, transposed: 16 outputs per
@@ -1281,6 +1282,15 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
       prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kVRows) * wpr) : nullptr;
   const uint8_t* pk = packed + o / kVRows * gpr * kVRows * 32;
   for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
+    // The next 16 groups' scales and biases into L1: the next-block prefetch brought them to
+    // L2, but a block of long rows (80 KB at in = 10240) evicts them from L1 before they are read.
+    if (g0 + 16 < gpr) {
+      HWY_UNROLL(16)
+      for (int i = 0; i < kVRows; ++i) {
+        hwy::Prefetch(srow[i] + (g0 + 16) * ss);
+        hwy::Prefetch(brow[i] + (g0 + 16) * ss);
+      }
+    }
     TransposedScales(srow, w.scale_dtype, g0, gpr, tsc);
     TransposedScales(brow, w.scale_dtype, g0, gpr, tbi);
     const int64_t g1 = std::min(gpr, g0 + 16);
