@@ -1570,15 +1570,20 @@ void LinearQ8FewImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, 
 // Up to where it beats the panel kernel in a model (docs/BENCHMARKS.md, Short prompts): in
 // BM_LinearQ8Panels it still won at 64 and 128 rows, but gemma-bench's pp64 was not faster.
 constexpr int64_t kManyRows = 32;
-constexpr int kMTile = 8;       // rows of x per tile: 8 x 32 int32 sums in registers
-constexpr int64_t kMCols = 32;  // outputs per block: two transposes of kVRows rows
+constexpr int kMTile = 8;                // rows of x per tile: 8 x 32 int32 sums in registers
+constexpr int64_t kMCols = 32;           // outputs per block: two transposes of kVRows rows
+constexpr int64_t kMPrefetchGroups = 4;  // this block's nibbles prefetched into L1 this far ahead
+// The fewest blocks of a task: its first block's nibbles are read cold (nothing prefetched
+// them), the others were prefetched into L2 while the one before ran.
+constexpr int64_t kMTaskBlocks = 4;
 
 // acc[r] (32 outputs) += one group of NR rows of x against the nibbles of 32 weight rows,
 // transposed and spread to bytes: u[16h + j] and u[16h + 8 + j] the low and the high nibbles of
 // dword j of outputs 16h .. 16h+15. xg: the group's 16 dwords of xq of the NR rows, dword k of
-// row r at xg[k * NR + r] (k < 8: the even elements 4k .. 4k+3, then the odd ones), so that
-// every broadcast is at a fixed offset from one pointer; d, s: the rows' dx and xsum of the
-// group; sc, bi: the outputs' scales and biases of the group.
+// row r at xg[r * 16 + k] (k < 8: the even elements 4k .. 4k+3, then the odd ones), so that
+// every broadcast is at a fixed offset from one pointer and a row's group is two 32-byte copies
+// of its xq; d, s: the rows' dx and xsum of the group; sc, bi: the outputs' scales and biases
+// of the group.
 template <int NR>
 GP_VNNI_ATTR HWY_INLINE void ManyRowsTile(const __m512i* HWY_RESTRICT u,
                                           const int32_t* HWY_RESTRICT xg, const __m512* sc,
@@ -1593,8 +1598,8 @@ GP_VNNI_ATTR HWY_INLINE void ManyRowsTile(const __m512i* HWY_RESTRICT u,
     const __m512i hi0 = _mm512_load_si512(u + 8 + j), hi1 = _mm512_load_si512(u + 24 + j);
     HWY_UNROLL(8)
     for (int r = 0; r < NR; ++r) {
-      const __m512i xe = _mm512_set1_epi32(xg[j * NR + r]);
-      const __m512i xo = _mm512_set1_epi32(xg[(8 + j) * NR + r]);
+      const __m512i xe = _mm512_set1_epi32(xg[r * 16 + j]);
+      const __m512i xo = _mm512_set1_epi32(xg[r * 16 + 8 + j]);
       p[r][0] = _mm512_dpbusd_epi32(p[r][0], lo0, xe);
       p[r][1] = _mm512_dpbusd_epi32(p[r][1], lo1, xe);
       p[r][0] = _mm512_dpbusd_epi32(p[r][0], hi0, xo);
@@ -1614,11 +1619,10 @@ GP_VNNI_ATTR HWY_INLINE void ManyRowsTile(const __m512i* HWY_RESTRICT u,
   }
 }
 
-// Outputs o .. o+31 (those below w.out) for n rows of x, given as xt [gpr][np][16] dwords (in
-// tiles of kMTile rows, see ManyRowsTile), dt and st [gpr][np] (np a multiple of 4; rows past n
-// repeat the last one and are not stored). buf: the f32 scales and biases of the 32 rows
-// [32][gs] each, the group's 8 transposed [8][32] each, the spread nibbles (32 vectors), then
-// the accumulators [np][32].
+// Outputs o .. o+31 (those below w.out) for n rows of x, given as xt [gpr][np][16] dwords (see
+// ManyRowsTile), dt and st [gpr][np] (np a multiple of 4; rows past n repeat the last one and
+// are not stored). buf: the f32 scales and biases of the 32 rows [32][gs] each, the group's 8
+// transposed [8][32] each, the spread nibbles (32 vectors), then the accumulators [np][32].
 GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* dt, const float* st,
                               int64_t n, int64_t np, int64_t o, int64_t o_end, float* y,
                               const float* bias, float* buf) {
@@ -1635,7 +1639,10 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
   const __m512i mask = _mm512_set1_epi8(0x0F);
   const uint8_t* rows[kMCols];
   const uint8_t *srow[kMCols], *brow[kMCols];
-  VerticalRowSources(w, o, kMCols, gs, rs, rb, rows, srow, brow);
+  // The next block's scales and biases are prefetched now; its nibbles into L2 while this block
+  // runs (a whole block ahead does not fit L1 beside x), this block's into L1 a few groups ahead.
+  const bool prefetch_next = o + 2 * kMCols <= o_end;
+  VerticalRowSources(w, o, kMCols, gs, rs, rb, rows, srow, brow, prefetch_next);
   // Per half h (outputs o + 16h ..): the outputs below w.out, those in full panels (started
   // from the bias; the others get it after the first chunk), the bias.
   __mmask16 in_range[2], not_full[2];
@@ -1651,7 +1658,6 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
       _mm512_store_ps(acc + r * kMCols + 16 * h,
                       _mm512_maskz_mov_ps(static_cast<__mmask16>(~not_full[h]), bv[h]));
   }
-  const bool prefetch_next = o + 2 * kMCols <= o_end;
   const uint8_t* next =
       prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kMCols) * wpr) : nullptr;
   for (int64_t g0 = 0; g0 < gpr; g0 += 8) {
@@ -1668,7 +1674,12 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
     for (int64_t g = g0; g < g1; ++g) {
       if (prefetch_next) {
         HWY_UNROLL(16)
-        for (int i = 0; i < 16; ++i) hwy::Prefetch(next + (g * 16 + i) * 64);
+        for (int i = 0; i < 16; ++i)
+          _mm_prefetch(reinterpret_cast<const char*>(next + (g * 16 + i) * 64), _MM_HINT_T1);
+      }
+      if (g + kMPrefetchGroups < gpr) {
+        HWY_UNROLL(32)
+        for (int i = 0; i < kMCols; ++i) hwy::Prefetch(rows[i] + (g + kMPrefetchGroups) * 32);
       }
       for (int h = 0; h < 2; ++h) {
         LoadTransposed(rows + 16 * h, g * 32, t);
@@ -1731,16 +1742,13 @@ void LinearQ8ManyImpl(const Weight& w, const float* x, int64_t n, float* y, cons
     QuantizeX(x + r * w.in, w.in, xq + r * w.in, dx + r * gpr, xs + r * gpr);
     // Row r, and after the last row the padding rows that repeat it.
     for (int64_t pr = r; pr < (r == n - 1 ? np : r + 1); ++pr) {
-      const int64_t r0 = pr / kMTile * kMTile, nr = std::min<int64_t>(kMTile, np - r0);
       for (int64_t g = 0; g < gpr; ++g) {
         dt[g * np + pr] = dx[r * gpr + g];
         st[g * np + pr] = xs[r * gpr + g];
         const auto [even, odd] = XQGroupHalves(g, gpr, true);  // in the row (QuantizeX)
-        int32_t* xg = xt + (g * np + r0) * 16 + (pr - r0);
-        for (int k = 0; k < 8; ++k) {
-          std::memcpy(xg + k * nr, xq + r * w.in + even + 4 * k, 4);
-          std::memcpy(xg + (8 + k) * nr, xq + r * w.in + odd + 4 * k, 4);
-        }
+        int32_t* xg = xt + (g * np + pr) * 16;
+        std::memcpy(xg, xq + r * w.in + even, 32);
+        std::memcpy(xg + 8, xq + r * w.in + odd, 32);
       }
     }
   };
@@ -1749,7 +1757,7 @@ void LinearQ8ManyImpl(const Weight& w, const float* x, int64_t n, float* y, cons
   } else {
     parallel_blocks(n, quantize);
   }
-  const int64_t rb = std::max(kMCols, gemv_row_block(w.out) / kMCols * kMCols);
+  const int64_t rb = std::max(kMTaskBlocks * kMCols, gemv_row_block(w.out) / kMCols * kMCols);
   const int64_t blocks = (w.out + rb - 1) / rb;
   auto run = [&](int64_t k, int) {
     const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
