@@ -1724,33 +1724,70 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
   }
 }
 
-// x [n, in], FewRowsMax() < n <= kManyRows: each row quantized as for decode and spread into
-// the tiles' layout (on the pool when large), then blocks of 32-output groups over the pool.
+// One row of x [gpr * 64] quantized with QuantizeX's bits (its group sums added in the same
+// order, 16 groups at a time, one per lane; its rounding in the same operations, which the
+// compiler contracts alike: gcc fuses both into a multiply-add) straight into row pr of the tiles:
+// xt [gpr][np][16] dwords (a group's 32 even elements, then its 32 odd ones), dt and st [gpr][np].
+// QuantizeX's scalar chain of 64 dependent adds per group cost about a tenth of the kernel at 16
+// rows.
+GP_VNNI_ATTR void QuantizeTileRow(const float* x, int64_t gpr, int64_t np, int64_t pr,
+                                  int32_t* HWY_RESTRICT xt, float* HWY_RESTRICT dt,
+                                  float* HWY_RESTRICT st) {
+  const __m512i lanes =
+      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                         _mm512_set1_epi32(kGroup));
+  const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+  const __m512 round = _mm512_set1_ps(12582912.0f), zero = _mm512_setzero_ps();
+  alignas(64) float inv[16], dx[16], sum[16];
+  for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
+    const int count = static_cast<int>(std::min<int64_t>(16, gpr - g0));
+    const auto m = static_cast<__mmask16>((1u << count) - 1);
+    const float* xb = x + g0 * kGroup;
+    __m512 amax = zero, s = zero;
+    for (int64_t i = 0; i < kGroup; ++i) {
+      const __m512 v = _mm512_mask_i32gather_ps(zero, m, lanes, xb + i, 4);
+      amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+      s = _mm512_add_ps(s, v);
+    }
+    const __mmask16 pos = _mm512_cmp_ps_mask(amax, zero, _CMP_GT_OQ);
+    _mm512_store_ps(inv, _mm512_maskz_div_ps(pos, _mm512_set1_ps(127.0f), amax));
+    _mm512_store_ps(dx, _mm512_div_ps(amax, _mm512_set1_ps(127.0f)));
+    _mm512_store_ps(sum, s);
+    for (int k = 0; k < count; ++k) {
+      const int64_t g = g0 + k;
+      dt[g * np + pr] = dx[k];
+      st[g * np + pr] = sum[k];
+      const __m512 iv = _mm512_set1_ps(inv[k]);
+      const float* xg = xb + k * kGroup;
+      const __m512 v[4] = {_mm512_loadu_ps(xg), _mm512_loadu_ps(xg + 16), _mm512_loadu_ps(xg + 32),
+                           _mm512_loadu_ps(xg + 48)};
+      auto q = [&](__m512 e) {  // RoundQ(e * inv) as int8, written as RoundQ is
+        const __m512 r = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(e, iv), round), round);
+        return _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(r));
+      };
+      auto* out = reinterpret_cast<__m128i*>(xt + (g * np + pr) * 16);
+      _mm_storeu_si128(out + 0, q(_mm512_permutex2var_ps(v[0], evens, v[1])));
+      _mm_storeu_si128(out + 1, q(_mm512_permutex2var_ps(v[2], evens, v[3])));
+      _mm_storeu_si128(out + 2, q(_mm512_permutex2var_ps(v[0], odds, v[1])));
+      _mm_storeu_si128(out + 3, q(_mm512_permutex2var_ps(v[2], odds, v[3])));
+    }
+  }
+}
+
+// x [n, in], FewRowsMax() < n <= kManyRows: each row quantized into the tiles' layout (on the
+// pool when large), then blocks of 32-output groups over the pool.
 void LinearQ8ManyImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
   const int64_t gpr = w.groups_per_row(), np = (n + 3) / 4 * 4;
-  // Caller's slots C-E (the workers use A): xq of each row, its dx and xsum, then [gpr][np] of
-  // both and xt [gpr][np][16] dwords.
-  auto* xq =
-      reinterpret_cast<XQ*>(thread_scratch(kScratchC, n * w.in * sizeof(XQ) / sizeof(float) + 1));
-  float* dx = thread_scratch(kScratchD, 2 * n * gpr + 2 * gpr * np);
-  float* xs = dx + n * gpr;
-  float* dt = xs + n * gpr;
+  // Caller's slots D-E (the workers use A): dx and xsum [gpr][np], xt [gpr][np][16] dwords.
+  float* dt = thread_scratch(kScratchD, 2 * gpr * np);
   float* st = dt + gpr * np;
   auto* xt = reinterpret_cast<int32_t*>(thread_scratch(kScratchE, gpr * np * 16));
   const bool inline_run = w.bytes() < kGemvInlineBytes;
   auto quantize = [&](int64_t r, int) {
-    QuantizeX(x + r * w.in, w.in, xq + r * w.in, dx + r * gpr, xs + r * gpr);
     // Row r, and after the last row the padding rows that repeat it.
-    for (int64_t pr = r; pr < (r == n - 1 ? np : r + 1); ++pr) {
-      for (int64_t g = 0; g < gpr; ++g) {
-        dt[g * np + pr] = dx[r * gpr + g];
-        st[g * np + pr] = xs[r * gpr + g];
-        const auto [even, odd] = XQGroupHalves(g, gpr, true);  // in the row (QuantizeX)
-        int32_t* xg = xt + (g * np + pr) * 16;
-        std::memcpy(xg, xq + r * w.in + even, 32);
-        std::memcpy(xg + 8, xq + r * w.in + odd, 32);
-      }
-    }
+    for (int64_t pr = r; pr < (r == n - 1 ? np : r + 1); ++pr)
+      QuantizeTileRow(x + r * w.in, gpr, np, pr, xt, dt, st);
   };
   if (inline_run) {
     for (int64_t r = 0; r < n; ++r) quantize(r, 0);
