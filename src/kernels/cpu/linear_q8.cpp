@@ -1567,9 +1567,9 @@ void LinearQ8FewImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, 
 // chains are GemmQ8's (see the few-row section's head): the rows' float accumulators live in a
 // small buffer, the int32 sums of a tile of rows in registers.
 #if GP_Q8_VNNI512
-// Up to where it beats the panel kernel in a model (docs/BENCHMARKS.md, Short prompts): in
-// BM_LinearQ8Panels it still won at 64 and 128 rows, but gemma-bench's pp64 was not faster.
-constexpr int64_t kManyRows = 32;
+// Up to a chat turn's 128 rows: with its prefetches it beats the panel kernel at 64 and 128
+// rows in BM_LinearQ8Panels and in gemma-bench's pp64 (docs/BENCHMARKS.md, Short prompts).
+constexpr int64_t kManyRows = 128;
 constexpr int kMTile = 8;                // rows of x per tile: 8 x 32 int32 sums in registers
 constexpr int64_t kMCols = 32;           // outputs per block: two transposes of kVRows rows
 constexpr int64_t kMPrefetchGroups = 4;  // this block's nibbles prefetched into L1 this far ahead
