@@ -166,6 +166,30 @@ HWY_INLINE float GroupScale(const float* xg, float* inv, float* sum) {
   *sum = s;
   return amax / 127.0f;
 }
+// GroupScale of the `count` consecutive groups at xb (dx, inv and sum [count]), the same bits:
+// one group per lane, so each group's 64 dependent adds run in its own lane, in the same order.
+HWY_INLINE void GroupScales(const float* HWY_RESTRICT xb, int64_t count, float* HWY_RESTRICT dx,
+                            float* HWY_RESTRICT inv, float* HWY_RESTRICT sum) {
+  const hn::CappedTag<float, 16> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const int64_t L = static_cast<int64_t>(hn::Lanes(df));
+  const auto idx = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(kGroup)));
+  const auto k127 = hn::Set(df, 127.0f);
+  int64_t k = 0;
+  for (; k + L <= count; k += L) {
+    const float* p = xb + k * kGroup;
+    auto amax = hn::Zero(df), s = hn::Zero(df);
+    for (int64_t i = 0; i < kGroup; ++i) {
+      const auto v = hn::GatherIndex(df, p + i, idx);
+      amax = hn::Max(amax, hn::Abs(v));
+      s = hn::Add(s, v);
+    }
+    hn::StoreU(s, df, sum + k);
+    hn::StoreU(hn::Div(amax, k127), df, dx + k);
+    hn::StoreU(hn::IfThenElseZero(hn::Gt(amax, hn::Zero(df)), hn::Div(k127, amax)), df, inv + k);
+  }
+  for (; k < count; ++k) dx[k] = GroupScale(xb + k * kGroup, &inv[k], &sum[k]);
+}
 HWY_INLINE float RoundQ(float v) {
   constexpr float kRound = 12582912.0f;
   return (v + kRound) - kRound;
@@ -196,16 +220,19 @@ constexpr bool kPairLayout = GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU;  // pairs can b
 void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
                float* HWY_RESTRICT xsum, [[maybe_unused]] bool pairs = GP_Q8_VNNI512) {
   const int64_t gpr = in / kGroup;
-  for (int64_t g = 0; g < gpr; ++g) {
-    const float* xg = x + g * kGroup;
-    float inv;
-    dx[g] = GroupScale(xg, &inv, &xsum[g]);
-    const XQHalves h = XQGroupHalves(g, gpr, kPairLayout && pairs);
-    XQ* even = xq + h.even;
-    XQ* odd = xq + h.odd;
-    for (int64_t i = 0; i < kGroup / 2; ++i) {
-      even[i] = static_cast<XQ>(RoundQ(xg[2 * i] * inv));
-      odd[i] = static_cast<XQ>(RoundQ(xg[2 * i + 1] * inv));
+  float inv[16];
+  for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
+    const int64_t count = std::min<int64_t>(16, gpr - g0);
+    GroupScales(x + g0 * kGroup, count, dx + g0, inv, xsum + g0);
+    for (int64_t g = g0; g < g0 + count; ++g) {
+      const float* xg = x + g * kGroup;
+      const XQHalves h = XQGroupHalves(g, gpr, kPairLayout && pairs);
+      XQ* even = xq + h.even;
+      XQ* odd = xq + h.odd;
+      for (int64_t i = 0; i < kGroup / 2; ++i) {
+        even[i] = static_cast<XQ>(RoundQ(xg[2 * i] * inv[g - g0]));
+        odd[i] = static_cast<XQ>(RoundQ(xg[2 * i + 1] * inv[g - g0]));
+      }
     }
   }
 }
@@ -290,15 +317,19 @@ using XQ = int16_t;
 void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
                float* HWY_RESTRICT xsum, bool /*pairs*/ = false) {
   const size_t L = hn::Lanes(D16());
-  for (int64_t g = 0; g < in / kGroup; ++g) {
-    const float* xg = x + g * kGroup;
-    float inv;
-    dx[g] = GroupScale(xg, &inv, &xsum[g]);
-    XQ* qg = xq + g * kGroup;
-    for (size_t v = 0; v < 16; v += L) {
-      for (size_t s = 0; s < 4; ++s) {
-        for (size_t j = 0; j < L; ++j) {
-          qg[v * 4 + s * L + j] = static_cast<XQ>(RoundQ(xg[4 * (v + j) + s] * inv));
+  const int64_t gpr = in / kGroup;
+  float inv[16];
+  for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
+    const int64_t count = std::min<int64_t>(16, gpr - g0);
+    GroupScales(x + g0 * kGroup, count, dx + g0, inv, xsum + g0);
+    for (int64_t g = g0; g < g0 + count; ++g) {
+      const float* xg = x + g * kGroup;
+      XQ* qg = xq + g * kGroup;
+      for (size_t v = 0; v < 16; v += L) {
+        for (size_t s = 0; s < 4; ++s) {
+          for (size_t j = 0; j < L; ++j) {
+            qg[v * 4 + s * L + j] = static_cast<XQ>(RoundQ(xg[4 * (v + j) + s] * inv[g - g0]));
+          }
         }
       }
     }
@@ -923,13 +954,18 @@ GP_AVXVNNI_ATTR void Q8MicroKernel(const int8_t* const* a, const float* const* d
 void QuantizeRows(const float* x, int64_t in, int64_t t0, int64_t t1, int8_t* HWY_RESTRICT xq,
                   float* HWY_RESTRICT dx, float* HWY_RESTRICT xsum) {
   const int64_t gpr = in / kGroup;
+  float inv[16];
   for (int64_t t = t0; t < t1; ++t) {
-    for (int64_t g = 0; g < gpr; ++g) {
-      const float* xg = x + t * in + g * kGroup;
-      float inv;
-      dx[t * gpr + g] = GroupScale(xg, &inv, &xsum[t * gpr + g]);
-      int8_t* qg = xq + t * in + g * kGroup;
-      for (int64_t i = 0; i < kGroup; ++i) qg[i] = static_cast<int8_t>(RoundQ(xg[i] * inv));
+    for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
+      const int64_t count = std::min<int64_t>(16, gpr - g0);
+      GroupScales(x + t * in + g0 * kGroup, count, dx + t * gpr + g0, inv, xsum + t * gpr + g0);
+      for (int64_t g = g0; g < g0 + count; ++g) {
+        const float* xg = x + t * in + g * kGroup;
+        int8_t* qg = xq + t * in + g * kGroup;
+        for (int64_t i = 0; i < kGroup; ++i) {
+          qg[i] = static_cast<int8_t>(RoundQ(xg[i] * inv[g - g0]));
+        }
+      }
     }
   }
 }
