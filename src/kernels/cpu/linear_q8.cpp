@@ -190,6 +190,18 @@ HWY_INLINE void GroupScales(const float* HWY_RESTRICT xb, int64_t count, float* 
   }
   for (; k < count; ++k) dx[k] = GroupScale(xb + k * kGroup, &inv[k], &sum[k]);
 }
+// Each group g of a row x [gpr * 64]: dx[g] and xsum[g] (GroupScales, 16 groups at a time), then
+// quantize(g, xg, inv_g) writes its xq.
+template <class Fn>
+HWY_INLINE void ScaleGroups(const float* x, int64_t gpr, float* HWY_RESTRICT dx,
+                            float* HWY_RESTRICT xsum, const Fn& quantize) {
+  float inv[16];
+  for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
+    const int64_t count = std::min<int64_t>(16, gpr - g0);
+    GroupScales(x + g0 * kGroup, count, dx + g0, inv, xsum + g0);
+    for (int64_t g = g0; g < g0 + count; ++g) quantize(g, x + g * kGroup, inv[g - g0]);
+  }
+}
 HWY_INLINE float RoundQ(float v) {
   constexpr float kRound = 12582912.0f;
   return (v + kRound) - kRound;
@@ -220,21 +232,15 @@ constexpr bool kPairLayout = GP_Q8_VNNI512 || GP_Q8_VNNI512_CPU;  // pairs can b
 void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
                float* HWY_RESTRICT xsum, [[maybe_unused]] bool pairs = GP_Q8_VNNI512) {
   const int64_t gpr = in / kGroup;
-  float inv[16];
-  for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
-    const int64_t count = std::min<int64_t>(16, gpr - g0);
-    GroupScales(x + g0 * kGroup, count, dx + g0, inv, xsum + g0);
-    for (int64_t g = g0; g < g0 + count; ++g) {
-      const float* xg = x + g * kGroup;
-      const XQHalves h = XQGroupHalves(g, gpr, kPairLayout && pairs);
-      XQ* even = xq + h.even;
-      XQ* odd = xq + h.odd;
-      for (int64_t i = 0; i < kGroup / 2; ++i) {
-        even[i] = static_cast<XQ>(RoundQ(xg[2 * i] * inv[g - g0]));
-        odd[i] = static_cast<XQ>(RoundQ(xg[2 * i + 1] * inv[g - g0]));
-      }
+  ScaleGroups(x, gpr, dx, xsum, [&](int64_t g, const float* xg, float inv) {
+    const XQHalves h = XQGroupHalves(g, gpr, kPairLayout && pairs);
+    XQ* even = xq + h.even;
+    XQ* odd = xq + h.odd;
+    for (int64_t i = 0; i < kGroup / 2; ++i) {
+      even[i] = static_cast<XQ>(RoundQ(xg[2 * i] * inv));
+      odd[i] = static_cast<XQ>(RoundQ(xg[2 * i + 1] * inv));
     }
-  }
+  });
 }
 
 #if GP_Q8_X86
@@ -317,23 +323,16 @@ using XQ = int16_t;
 void QuantizeX(const float* x, int64_t in, XQ* HWY_RESTRICT xq, float* HWY_RESTRICT dx,
                float* HWY_RESTRICT xsum, bool /*pairs*/ = false) {
   const size_t L = hn::Lanes(D16());
-  const int64_t gpr = in / kGroup;
-  float inv[16];
-  for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
-    const int64_t count = std::min<int64_t>(16, gpr - g0);
-    GroupScales(x + g0 * kGroup, count, dx + g0, inv, xsum + g0);
-    for (int64_t g = g0; g < g0 + count; ++g) {
-      const float* xg = x + g * kGroup;
-      XQ* qg = xq + g * kGroup;
-      for (size_t v = 0; v < 16; v += L) {
-        for (size_t s = 0; s < 4; ++s) {
-          for (size_t j = 0; j < L; ++j) {
-            qg[v * 4 + s * L + j] = static_cast<XQ>(RoundQ(xg[4 * (v + j) + s] * inv[g - g0]));
-          }
+  ScaleGroups(x, in / kGroup, dx, xsum, [&](int64_t g, const float* xg, float inv) {
+    XQ* qg = xq + g * kGroup;
+    for (size_t v = 0; v < 16; v += L) {
+      for (size_t s = 0; s < 4; ++s) {
+        for (size_t j = 0; j < L; ++j) {
+          qg[v * 4 + s * L + j] = static_cast<XQ>(RoundQ(xg[4 * (v + j) + s] * inv));
         }
       }
     }
-  }
+  });
 }
 
 template <bool kVnni>  // no AVX-VNNI on these targets
@@ -954,19 +953,14 @@ GP_AVXVNNI_ATTR void Q8MicroKernel(const int8_t* const* a, const float* const* d
 void QuantizeRows(const float* x, int64_t in, int64_t t0, int64_t t1, int8_t* HWY_RESTRICT xq,
                   float* HWY_RESTRICT dx, float* HWY_RESTRICT xsum) {
   const int64_t gpr = in / kGroup;
-  float inv[16];
   for (int64_t t = t0; t < t1; ++t) {
-    for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
-      const int64_t count = std::min<int64_t>(16, gpr - g0);
-      GroupScales(x + t * in + g0 * kGroup, count, dx + t * gpr + g0, inv, xsum + t * gpr + g0);
-      for (int64_t g = g0; g < g0 + count; ++g) {
-        const float* xg = x + t * in + g * kGroup;
-        int8_t* qg = xq + t * in + g * kGroup;
-        for (int64_t i = 0; i < kGroup; ++i) {
-          qg[i] = static_cast<int8_t>(RoundQ(xg[i] * inv[g - g0]));
-        }
-      }
-    }
+    ScaleGroups(x + t * in, gpr, dx + t * gpr, xsum + t * gpr,
+                [&](int64_t g, const float* xg, float inv) {
+                  int8_t* qg = xq + t * in + g * kGroup;
+                  for (int64_t i = 0; i < kGroup; ++i) {
+                    qg[i] = static_cast<int8_t>(RoundQ(xg[i] * inv));
+                  }
+                });
   }
 }
 
