@@ -154,29 +154,21 @@ HWY_INLINE bool UseVnni512() {
 #endif
 }
 
-// Per-group scale of x: x ≈ dx * xq with xq = round(x / dx) in [-127, 127], dx = max|x| / 127.
-// Adding and removing 1.5 * 2^23 rounds |v| <= 127 to the nearest integer, inline.
-HWY_INLINE float GroupScale(const float* xg, float* inv, float* sum) {
-  float amax = 0, s = 0;
-  for (int64_t i = 0; i < kGroup; ++i) {
-    amax = std::max(amax, std::fabs(xg[i]));
-    s += xg[i];
-  }
-  *inv = amax > 0 ? 127.0f / amax : 0.0f;
-  *sum = s;
-  return amax / 127.0f;
-}
-// GroupScale of the `count` consecutive groups at xb (dx, inv and sum [count]), the same bits:
-// one group per lane, so each group's 64 dependent adds run in its own lane, in the same order.
+// Per-group scale of x: x ≈ dx * xq with xq = round(x / dx) in [-127, 127], dx = max|x| / 127,
+// inv = 127 / max|x| (0 for a group of zeros), and the group's sum, added in element order.
+// `count` consecutive groups at xb (dx, inv and sum [count]), one group per lane, so that each
+// group's 64 dependent adds run in its own lane; a last short vector's spare lanes read group 0
+// and are dropped.
 HWY_INLINE void GroupScales(const float* HWY_RESTRICT xb, int64_t count, float* HWY_RESTRICT dx,
                             float* HWY_RESTRICT inv, float* HWY_RESTRICT sum) {
   const hn::CappedTag<float, 16> df;
   const hn::RebindToSigned<decltype(df)> di;
   const int64_t L = static_cast<int64_t>(hn::Lanes(df));
-  const auto idx = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(kGroup)));
+  const auto lanes = hn::Mul(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(kGroup)));
   const auto k127 = hn::Set(df, 127.0f);
-  int64_t k = 0;
-  for (; k + L <= count; k += L) {
+  for (int64_t k = 0; k < count; k += L) {
+    const size_t m = static_cast<size_t>(std::min(L, count - k));
+    const auto idx = hn::IfThenElseZero(hn::FirstN(di, m), lanes);
     const float* p = xb + k * kGroup;
     auto amax = hn::Zero(df), s = hn::Zero(df);
     for (int64_t i = 0; i < kGroup; ++i) {
@@ -184,11 +176,15 @@ HWY_INLINE void GroupScales(const float* HWY_RESTRICT xb, int64_t count, float* 
       amax = hn::Max(amax, hn::Abs(v));
       s = hn::Add(s, v);
     }
-    hn::StoreU(s, df, sum + k);
-    hn::StoreU(hn::Div(amax, k127), df, dx + k);
-    hn::StoreU(hn::IfThenElseZero(hn::Gt(amax, hn::Zero(df)), hn::Div(k127, amax)), df, inv + k);
+    // Through a buffer: a partial store (BlendedStore) may touch the lanes past m on some targets.
+    float t[3][16];
+    hn::StoreU(s, df, t[0]);
+    hn::StoreU(hn::Div(amax, k127), df, t[1]);
+    hn::StoreU(hn::IfThenElseZero(hn::Gt(amax, hn::Zero(df)), hn::Div(k127, amax)), df, t[2]);
+    std::copy_n(t[0], m, sum + k);
+    std::copy_n(t[1], m, dx + k);
+    std::copy_n(t[2], m, inv + k);
   }
-  for (; k < count; ++k) dx[k] = GroupScale(xb + k * kGroup, &inv[k], &sum[k]);
 }
 // Each group g of a row x [gpr * 64]: dx[g] and xsum[g] (GroupScales, 16 groups at a time), then
 // quantize(g, xg, inv_g) writes its xq.
@@ -1763,27 +1759,14 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
 GP_VNNI_ATTR void QuantizeTileRow(const float* x, int64_t gpr, int64_t np, int64_t pr,
                                   int32_t* HWY_RESTRICT xt, float* HWY_RESTRICT dt,
                                   float* HWY_RESTRICT st) {
-  const __m512i lanes =
-      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                         _mm512_set1_epi32(kGroup));
   const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
-  const __m512 round = _mm512_set1_ps(12582912.0f), zero = _mm512_setzero_ps();
-  alignas(64) float inv[16], dx[16], sum[16];
+  const __m512 round = _mm512_set1_ps(12582912.0f);
+  float inv[16], dx[16], sum[16];
   for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
     const int count = static_cast<int>(std::min<int64_t>(16, gpr - g0));
-    const auto m = static_cast<__mmask16>((1u << count) - 1);
     const float* xb = x + g0 * kGroup;
-    __m512 amax = zero, s = zero;
-    for (int64_t i = 0; i < kGroup; ++i) {
-      const __m512 v = _mm512_mask_i32gather_ps(zero, m, lanes, xb + i, 4);
-      amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
-      s = _mm512_add_ps(s, v);
-    }
-    const __mmask16 pos = _mm512_cmp_ps_mask(amax, zero, _CMP_GT_OQ);
-    _mm512_store_ps(inv, _mm512_maskz_div_ps(pos, _mm512_set1_ps(127.0f), amax));
-    _mm512_store_ps(dx, _mm512_div_ps(amax, _mm512_set1_ps(127.0f)));
-    _mm512_store_ps(sum, s);
+    GroupScales(xb, count, dx, inv, sum);
     for (int k = 0; k < count; ++k) {
       const int64_t g = g0 + k;
       dt[g * np + pr] = dx[k];
