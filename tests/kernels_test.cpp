@@ -24,6 +24,7 @@
 #include "kernels/ref/ref.h"
 #include "tensor/dtype.h"
 #include "tensor/weight.h"
+#include "test_util.h"
 
 namespace gp {
 namespace {
@@ -321,17 +322,10 @@ TEST(RefLinear, MatchesHandDequantization) {
 // AVX2 up and on 64-bit ARM, the scalar code elsewhere and for NaNs): every half, f32 values over
 // every exponent, from odd offsets and with tails shorter than a vector.
 TEST(HalfFloat, KernelConversionsMatchDtypeOnEveryTarget) {
-  std::vector<uint16_t> halves(65536);
-  for (uint32_t h = 0; h < 65536; ++h) halves[h] = static_cast<uint16_t>(h);
+  const std::vector<uint16_t> halves = test::every_half();
   std::vector<float> want_f(halves.size());
   to_f32(DType::F16, halves.data(), halves.size(), want_f.data());
-  std::vector<float> x;
-  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 7919) {  // a prime stride: every exponent
-    float v;
-    const auto w = static_cast<uint32_t>(u);
-    std::memcpy(&v, &w, 4);
-    x.push_back(v);
-  }
+  const std::vector<float> x = test::floats_of_every_exponent();
   std::vector<uint16_t> want_h(x.size());
   from_f32(DType::F16, x.data(), x.size(), want_h.data());
   std::string ran;

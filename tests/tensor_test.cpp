@@ -8,6 +8,7 @@
 
 #include "tensor/dtype.h"
 #include "tensor/weight.h"
+#include "test_util.h"
 
 namespace gp {
 namespace {
@@ -154,8 +155,7 @@ TEST(HalfFloat, KnownEncodings) {
 // The array conversions (branch-free, vectorized) give the scalar ones' bits: every half to f32
 // and back (the identity for every non-NaN half), and f32 values spread over every exponent.
 TEST(HalfFloat, ArrayConversionsMatchTheScalarOnes) {
-  std::vector<uint16_t> halves(65536);
-  for (uint32_t h = 0; h < 65536; ++h) halves[h] = static_cast<uint16_t>(h);
+  const std::vector<uint16_t> halves = test::every_half();
   std::vector<float> f(halves.size());
   to_f32(DType::F16, halves.data(), halves.size(), f.data());
   std::vector<uint16_t> back(halves.size());
@@ -167,13 +167,7 @@ TEST(HalfFloat, ArrayConversionsMatchTheScalarOnes) {
       ASSERT_EQ(back[h], h) << h;
     }
   }
-  std::vector<float> x;
-  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 7919) {  // a prime stride: every exponent
-    float v;
-    const auto w = static_cast<uint32_t>(u);
-    std::memcpy(&v, &w, 4);
-    x.push_back(v);
-  }
+  const std::vector<float> x = test::floats_of_every_exponent();
   std::vector<uint16_t> y(x.size());
   from_f32(DType::F16, x.data(), x.size(), y.data());
   for (size_t i = 0; i < x.size(); ++i) {

@@ -82,6 +82,23 @@ void write_text(const std::string& path, const std::string& text) {
   f << text;
 }
 
+std::vector<uint16_t> every_half() {
+  std::vector<uint16_t> h(65536);
+  for (uint32_t i = 0; i < 65536; ++i) h[i] = static_cast<uint16_t>(i);
+  return h;
+}
+
+std::vector<float> floats_of_every_exponent() {
+  std::vector<float> x;
+  for (uint64_t u = 0; u < (uint64_t{1} << 32); u += 7919) {
+    float v;
+    const auto w = static_cast<uint32_t>(u);
+    std::memcpy(&v, &w, 4);
+    x.push_back(v);
+  }
+  return x;
+}
+
 int run_command(const std::string& cmd, std::string* output) {
   std::string full = cmd + " 2>&1";
   FILE* p = ::popen(full.c_str(), "r");

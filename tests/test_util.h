@@ -22,6 +22,11 @@ std::vector<int32_t> read_ids(const std::string& path);  // comma-separated ids
 std::string read_text(const std::string& path);
 void write_text(const std::string& path, const std::string& text);
 
+// Every IEEE half, 0 .. 65535; and f32 values at a prime stride over all 2^32 bit patterns,
+// so every exponent (NaNs, infinities and subnormals included): the f16 conversion tests' inputs.
+std::vector<uint16_t> every_half();
+std::vector<float> floats_of_every_exponent();
+
 // Runs a shell command; returns its exit status and puts stdout+stderr in `output`.
 int run_command(const std::string& cmd, std::string* output);
 
