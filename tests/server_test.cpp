@@ -715,24 +715,32 @@ TEST(Server, MetricsCountRequestsAndTokens) {
   const auto r = s.post("/v1/chat/completions", chat_body("Hi", 6, 3));
   ASSERT_EQ(r->status, 200) << r->body;
   const json usage = json::parse(r->body)["usage"];
-  const auto m = s.get("/metrics");
-  ASSERT_EQ(m->status, 200);
-  EXPECT_THAT(m->get_header_value("Content-Type"), StartsWith("text/plain; version=0.0.4"));
+  // The server frees a request's body after it has written the response, so the client can
+  // read the answer a moment before the body's bytes are released: read /metrics until they are
+  // (each read is a new request whose own body is empty).
   std::map<std::string, double> values;
-  std::set<std::string> typed;
-  std::istringstream lines(m->body);
-  for (std::string line; std::getline(lines, line);) {
-    std::smatch g;
-    if (std::regex_match(line, g, std::regex("# TYPE ([a-z_]+) (counter|gauge)"))) {
-      typed.insert(g[1]);
-      continue;
+  for (int attempt = 0;; ++attempt) {
+    const auto m = s.get("/metrics");
+    ASSERT_EQ(m->status, 200);
+    EXPECT_THAT(m->get_header_value("Content-Type"), StartsWith("text/plain; version=0.0.4"));
+    values.clear();
+    std::set<std::string> typed;
+    std::istringstream lines(m->body);
+    for (std::string line; std::getline(lines, line);) {
+      std::smatch g;
+      if (std::regex_match(line, g, std::regex("# TYPE ([a-z_]+) (counter|gauge)"))) {
+        typed.insert(g[1]);
+        continue;
+      }
+      if (line.rfind("# HELP ", 0) == 0) continue;
+      ASSERT_TRUE(
+          std::regex_match(line, g, std::regex(R"(([a-z_]+)(\{[a-z]+="[a-z]+"\})? ([-+0-9.e]+))")))
+          << line;
+      EXPECT_TRUE(typed.count(g[1])) << "no TYPE before " << line;
+      values[g[1].str() + g[2].str()] = std::stod(g[3]);
     }
-    if (line.rfind("# HELP ", 0) == 0) continue;
-    ASSERT_TRUE(
-        std::regex_match(line, g, std::regex(R"(([a-z_]+)(\{[a-z]+="[a-z]+"\})? ([-+0-9.e]+))")))
-        << line;
-    EXPECT_TRUE(typed.count(g[1])) << "no TYPE before " << line;
-    values[g[1].str() + g[2].str()] = std::stod(g[3]);
+    if (values["gemma_request_body_bytes"] == 0 || attempt == 200) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_EQ(values["gemma_requests_total{result=\"completed\"}"], 1);
   EXPECT_EQ(values["gemma_requests_total{result=\"rejected\"}"], 0);
