@@ -338,6 +338,49 @@ BENCHMARK(BM_LinearQ8Panels)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// A short prompt's weights of one input, q/k/v (2560 -> 2048, 1024, 1024; mlp: 0) or gate/up
+// (2560 -> 10240 twice; mlp: 1), through ops::linear_many (fused: 1: x quantized once and one
+// pass over the pool for all of them) against one linear_q8 per weight (fused: 0), the same
+// outputs bit for bit. The weights come from DRAM, as in a model.
+void BM_LinearManyFused(benchmark::State& state) {
+  const int64_t n = state.range(0), in = 2560;
+  const bool mlp = state.range(1) != 0, fused = state.range(2) != 0;
+  const std::vector<int64_t> outs =
+      mlp ? std::vector<int64_t>{10240, 10240} : std::vector<int64_t>{2048, 1024, 1024};
+  size_t bytes = 0;
+  for (int64_t out : outs) bytes += QuantWeight(1, in, 0).w.bytes() * out;
+  const size_t copies = std::max<size_t>(1, (size_t{256} << 20) / bytes + 1);
+  std::vector<std::vector<QuantWeight>> ws(copies);
+  std::vector<std::vector<float>> ys;
+  for (int64_t out : outs) ys.emplace_back(n * out);
+  std::vector<std::vector<ops::LinearOut>> sets(copies);
+  for (size_t c = 0; c < copies; ++c) {
+    for (size_t j = 0; j < outs.size(); ++j)
+      ws[c].emplace_back(outs[j], in, static_cast<uint32_t>(c * outs.size() + j));
+    for (size_t j = 0; j < outs.size(); ++j) sets[c].push_back({&ws[c][j].w, ys[j].data()});
+  }
+  const std::vector<float> x = activations(n * in);
+  size_t c = 0;
+  for (auto _ : state) {
+    if (fused) {
+      ops::linear_many(sets[c], x.data(), n, ops::Activations::kInt8);
+    } else {
+      for (const ops::LinearOut& o : sets[c]) cpu::linear_q8(*o.w, x.data(), n, o.y);
+    }
+    c = (c + 1) % copies;
+    benchmark::DoNotOptimize(ys[0].data());
+  }
+  int64_t total_out = 0;
+  for (int64_t out : outs) total_out += out;
+  set_flops(state, 2.0 * n * in * total_out);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * bytes));
+}
+BENCHMARK(BM_LinearManyFused)
+    ->ArgNames({"n", "mlp", "fused"})
+    ->ArgsProduct({{16, 64}, {0, 1}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
 // The vertical few-row kernel reading a prepacked copy of the weights instead of transposing
 // the mapped rows as it reads them: what a load-time repack (issue 16 item 3) would give. On
 // the best target only (AVX3_DL); no bias.

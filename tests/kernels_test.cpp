@@ -785,6 +785,74 @@ TEST(BatchInvariance, ShortPromptKernelEqualsPanelKernelBitwise) {
   }
 }
 
+// ops::linear_many over int8 weights of one input (q/k/v- and gate/up-like: output widths that
+// are and are not multiples of the 16- and 32-output blocks, bias on some) equals each weight
+// through linear_q8 alone, bitwise, for n = 1, the few-row range, the short-prompt range (where
+// one pass over the pool spans the row blocks of every weight) and past it, on every target and
+// int8 kernel. in = 192 (3 groups) runs inline; in = 2112 (33 groups, past the first kQKC
+// inputs, where partial panels add their bias) is over kGemvInlineBytes, on the pool. Small
+// shapes: the emulated aarch64 CI runs this on every SVE and NEON target.
+TEST(BatchInvariance, FusedLinearsEqualSeparateLinearsBitwise) {
+  std::mt19937 rng(26);
+  struct Case {
+    std::vector<TestWeight> ws;
+    std::vector<int> threads;
+    std::vector<int64_t> ns;
+  };
+  std::vector<Case> cases(2);
+  cases[0].ws.push_back(make_quantized(37, 192, DType::F16, 1, rng));
+  cases[0].ws.push_back(make_quantized(9, 192, DType::BF16, 0, rng));
+  cases[0].ws.push_back(make_quantized(70, 192, DType::F32, 1, rng));
+  cases[0].threads = {1, 3};
+  cases[0].ns = {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 33, 64, 100, 128, 129, 140};
+  cases[1].ws.push_back(make_quantized(160, 2112, DType::BF16, 0, rng));
+  cases[1].ws.push_back(make_quantized(45, 2112, DType::F16, 1, rng));
+  cases[1].ws.push_back(make_quantized(70, 2112, DType::BF16, 0, rng));
+  cases[1].threads = {3};
+  cases[1].ns = {1, 4, 5, 8, 9, 17, 64, 128, 129};
+  constexpr int64_t kGuard = 4;  // floats past each output, which nothing may write
+  std::string ran;
+  for (const Case& c : cases) {
+    const int64_t in = c.ws[0].w.in, n_max = c.ns.back();
+    const std::vector<float> x = randn(n_max * in, rng), bias = randn(c.ws[0].w.out, rng);
+    const std::vector<float> bias2 = randn(c.ws[2].w.out, rng);
+    const float* biases[3] = {bias.data(), nullptr, bias2.data()};
+    for (int threads : c.threads) {
+      SCOPED_TRACE("threads=" + std::to_string(threads));
+      ScopedThreads pool(threads);
+      for_each_target([&] {
+        if (in == 192 && threads == 1)
+          ran += std::string(ran.empty() ? "" : " ") + cpu::target_name();
+        for_each_q8_kernel([&] {
+          for (int64_t n : c.ns) {
+            std::vector<std::vector<float>> got(3), sep(3);
+            std::vector<ops::LinearOut> outs;
+            for (size_t j = 0; j < 3; ++j) {
+              const int64_t size = n * c.ws[j].w.out;
+              got[j].assign(size + kGuard, std::nanf(""));
+              sep[j].assign(size + kGuard, std::nanf(""));
+              outs.push_back({&c.ws[j].w, got[j].data(), biases[j]});
+            }
+            ops::linear_many(outs, x.data(), n, ops::Activations::kInt8);
+            for (size_t j = 0; j < 3; ++j) {
+              cpu::linear_q8(c.ws[j].w, x.data(), n, sep[j].data(), biases[j]);
+              const size_t bytes = n * c.ws[j].w.out * sizeof(float);
+              EXPECT_FALSE(std::isnan(got[j][0]));
+              ASSERT_EQ(std::memcmp(got[j].data(), sep[j].data(), bytes), 0)
+                  << "output " << j << " n=" << n << " out=" << c.ws[j].w.out << " in=" << in
+                  << " bias=" << (biases[j] != nullptr);
+              for (int64_t i = 0; i < kGuard; ++i)
+                ASSERT_TRUE(std::isnan(got[j][n * c.ws[j].w.out + i]))
+                    << "written past output " << j;
+            }
+          }
+        });
+      });
+    }
+  }
+  std::printf("fused linears tested on: %s\n", ran.c_str());
+}
+
 // The cases of the int8 kernel-variant tests: 1 and 3 threads; each weight with random x (65 rows)
 // and bias; n rows of x from 1 to 65; without and with the bias; linear_q8 and linear_q8_gemm.
 // check(t, x, n, b, gemm, what), `what` naming the case.

@@ -28,11 +28,11 @@ struct LinearOut {
 
 // The linear op: y[t, o] = sum_i x[t, i] * W[o, i] (+ bias[o]) for one or several weights of the
 // same input x [n, in] (every w has that `in`; each y [n, w.out], bias [w.out] or null), e.g. q, k
-// and v. With int8 activations and one row (or a few: batched decode), x is quantized once and the
-// rows of all the weights share one pass over the thread pool: decode reads the weights as one
-// stream instead of several short ones. Batch invariance: row t of any call with n >= 2 is bitwise
-// the same whatever the other rows and the thread count; n = 1 (the decode kernels) sums in another
-// order.
+// and v. With int8 activations and one row, a few (batched decode) or up to 128 (a short prompt, on
+// AVX3_DL), x is quantized once and the rows of all the weights share one pass over the thread
+// pool: decode reads the weights as one stream instead of several short ones. Batch invariance: row
+// t of any call with n >= 2 is bitwise the same whatever the other rows and the thread count; n = 1
+// (the decode kernels) sums in another order.
 void linear_many(std::span<const LinearOut> outs, const float* x, int64_t n, Activations act);
 inline void linear_many(std::initializer_list<LinearOut> outs, const float* x, int64_t n,
                         Activations act) {

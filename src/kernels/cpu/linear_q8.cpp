@@ -1788,39 +1788,55 @@ GP_VNNI_ATTR void QuantizeTileRow(const float* x, int64_t gpr, int64_t np, int64
   }
 }
 
-// x [n, in], FewRowsMax() < n <= kManyRows: each row quantized into the tiles' layout (on the
-// pool when large), then blocks of 32-output groups over the pool.
-void LinearQ8ManyImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
-  const int64_t gpr = w.groups_per_row(), np = (n + 3) / 4 * 4;
+// x [n, in], FewRowsMax() < n <= kManyRows, through the n_outs weights of outs (the same input
+// width, as ops::linear_many's): each row quantized once into the tiles' layout (on the pool
+// when large), then the blocks of 32-output groups of every weight in one pass over the pool.
+// Separately, q, k and v (gate and up) quantized x and woke the pool once each.
+void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
+  const int64_t in = outs[0].w->in, gpr = in / kGroup, np = (n + 3) / 4 * 4;
+  struct Task {
+    const ops::LinearOut* out;
+    int64_t r0, r1;
+  };
+  thread_local std::vector<Task> kept;  // no allocation per call
+  std::vector<Task>& tasks = kept;      // the caller's, also on the pool's threads
+  tasks.clear();
+  size_t bytes = 0;
+  for (size_t j = 0; j < n_outs; ++j) {
+    const Weight& w = *outs[j].w;
+    const int64_t rb = std::max(kMTaskBlocks * kMCols, gemv_row_block(w.out) / kMCols * kMCols);
+    for (int64_t r0 = 0; r0 < w.out; r0 += rb)
+      tasks.push_back({&outs[j], r0, std::min(w.out, r0 + rb)});
+    bytes += w.bytes();
+  }
   // Caller's slots D-E (the workers use A): dx and xsum [gpr][np], xt [gpr][np][16] dwords.
   float* dt = thread_scratch(kScratchD, 2 * gpr * np);
   float* st = dt + gpr * np;
   auto* xt = reinterpret_cast<int32_t*>(thread_scratch(kScratchE, gpr * np * 16));
-  const bool inline_run = w.bytes() < kGemvInlineBytes;
+  const bool inline_run = bytes < kGemvInlineBytes;
   auto quantize = [&](int64_t r, int) {
     // Row r, and after the last row the padding rows that repeat it.
     for (int64_t pr = r; pr < (r == n - 1 ? np : r + 1); ++pr)
-      QuantizeTileRow(x + r * w.in, gpr, np, pr, xt, dt, st);
+      QuantizeTileRow(x + r * in, gpr, np, pr, xt, dt, st);
   };
   if (inline_run) {
     for (int64_t r = 0; r < n; ++r) quantize(r, 0);
   } else {
     parallel_blocks(n, quantize);
   }
-  const int64_t rb = std::max(kMTaskBlocks * kMCols, gemv_row_block(w.out) / kMCols * kMCols);
-  const int64_t blocks = (w.out + rb - 1) / rb;
   auto run = [&](int64_t k, int) {
-    const int64_t r0 = k * rb, r1 = std::min(w.out, r0 + rb);
+    const Task& t = tasks[k];
     const int64_t gs = (gpr + 7) / 8 * 8;
     float* buf =
         thread_scratch(kScratchA, 2 * kMCols * gs + 2 * 8 * kMCols + 32 * 16 + np * kMCols);
-    for (int64_t o = r0; o < r1; o += kMCols)
-      ManyRowsQ8V(w, xt, dt, st, n, np, o, r1, y, bias, buf);
+    for (int64_t o = t.r0; o < t.r1; o += kMCols)
+      ManyRowsQ8V(*t.out->w, xt, dt, st, n, np, o, t.r1, t.out->y, t.out->bias, buf);
   };
+  const auto n_tasks = static_cast<int64_t>(tasks.size());
   if (inline_run) {
-    for (int64_t k = 0; k < blocks; ++k) run(k, 0);
+    for (int64_t k = 0; k < n_tasks; ++k) run(k, 0);
   } else {
-    parallel_blocks(blocks, run);
+    parallel_blocks(n_tasks, run);
   }
 }
 #endif  // GP_Q8_VNNI512
@@ -1884,28 +1900,20 @@ const char* Q8KernelNameImpl() {
 #endif
 }
 
-void LinearQ8BatchImpl(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
-  if (n <= 0 || w.out <= 0) return;
+// x [n, in], n >= 2, through every weight of outs (the same input width): the few-row and the
+// short-prompt kernels run them all in one pass over the pool, x quantized once; the panel
+// kernel runs one weight after the other. Each output gets the bits of its weight alone.
+void LinearQ8BatchImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
+  if (n <= 0) return;
 #if GP_Q8_FEW
-  if (n <= FewRowsMax()) {
-    const ops::LinearOut out{&w, y, bias};
-    return LinearQ8FewImpl(&out, 1, x, n);
-  }
+  if (n <= FewRowsMax()) return LinearQ8FewImpl(outs, n_outs, x, n);
 #endif
 #if GP_Q8_VNNI512
-  if (n <= kManyRows) return LinearQ8ManyImpl(w, x, n, y, bias);
+  if (n <= kManyRows) return LinearQ8ManyImpl(outs, n_outs, x, n);
 #endif
-  GemmQ8(w, x, n, y, bias);
-}
-
-// x [n, in] through every weight of outs (the same input width), 2 <= n <= FewRowsMaxImpl():
-// the few-row kernel's blocks of all of them in one pass over the pool, x quantized once.
-void LinearQ8FewManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
-#if GP_Q8_FEW
-  LinearQ8FewImpl(outs, n_outs, x, n);
-#else
-  (void)outs, (void)n_outs, (void)x, (void)n;
-#endif
+  for (size_t j = 0; j < n_outs; ++j) {
+    if (outs[j].w->out > 0) GemmQ8(*outs[j].w, x, n, outs[j].y, outs[j].bias);
+  }
 }
 
 // GemmQ8 for any n: the reference of the few-row kernel's tests.
@@ -1922,7 +1930,6 @@ namespace gp::cpu {
 
 HWY_EXPORT(LinearQ8OneRowImpl);
 HWY_EXPORT(LinearQ8BatchImpl);
-HWY_EXPORT(LinearQ8FewManyImpl);
 HWY_EXPORT(LinearQ8GemmImpl);
 HWY_EXPORT(FewRowsMaxImpl);
 HWY_EXPORT(PackQ8VerticalImpl);
@@ -1988,7 +1995,8 @@ void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float
     const ops::LinearOut out{&w, y, bias};
     return HWY_DYNAMIC_DISPATCH(LinearQ8OneRowImpl)(&out, 1, x);
   }
-  HWY_DYNAMIC_DISPATCH(LinearQ8BatchImpl)(w, x, n, y, bias);
+  const ops::LinearOut out{&w, y, bias};
+  HWY_DYNAMIC_DISPATCH(LinearQ8BatchImpl)(&out, 1, x, n);
 }
 
 void linear_q8_gemm(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
@@ -2012,15 +2020,15 @@ void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n
                  ops::Activations act) {
   if (outs.empty() || n <= 0) return;
   // Every weight int8, of one input width: the one-row kernel, or for a few rows (batched
-  // decode) the few-row kernel, runs them all in one pass.
+  // decode) the few-row kernel and for a short prompt the short-prompt one, runs them all in one
+  // pass.
   const bool one_pass = act == ops::Activations::kInt8 &&
                         std::all_of(outs.begin(), outs.end(), [&](const ops::LinearOut& o) {
                           return has_q8_path(*o.w) && o.w->in == outs[0].w->in && o.w->out > 0;
                         });
   if (one_pass && n == 1)
     return HWY_DYNAMIC_DISPATCH(LinearQ8OneRowImpl)(outs.data(), outs.size(), x);
-  if (one_pass && outs.size() > 1 && n <= linear_q8_few_rows_max())
-    return HWY_DYNAMIC_DISPATCH(LinearQ8FewManyImpl)(outs.data(), outs.size(), x, n);
+  if (one_pass) return HWY_DYNAMIC_DISPATCH(LinearQ8BatchImpl)(outs.data(), outs.size(), x, n);
   for (const ops::LinearOut& o : outs) {
     if (act == ops::Activations::kInt8) {
       linear_q8(*o.w, x, n, o.y, o.bias);
