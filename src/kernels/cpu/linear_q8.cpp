@@ -1118,6 +1118,32 @@ HWY_INLINE void VerticalRowSources(const Weight& w, int64_t o, int count, int64_
   }
 }
 
+// One task of a pass over several weights: outputs [r0, r1) of one of them.
+struct RowTask {
+  const ops::LinearOut* out;
+  int64_t r0, r1;
+};
+
+// The tasks of one pass over the weights of outs: each weight's outputs in runs of whole
+// `unit`-row blocks, about 16 runs per thread (gemv_row_block) and at least min_units blocks each
+// (a task's first block is read cold: nothing prefetched it; the others were prefetched while the
+// block before ran). The caller's list, reused (no allocation per call), which the pool's threads
+// read too; *bytes: the weights' bytes.
+std::vector<RowTask>& RowTasks(const ops::LinearOut* outs, size_t n_outs, int64_t unit,
+                               int64_t min_units, size_t* bytes) {
+  thread_local std::vector<RowTask> kept;
+  kept.clear();
+  *bytes = 0;
+  for (size_t j = 0; j < n_outs; ++j) {
+    const Weight& w = *outs[j].w;
+    const int64_t rb = std::max(min_units * unit, gemv_row_block(w.out) / unit * unit);
+    for (int64_t r0 = 0; r0 < w.out; r0 += rb)
+      kept.push_back({&outs[j], r0, std::min(w.out, r0 + rb)});
+    *bytes += w.bytes();
+  }
+  return kept;
+}
+
 // The vertical kernels' driver for x [n, in], 1 <= n <= 8, through the n_outs weights of outs
 // (the same input width, as ops::linear_many's): the rows quantized once, as for decode, then
 // blocks of whole kLanes-row groups of outputs of every weight in one pass over the pool, each
@@ -1133,25 +1159,10 @@ void RunVertical(const ops::LinearOut* outs, size_t n_outs, const float* x, int6
   float* xs = dx + n * gpr;
   for (int64_t r = 0; r < n; ++r)
     QuantizeX(x + r * in, in, xq + r * in, dx + r * gpr, xs + r * gpr);
-  struct Task {
-    const ops::LinearOut* out;
-    int64_t r0, r1;
-  };
-  thread_local std::vector<Task> kept;  // no allocation per call
-  std::vector<Task>& tasks = kept;      // the caller's, also on the pool's threads
-  tasks.clear();
   size_t bytes = 0;
-  for (size_t j = 0; j < n_outs; ++j) {
-    const Weight& w = *outs[j].w;
-    // At least 4 blocks of kLanes rows per task: a task's first block is read cold (nothing
-    // prefetched it), the others were prefetched while the one before ran.
-    const int64_t rb = std::max(4 * kLanes, gemv_row_block(w.out) / kLanes * kLanes);
-    for (int64_t r0 = 0; r0 < w.out; r0 += rb)
-      tasks.push_back({&outs[j], r0, std::min(w.out, r0 + rb)});
-    bytes += w.bytes();
-  }
+  const std::vector<RowTask>& tasks = RowTasks(outs, n_outs, kLanes, 4, &bytes);
   auto run = [&](int64_t k, int) {
-    const Task& t = tasks[k];
+    const RowTask& t = tasks[k];
     auto go = [&](auto nr) { block(nr, *t.out, xq, dx, xs, t.r0, t.r1); };
     switch (n) {
       case 1:
@@ -1794,21 +1805,8 @@ GP_VNNI_ATTR void QuantizeTileRow(const float* x, int64_t gpr, int64_t np, int64
 // Separately, q, k and v (gate and up) quantized x and woke the pool once each.
 void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
   const int64_t in = outs[0].w->in, gpr = in / kGroup, np = (n + 3) / 4 * 4;
-  struct Task {
-    const ops::LinearOut* out;
-    int64_t r0, r1;
-  };
-  thread_local std::vector<Task> kept;  // no allocation per call
-  std::vector<Task>& tasks = kept;      // the caller's, also on the pool's threads
-  tasks.clear();
   size_t bytes = 0;
-  for (size_t j = 0; j < n_outs; ++j) {
-    const Weight& w = *outs[j].w;
-    const int64_t rb = std::max(kMTaskBlocks * kMCols, gemv_row_block(w.out) / kMCols * kMCols);
-    for (int64_t r0 = 0; r0 < w.out; r0 += rb)
-      tasks.push_back({&outs[j], r0, std::min(w.out, r0 + rb)});
-    bytes += w.bytes();
-  }
+  const std::vector<RowTask>& tasks = RowTasks(outs, n_outs, kMCols, kMTaskBlocks, &bytes);
   // Caller's slots D-E (the workers use A): dx and xsum [gpr][np], xt [gpr][np][16] dwords.
   float* dt = thread_scratch(kScratchD, 2 * gpr * np);
   float* st = dt + gpr * np;
@@ -1825,7 +1823,7 @@ void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x,
     parallel_blocks(n, quantize);
   }
   auto run = [&](int64_t k, int) {
-    const Task& t = tasks[k];
+    const RowTask& t = tasks[k];
     const int64_t gs = (gpr + 7) / 8 * 8;
     float* buf =
         thread_scratch(kScratchA, 2 * kMCols * gs + 2 * 8 * kMCols + 32 * 16 + np * kMCols);
