@@ -708,6 +708,24 @@ TEST(Server, ReturningConversationFindsItsSlot) {
   EXPECT_GT(h["slots"][1]["cached_tokens"], 0);
 }
 
+// The bytes of request bodies held now, from /metrics.
+double body_bytes_held(const TestServer& s) {
+  const auto m = s.get("/metrics");
+  if (!m || m->status != 200) return -1;
+  const std::string name = "\ngemma_request_body_bytes ";
+  const size_t at = m->body.find(name);
+  return at == std::string::npos ? -1 : std::stod(m->body.substr(at + name.size()));
+}
+
+// Waits (at most 30 s, a bound for liveness only) until the server holds `bytes` of bodies.
+bool holds_body_bytes(const TestServer& s, double bytes) {
+  for (int i = 0; i < 600; ++i) {
+    if (body_bytes_held(s) == bytes) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
 // /metrics in Prometheus text format: every sample line is `name{labels} value` after its HELP
 // and TYPE, and the counts follow the requests.
 TEST(Server, MetricsCountRequestsAndTokens) {
@@ -716,31 +734,26 @@ TEST(Server, MetricsCountRequestsAndTokens) {
   ASSERT_EQ(r->status, 200) << r->body;
   const json usage = json::parse(r->body)["usage"];
   // The server frees a request's body after it has written the response, so the client can
-  // read the answer a moment before the body's bytes are released: read /metrics until they are
-  // (each read is a new request whose own body is empty).
+  // read the answer a moment before its bytes are released.
+  ASSERT_TRUE(holds_body_bytes(s, 0));
+  const auto m = s.get("/metrics");
+  ASSERT_EQ(m->status, 200);
+  EXPECT_THAT(m->get_header_value("Content-Type"), StartsWith("text/plain; version=0.0.4"));
   std::map<std::string, double> values;
-  for (int attempt = 0;; ++attempt) {
-    const auto m = s.get("/metrics");
-    ASSERT_EQ(m->status, 200);
-    EXPECT_THAT(m->get_header_value("Content-Type"), StartsWith("text/plain; version=0.0.4"));
-    values.clear();
-    std::set<std::string> typed;
-    std::istringstream lines(m->body);
-    for (std::string line; std::getline(lines, line);) {
-      std::smatch g;
-      if (std::regex_match(line, g, std::regex("# TYPE ([a-z_]+) (counter|gauge)"))) {
-        typed.insert(g[1]);
-        continue;
-      }
-      if (line.rfind("# HELP ", 0) == 0) continue;
-      ASSERT_TRUE(
-          std::regex_match(line, g, std::regex(R"(([a-z_]+)(\{[a-z]+="[a-z]+"\})? ([-+0-9.e]+))")))
-          << line;
-      EXPECT_TRUE(typed.count(g[1])) << "no TYPE before " << line;
-      values[g[1].str() + g[2].str()] = std::stod(g[3]);
+  std::set<std::string> typed;
+  std::istringstream lines(m->body);
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch g;
+    if (std::regex_match(line, g, std::regex("# TYPE ([a-z_]+) (counter|gauge)"))) {
+      typed.insert(g[1]);
+      continue;
     }
-    if (values["gemma_request_body_bytes"] == 0 || attempt == 200) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (line.rfind("# HELP ", 0) == 0) continue;
+    ASSERT_TRUE(
+        std::regex_match(line, g, std::regex(R"(([a-z_]+)(\{[a-z]+="[a-z]+"\})? ([-+0-9.e]+))")))
+        << line;
+    EXPECT_TRUE(typed.count(g[1])) << "no TYPE before " << line;
+    values[g[1].str() + g[2].str()] = std::stod(g[3]);
   }
   EXPECT_EQ(values["gemma_requests_total{result=\"completed\"}"], 1);
   EXPECT_EQ(values["gemma_requests_total{result=\"rejected\"}"], 0);
@@ -1177,24 +1190,6 @@ TEST(Server, ChunkedAndUnsizedBodiesOverTheLimitGet413) {
     EXPECT_THAT(got, HasSubstr("the request body is over the limit of 1000 bytes (--max-body)"));
   }
   EXPECT_TRUE(health_answers(s.port()));
-}
-
-// The bytes of request bodies held now, from /metrics.
-double body_bytes_held(const TestServer& s) {
-  const auto m = s.get("/metrics");
-  if (!m || m->status != 200) return -1;
-  const std::string name = "\ngemma_request_body_bytes ";
-  const size_t at = m->body.find(name);
-  return at == std::string::npos ? -1 : std::stod(m->body.substr(at + name.size()));
-}
-
-// Waits (at most 30 s, a bound for liveness only) until the server holds `bytes` of bodies.
-bool holds_body_bytes(const TestServer& s, double bytes) {
-  for (int i = 0; i < 600; ++i) {
-    if (body_bytes_held(s) == bytes) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return false;
 }
 
 // Bodies held at once, over all connections, are bounded by --max-body-total: many clients
