@@ -223,9 +223,8 @@ void Gemv(const Weight& w, const float* x, float* y, const float* bias) {
         return GemvFloatRows<DType::F32>(w, x, r0, r1, y, bias);
     }
   };
-  if (w.bytes() < kGemvInlineBytes) return rows(0, w.out, 0);
   const int64_t rb = gemv_row_block(w.out);
-  parallel_blocks((w.out + rb - 1) / rb,
+  parallel_blocks((w.out + rb - 1) / rb, w.bytes(),
                   [&](int64_t b, int t) { rows(b * rb, std::min(w.out, (b + 1) * rb), t); });
 }
 

@@ -559,11 +559,8 @@ void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* 
 #endif
     GemvQ8Rows<false>(w, xq, dx, xsum, b.r0, b.r1, b.out->y, b.out->bias);
   };
-  if (bytes < kGemvInlineBytes) {
-    for (const Block& b : blocks) run(b);
-    return;
-  }
-  parallel_blocks(static_cast<int64_t>(blocks.size()), [&](int64_t b, int) { run(blocks[b]); });
+  parallel_blocks(static_cast<int64_t>(blocks.size()), bytes,
+                  [&](int64_t b, int) { run(blocks[b]); });
 }
 
 // ---------------------------------------------------------------- many activation rows
@@ -1183,12 +1180,7 @@ void RunVertical(const ops::LinearOut* outs, size_t n_outs, const float* x, int6
         return go(std::integral_constant<int, 8>());
     }
   };
-  const auto n_tasks = static_cast<int64_t>(tasks.size());
-  if (bytes < kGemvInlineBytes) {
-    for (int64_t k = 0; k < n_tasks; ++k) run(k, 0);
-  } else {
-    parallel_blocks(n_tasks, run);
-  }
+  parallel_blocks(static_cast<int64_t>(tasks.size()), bytes, run);
 }
 
 #if GP_Q8_VNNI512
@@ -1811,17 +1803,12 @@ void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x,
   float* dt = thread_scratch(kScratchD, 2 * gpr * np);
   float* st = dt + gpr * np;
   auto* xt = reinterpret_cast<int32_t*>(thread_scratch(kScratchE, gpr * np * 16));
-  const bool inline_run = bytes < kGemvInlineBytes;
   auto quantize = [&](int64_t r, int) {
     // Row r, and after the last row the padding rows that repeat it.
     for (int64_t pr = r; pr < (r == n - 1 ? np : r + 1); ++pr)
       QuantizeTileRow(x + r * in, gpr, np, pr, xt, dt, st);
   };
-  if (inline_run) {
-    for (int64_t r = 0; r < n; ++r) quantize(r, 0);
-  } else {
-    parallel_blocks(n, quantize);
-  }
+  parallel_blocks(n, bytes, quantize);
   auto run = [&](int64_t k, int) {
     const RowTask& t = tasks[k];
     const int64_t gs = (gpr + 7) / 8 * 8;
@@ -1830,12 +1817,7 @@ void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x,
     for (int64_t o = t.r0; o < t.r1; o += kMCols)
       ManyRowsQ8V(*t.out->w, xt, dt, st, n, np, o, t.r1, t.out->y, t.out->bias, buf);
   };
-  const auto n_tasks = static_cast<int64_t>(tasks.size());
-  if (inline_run) {
-    for (int64_t k = 0; k < n_tasks; ++k) run(k, 0);
-  } else {
-    parallel_blocks(n_tasks, run);
-  }
+  parallel_blocks(static_cast<int64_t>(tasks.size()), bytes, run);
 }
 #endif  // GP_Q8_VNNI512
 

@@ -22,9 +22,20 @@ void parallel_blocks(int64_t n_blocks, const Fn& fn) {
   pool.run_tasks(n_blocks, [&](int64_t b, int thread) { fn(b, thread); });
 }
 
-// One-row (decode) linears: below this many weight bytes the hand-off to the pool costs more
+// Linears of one or a few rows: below this many weight bytes the hand-off to the pool costs more
 // than it saves, and the caller runs them alone.
 constexpr size_t kGemvInlineBytes = size_t{256} << 10;
+
+// parallel_blocks for a linear that reads `bytes` weight bytes: on the caller alone below
+// kGemvInlineBytes.
+template <class Fn>
+void parallel_blocks(int64_t n_blocks, size_t bytes, const Fn& fn) {
+  if (bytes < kGemvInlineBytes) {
+    for (int64_t b = 0; b < n_blocks; ++b) fn(b, 0);
+    return;
+  }
+  parallel_blocks(n_blocks, fn);
+}
 
 // Output rows per block of a one-row linear: about 16 blocks per thread, a multiple of 4.
 inline int64_t gemv_row_block(int64_t out) {
