@@ -1650,28 +1650,27 @@ GP_VNNI_ATTR HWY_INLINE void ManyRowsTile(const __m512i* HWY_RESTRICT u,
 
 // Outputs o .. o+31 (those below w.out) for n rows of x, given as xt [gpr][np][16] dwords (see
 // ManyRowsTile), dt and st [gpr][np] (np a multiple of 4; rows past n repeat the last one and
-// are not stored). buf: the f32 scales and biases of the 32 rows [32][gs] each, the group's 8
-// transposed [8][32] each, the spread nibbles (32 vectors), then the accumulators [np][32].
+// are not stored). buf: the f32 scales and biases of 16 groups of the 32 rows, transposed as
+// stored (TransposedScales: [2 halves][16 groups][16 outputs] each), the spread nibbles (32
+// vectors), then the accumulators [np][32].
 GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* dt, const float* st,
                               int64_t n, int64_t np, int64_t o, int64_t o_end, float* y,
                               const float* bias, float* buf) {
-  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8, gs = (gpr + 7) / 8 * 8;
-  const size_t ss = dtype_size(w.scale_dtype);
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
+  const auto ss = static_cast<int64_t>(dtype_size(w.scale_dtype));
   const int64_t partial = w.out - w.out % QPanelWidth();
   const int64_t first_chunk = std::min(gpr, kQKC / kGroup);
-  float* rs = buf;
-  float* rb = rs + kMCols * gs;
-  float* tsc = rb + kMCols * gs;
-  float* tbi = tsc + 8 * kMCols;
-  auto* u = reinterpret_cast<__m512i*>(tbi + 8 * kMCols);
-  float* acc = tbi + 8 * kMCols + 32 * 16;
+  float* tsc = buf;
+  float* tbi = tsc + 16 * kMCols;
+  auto* u = reinterpret_cast<__m512i*>(tbi + 16 * kMCols);
+  float* acc = tbi + 16 * kMCols + 32 * 16;
   const __m512i mask = _mm512_set1_epi8(0x0F);
   const uint8_t* rows[kMCols];
   const uint8_t *srow[kMCols], *brow[kMCols];
   // The next block's scales and biases are prefetched now; its nibbles into L2 while this block
   // runs (a whole block ahead does not fit L1 beside x), this block's into L1 a few groups ahead.
   const bool prefetch_next = o + 2 * kMCols <= o_end;
-  VerticalRowSources(w, o, kMCols, gs, rs, rb, rows, srow, brow, prefetch_next);
+  VerticalRowPointers(w, o, kMCols, rows, srow, brow, prefetch_next);
   // Per half h (outputs o + 16h ..): the outputs below w.out, those in full panels (started
   // from the bias; the others get it after the first chunk), the bias.
   __mmask16 in_range[2], not_full[2];
@@ -1689,17 +1688,23 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
   }
   const uint8_t* next =
       prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kMCols) * wpr) : nullptr;
-  for (int64_t g0 = 0; g0 < gpr; g0 += 8) {
-    __m512i t[8];
-    for (int h = 0; h < 2; ++h) {
-      LoadTransposed(srow + 16 * h, g0 * 4, t);
-      HWY_UNROLL(8)
-      for (int j = 0; j < 8; ++j) _mm512_store_si512(tsc + j * kMCols + 16 * h, t[j]);
-      LoadTransposed(brow + 16 * h, g0 * 4, t);
-      HWY_UNROLL(8)
-      for (int j = 0; j < 8; ++j) _mm512_store_si512(tbi + j * kMCols + 16 * h, t[j]);
+  for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
+    // The next 16 groups' scales and biases into L1 (as FewRowsQ8V's). These are read as
+    // stored, two groups a dword, not copied to f32 rows first: converting 32 rows of them cost
+    // a tenth of the kernel at 16 rows.
+    if (g0 + 16 < gpr) {
+      HWY_UNROLL(32)
+      for (int i = 0; i < kMCols; ++i) {
+        hwy::Prefetch(srow[i] + (g0 + 16) * ss);
+        hwy::Prefetch(brow[i] + (g0 + 16) * ss);
+      }
     }
-    const int64_t g1 = std::min(gpr, g0 + 8);
+    for (int h = 0; h < 2; ++h) {
+      TransposedScales(srow + 16 * h, w.scale_dtype, g0, gpr, tsc + 16 * kVRows * h);
+      TransposedScales(brow + 16 * h, w.scale_dtype, g0, gpr, tbi + 16 * kVRows * h);
+    }
+    __m512i t[8];
+    const int64_t g1 = std::min(gpr, g0 + 16);
     for (int64_t g = g0; g < g1; ++g) {
       if (prefetch_next) {
         HWY_UNROLL(16)
@@ -1719,10 +1724,10 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
                              _mm512_and_si512(_mm512_srli_epi32(t[j], 4), mask));
         }
       }
-      const __m512 sc[2] = {_mm512_load_ps(tsc + (g - g0) * kMCols),
-                            _mm512_load_ps(tsc + (g - g0) * kMCols + 16)};
-      const __m512 bi[2] = {_mm512_load_ps(tbi + (g - g0) * kMCols),
-                            _mm512_load_ps(tbi + (g - g0) * kMCols + 16)};
+      const __m512 sc[2] = {_mm512_load_ps(tsc + (g - g0) * kVRows),
+                            _mm512_load_ps(tsc + (16 + g - g0) * kVRows)};
+      const __m512 bi[2] = {_mm512_load_ps(tbi + (g - g0) * kVRows),
+                            _mm512_load_ps(tbi + (16 + g - g0) * kVRows)};
       for (int64_t r0 = 0; r0 < np; r0 += kMTile) {
         const int32_t* xg = xt + (g * np + r0) * 16;
         const float* d = dt + g * np + r0;
@@ -1811,9 +1816,7 @@ void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x,
   parallel_blocks(n, bytes, quantize);
   auto run = [&](int64_t k, int) {
     const RowTask& t = tasks[k];
-    const int64_t gs = (gpr + 7) / 8 * 8;
-    float* buf =
-        thread_scratch(kScratchA, 2 * kMCols * gs + 2 * 8 * kMCols + 32 * 16 + np * kMCols);
+    float* buf = thread_scratch(kScratchA, 2 * 16 * kMCols + 32 * 16 + np * kMCols);
     for (int64_t o = t.r0; o < t.r1; o += kMCols)
       ManyRowsQ8V(*t.out->w, xt, dt, st, n, np, o, t.r1, t.out->y, t.out->bias, buf);
   };
