@@ -17,6 +17,10 @@ if(NOT GP_AARCH64_SYSROOT)
 endif()
 get_filename_component(GP_AARCH64_SYSROOT "${GP_AARCH64_SYSROOT}" ABSOLUTE)
 set(GP_AARCH64_SYSROOT "${GP_AARCH64_SYSROOT}" CACHE PATH "Unpacked arm64 packages")
+# CMake reads this file again for each try_compile project of the first configure: without the
+# folder handed on, those would point pkg-config below at the default folder for the rest of
+# that configure.
+list(APPEND CMAKE_TRY_COMPILE_PLATFORM_VARIABLES GP_AARCH64_SYSROOT)
 
 # Only the arm64 pkg-config files: the Multi-Arch ones, then the unpacked ones.
 set(ENV{PKG_CONFIG_LIBDIR}
