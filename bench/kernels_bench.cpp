@@ -411,8 +411,30 @@ void BM_LinearQ8VerticalPacked(benchmark::State& state) {
 }
 BENCHMARK(BM_LinearQ8VerticalPacked)
     ->ArgNames({"n", "in", "out"})
-    ->ArgsProduct({{1, 2, 4, 8}, {2560}, {10240}})
-    ->ArgsProduct({{1, 2, 4, 8}, {10240}, {2560}})
+    ->ArgsProduct({{1, 2, 4, 8, 16, 64}, {2560}, {10240}})
+    ->ArgsProduct({{1, 2, 4, 8, 16, 64}, {10240}, {2560}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+// The repack itself (issue 16 item 3: a load must stay under 1 s warm): pack_q8_vertical of
+// one weight, fresh memory each time as at a load, in bytes of nibbles per second on one thread.
+void BM_PackQ8Vertical(benchmark::State& state) {
+  const int64_t in = state.range(0), out = state.range(1);
+  const QuantWeight q(out, in, 0);
+  if (cpu::pack_q8_vertical(q.w).empty()) {
+    state.SkipWithError("this target has no vertical int8 layout");
+    return;
+  }
+  for (auto _ : state) {
+    const std::vector<uint8_t> packed = cpu::pack_q8_vertical(q.w);
+    benchmark::DoNotOptimize(packed.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * out * in / 2));
+}
+BENCHMARK(BM_PackQ8Vertical)
+    ->ArgNames({"in", "out"})
+    ->Args({2560, 10240})
+    ->Args({10240, 2560})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

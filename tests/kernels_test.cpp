@@ -785,6 +785,42 @@ TEST(BatchInvariance, ShortPromptKernelEqualsPanelKernelBitwise) {
   }
 }
 
+// The benchmarks' prepacked vertical layout (pack_q8_vertical, issue 16 item 3) gives the panel
+// kernel's bits, row by row, for the few-row (n <= 8) and the short-prompt (9..128) kernels:
+// 16-row blocks cut by w.out, halves of a 32-output block past it, odd group counts, each scale
+// dtype. Only AVX3_DL has the layout; elsewhere the test says it ran nothing.
+TEST(BatchInvariance, VerticalPackedLayoutEqualsPanelKernelBitwise) {
+  std::mt19937 rng(27);
+  std::vector<TestWeight> ws = few_row_weights(rng);
+  ws.push_back(make_quantized(1050, 2560, DType::BF16, 1, rng));
+  std::string ran;
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    for_each_target([&] {
+      for (const TestWeight& t : ws) {
+        const std::vector<uint8_t> packed = cpu::pack_q8_vertical(t.w);
+        if (packed.empty()) return;
+        if (threads == 1 && &t == &ws[0])
+          ran += std::string(ran.empty() ? "" : " ") + cpu::target_name();
+        const std::vector<float> x = randn(128 * t.w.in, rng);
+        for (int64_t n : {2, 5, 8, 9, 16, 17, 64, 128}) {
+          std::vector<float> got(n * t.w.out, std::nanf("")), want(n * t.w.out, std::nanf(""));
+          cpu::linear_q8_vertical_packed(t.w, packed.data(), x.data(), n, got.data());
+          cpu::linear_q8_gemm(t.w, x.data(), n, want.data(), nullptr);
+          for (int64_t r = 0; r < n; ++r)
+            ASSERT_EQ(std::memcmp(got.data() + r * t.w.out, want.data() + r * t.w.out,
+                                  t.w.out * sizeof(float)),
+                      0)
+                << "row " << r << " of " << n << ", out=" << t.w.out << " in=" << t.w.in;
+        }
+      }
+    });
+  }
+  std::printf("vertical packed layout tested on: %s\n",
+              ran.empty() ? "(none of these targets)" : ran.c_str());
+}
+
 // ops::linear_many over int8 weights of one input (q/k/v- and gate/up-like: output widths that
 // are and are not multiples of the 16- and 32-output blocks, bias on some) equals each weight
 // through linear_q8 alone, bitwise, for n = 1, the few-row range, the short-prompt range (where

@@ -1652,10 +1652,12 @@ GP_VNNI_ATTR HWY_INLINE void ManyRowsTile(const __m512i* HWY_RESTRICT u,
 // ManyRowsTile), dt and st [gpr][np] (np a multiple of 4; rows past n repeat the last one and
 // are not stored). buf: the f32 scales and biases of 16 groups of the 32 rows, transposed as
 // stored (TransposedScales: [2 halves][16 groups][16 outputs] each), the spread nibbles (32
-// vectors), then the accumulators [np][32].
+// vectors), then the accumulators [np][32]. kPacked: the nibbles come from `packed`
+// (pack_q8_vertical) instead of the mapped rows.
+template <bool kPacked>
 GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* dt, const float* st,
                               int64_t n, int64_t np, int64_t o, int64_t o_end, float* y,
-                              const float* bias, float* buf) {
+                              const float* bias, float* buf, const uint8_t* packed) {
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const auto ss = static_cast<int64_t>(dtype_size(w.scale_dtype));
   const int64_t partial = w.out - w.out % QPanelWidth();
@@ -1688,6 +1690,12 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
   }
   const uint8_t* next =
       prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kMCols) * wpr) : nullptr;
+  // Packed: the two halves' blocks of 16 rows (the last one again past w.out), each one stream
+  // of gpr * 512 bytes, the next 32 outputs' two right after them.
+  const int64_t last_block = (w.out - 1) / kVRows, block_bytes = gpr * kVRows * 32;
+  const uint8_t* pk[2] = {packed + std::min(o / kVRows, last_block) * block_bytes,
+                          packed + std::min(o / kVRows + 1, last_block) * block_bytes};
+  if (kPacked && prefetch_next) next = pk[0] + 2 * block_bytes;
   for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
     // The next 16 groups' scales and biases into L1 (as FewRowsQ8V's). These are read as
     // stored, two groups a dword, not copied to f32 rows first: converting 32 rows of them cost
@@ -1708,15 +1716,29 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
     for (int64_t g = g0; g < g1; ++g) {
       if (prefetch_next) {
         HWY_UNROLL(16)
-        for (int i = 0; i < 16; ++i)
-          _mm_prefetch(reinterpret_cast<const char*>(next + (g * 16 + i) * 64), _MM_HINT_T1);
+        for (int i = 0; i < 16; ++i) {
+          const int64_t off =
+              kPacked ? (i / 8) * block_bytes + g * 512 + (i % 8) * 64 : (g * 16 + i) * 64;
+          _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T1);
+        }
       }
       if (g + kMPrefetchGroups < gpr) {
-        HWY_UNROLL(32)
-        for (int i = 0; i < kMCols; ++i) hwy::Prefetch(rows[i] + (g + kMPrefetchGroups) * 32);
+        if constexpr (kPacked) {
+          HWY_UNROLL(16)
+          for (int i = 0; i < 16; ++i)
+            hwy::Prefetch(pk[i / 8] + (g + kMPrefetchGroups) * 512 + (i % 8) * 64);
+        } else {
+          HWY_UNROLL(32)
+          for (int i = 0; i < kMCols; ++i) hwy::Prefetch(rows[i] + (g + kMPrefetchGroups) * 32);
+        }
       }
       for (int h = 0; h < 2; ++h) {
-        LoadTransposed(rows + 16 * h, g * 32, t);
+        if constexpr (kPacked) {
+          HWY_UNROLL(8)
+          for (int j = 0; j < 8; ++j) t[j] = _mm512_loadu_si512(pk[h] + g * 512 + j * 64);
+        } else {
+          LoadTransposed(rows + 16 * h, g * 32, t);
+        }
         HWY_UNROLL(8)
         for (int j = 0; j < 8; ++j) {
           _mm512_store_si512(u + 16 * h + j, _mm512_and_si512(t[j], mask));
@@ -1799,8 +1821,10 @@ GP_VNNI_ATTR void QuantizeTileRow(const float* x, int64_t gpr, int64_t np, int64
 // x [n, in], FewRowsMax() < n <= kManyRows, through the n_outs weights of outs (the same input
 // width, as ops::linear_many's): each row quantized once into the tiles' layout (on the pool
 // when large), then the blocks of 32-output groups of every weight in one pass over the pool.
-// Separately, q, k and v (gate and up) quantized x and woke the pool once each.
-void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
+// Separately, q, k and v (gate and up) quantized x and woke the pool once each. packed: the
+// nibbles of outs' one weight in pack_q8_vertical's layout (benchmarks only), or null.
+void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n,
+                      const uint8_t* packed = nullptr) {
   const int64_t in = outs[0].w->in, gpr = in / kGroup, np = (n + 3) / 4 * 4;
   size_t bytes = 0;
   const std::vector<RowTask>& tasks = RowTasks(outs, n_outs, kMCols, kMTaskBlocks, &bytes);
@@ -1817,8 +1841,15 @@ void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x,
   auto run = [&](int64_t k, int) {
     const RowTask& t = tasks[k];
     float* buf = thread_scratch(kScratchA, 2 * 16 * kMCols + 32 * 16 + np * kMCols);
-    for (int64_t o = t.r0; o < t.r1; o += kMCols)
-      ManyRowsQ8V(*t.out->w, xt, dt, st, n, np, o, t.r1, t.out->y, t.out->bias, buf);
+    for (int64_t o = t.r0; o < t.r1; o += kMCols) {
+      if (packed) {
+        ManyRowsQ8V<true>(*t.out->w, xt, dt, st, n, np, o, t.r1, t.out->y, t.out->bias, buf,
+                          packed);
+      } else {
+        ManyRowsQ8V<false>(*t.out->w, xt, dt, st, n, np, o, t.r1, t.out->y, t.out->bias, buf,
+                           nullptr);
+      }
+    }
   };
   parallel_blocks(static_cast<int64_t>(tasks.size()), bytes, run);
 }
@@ -1848,11 +1879,12 @@ std::vector<uint8_t> PackQ8VerticalImpl(const Weight& w) {
 #endif
 }
 
-// linear_q8 from PackQ8VerticalImpl's layout, 1 <= n <= 8, no bias.
+// linear_q8 from PackQ8VerticalImpl's layout, 1 <= n <= kManyRows, no bias.
 void LinearQ8VerticalPackedImpl(const Weight& w, const uint8_t* packed, const float* x, int64_t n,
                                 float* y) {
 #if GP_Q8_VNNI512
   const ops::LinearOut out{&w, y, nullptr};
+  if (n > kFewRows) return LinearQ8ManyImpl(&out, 1, x, n, packed);
   LinearQ8VerticalImpl(&out, 1, x, n, packed);
 #else
   (void)w, (void)packed, (void)x, (void)n, (void)y;

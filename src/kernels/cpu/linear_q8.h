@@ -24,7 +24,8 @@ int64_t linear_q8_few_rows_max();
 // Benchmarks only (issue 16 item 3, a weight layout decided at load): a copy of w's nibbles
 // in the vertical few-row kernel's layout (16 rows transposed per group), empty where the
 // current target has no such kernel (AVX3_DL only); and linear_q8 without bias for
-// 1 <= n <= 8 rows read from that copy (nothing where it is empty).
+// 1 <= n <= 128 rows read from that copy (nothing where it is empty): the few-row kernel up to
+// 8 rows, the short-prompt one above.
 std::vector<uint8_t> pack_q8_vertical(const Weight& w);
 void linear_q8_vertical_packed(const Weight& w, const uint8_t* packed, const float* x, int64_t n,
                                float* y);
