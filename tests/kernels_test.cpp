@@ -163,6 +163,16 @@ struct ScopedThreads {
   ~ScopedThreads() { ThreadPool::set_global_threads(0); }
 };
 
+// fn(threads) once per SIMD target (for_each_target) with the pool at 1 and at 3 threads.
+template <class Fn>
+void for_each_pool_and_target(const Fn& fn) {
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE("threads=" + std::to_string(threads));
+    ScopedThreads pool(threads);
+    for_each_target([&] { fn(threads); });
+  }
+}
+
 // n values of T starting `offset` elements into the storage, to test unaligned pointers.
 template <class T>
 struct Buf {
@@ -680,40 +690,50 @@ TEST(BatchInvariance, LinearRowsEqualPairResults) {
   ws.push_back(make_quantized(70, 2624, DType::F16, 0, rng));
   ws.push_back(make_quantized(33, 4160, DType::BF16, 0, rng));
   ws.push_back(make_float(19, 200, DType::BF16, 1, rng));
-  for (int threads : {1, 3}) {
-    SCOPED_TRACE("threads=" + std::to_string(threads));
-    ScopedThreads pool(threads);
-    for_each_target([&] {
-      for_each_q8_kernel([&] {
-        for (const TestWeight& t : ws) {
-          // 256 rows (several token blocks of both kernels) on the smallest weight only: the
-          // emulated aarch64 CI runs this on every target.
-          const bool small = t.w.in < 256;
-          const std::vector<int64_t> ns = small ? std::vector<int64_t>{2, 3, 7, 16, 65, 256}
-                                                : std::vector<int64_t>{2, 3, 7, 16, 65};
-          const std::vector<float> x = randn((small ? 256 : 65) * t.w.in, rng);
-          const std::vector<float> bias = randn(t.w.out, rng);
-          for (ops::Activations act : {ops::Activations::kInt8, ops::Activations::kF32}) {
-            check_rows_invariant(t.w, act, x, {}, ns);
-            check_rows_invariant(t.w, act, x, bias, {5});
-          }
+  for_each_pool_and_target([&](int) {
+    for_each_q8_kernel([&] {
+      for (const TestWeight& t : ws) {
+        // 256 rows (several token blocks of both kernels) on the smallest weight only: the
+        // emulated aarch64 CI runs this on every target.
+        const bool small = t.w.in < 256;
+        const std::vector<int64_t> ns = small ? std::vector<int64_t>{2, 3, 7, 16, 65, 256}
+                                              : std::vector<int64_t>{2, 3, 7, 16, 65};
+        const std::vector<float> x = randn((small ? 256 : 65) * t.w.in, rng);
+        const std::vector<float> bias = randn(t.w.out, rng);
+        for (ops::Activations act : {ops::Activations::kInt8, ops::Activations::kF32}) {
+          check_rows_invariant(t.w, act, x, {}, ns);
+          check_rows_invariant(t.w, act, x, bias, {5});
         }
-      });
+      }
     });
-  }
+  });
 }
 
 // Quantized weights for the bitwise kernel comparisons: outputs of full and of last partial
 // panels, fewer than one 16-row block of the vertical kernel, K within one panel chunk and past
-// it, an odd group count (the unpaired last group of the VNNI layout), each scale dtype.
-std::vector<TestWeight> few_row_weights(std::mt19937& rng) {
+// it, an odd group count (the unpaired last group of the VNNI layout), each scale dtype; and
+// with large_out > 0 a large_out x 2560 weight: several row blocks on the thread pool, the last
+// panel partial over more than 16 outputs.
+std::vector<TestWeight> few_row_weights(std::mt19937& rng, int64_t large_out = 0) {
   std::vector<TestWeight> ws;
   ws.push_back(make_quantized(9, 128, DType::F16, 1, rng));
   ws.push_back(make_quantized(37, 192, DType::BF16, 1, rng));
   ws.push_back(make_quantized(70, 2624, DType::F16, 0, rng));
   ws.push_back(make_quantized(45, 4160, DType::BF16, 0, rng));
   ws.push_back(make_quantized(300, 576, DType::F32, 1, rng));
+  if (large_out > 0) ws.push_back(make_quantized(large_out, 2560, DType::BF16, 1, rng));
   return ws;
+}
+
+// The n rows [n, w.out] of got equal want's, bit for bit, row by row (the first differing row
+// is reported).
+void expect_rows_bitwise(const std::vector<float>& got, const std::vector<float>& want,
+                         const Weight& w, int64_t n, const float* b) {
+  for (int64_t r = 0; r < n; ++r)
+    ASSERT_EQ(std::memcmp(got.data() + r * w.out, want.data() + r * w.out, w.out * sizeof(float)),
+              0)
+        << "row " << r << " of " << n << ", out=" << w.out << " in=" << w.in
+        << " bias=" << (b != nullptr);
 }
 
 // linear_q8's n rows of x through w (whatever path it takes) equal the panel kernel's, bit for
@@ -722,39 +742,29 @@ void expect_rows_of_the_panel_kernel(const Weight& w, const float* x, int64_t n,
   std::vector<float> got(n * w.out, std::nanf("")), want(n * w.out, std::nanf(""));
   cpu::linear_q8(w, x, n, got.data(), b);
   cpu::linear_q8_gemm(w, x, n, want.data(), b);
-  for (int64_t r = 0; r < n; ++r)
-    ASSERT_EQ(std::memcmp(got.data() + r * w.out, want.data() + r * w.out, w.out * sizeof(float)),
-              0)
-        << "row " << r << " of " << n << ", out=" << w.out << " in=" << w.in
-        << " bias=" << (b != nullptr);
+  expect_rows_bitwise(got, want, w, n, b);
 }
 
 // The few-row int8 kernel (2 <= n <= linear_q8_few_rows_max()) against the panel kernel it
 // stands in for, bitwise, row by row, with and without bias.
 TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
   std::mt19937 rng(23);
-  std::vector<TestWeight> ws = few_row_weights(rng);
-  // Several row blocks on the thread pool, the last panel partial over more than 16 outputs.
-  ws.push_back(make_quantized(1050, 2560, DType::BF16, 1, rng));
+  const std::vector<TestWeight> ws = few_row_weights(rng, 1050);
   std::string ran;
-  for (int threads : {1, 3}) {
-    SCOPED_TRACE("threads=" + std::to_string(threads));
-    ScopedThreads pool(threads);
-    for_each_target([&] {
-      const int64_t max_rows = cpu::linear_q8_few_rows_max();
-      if (threads == 1 && max_rows > 0)
-        ran += std::string(ran.empty() ? "" : " ") + cpu::target_name();
-      for_each_q8_kernel([&] {
-        for (const TestWeight& t : ws) {
-          const std::vector<float> x = randn(16 * t.w.in, rng), bias = randn(t.w.out, rng);
-          for (int64_t n = 2; n <= std::max<int64_t>(max_rows, 4); ++n) {
-            for (const float* b : {static_cast<const float*>(nullptr), bias.data()})
-              ASSERT_NO_FATAL_FAILURE(expect_rows_of_the_panel_kernel(t.w, x.data(), n, b));
-          }
+  for_each_pool_and_target([&](int threads) {
+    const int64_t max_rows = cpu::linear_q8_few_rows_max();
+    if (threads == 1 && max_rows > 0)
+      ran += std::string(ran.empty() ? "" : " ") + cpu::target_name();
+    for_each_q8_kernel([&] {
+      for (const TestWeight& t : ws) {
+        const std::vector<float> x = randn(16 * t.w.in, rng), bias = randn(t.w.out, rng);
+        for (int64_t n = 2; n <= std::max<int64_t>(max_rows, 4); ++n) {
+          for (const float* b : {static_cast<const float*>(nullptr), bias.data()})
+            ASSERT_NO_FATAL_FAILURE(expect_rows_of_the_panel_kernel(t.w, x.data(), n, b));
         }
-      });
+      }
     });
-  }
+  });
   std::printf("few-row int8 kernel tested on: %s\n",
               ran.empty() ? "(none of these targets)" : ran.c_str());
 }
@@ -765,24 +775,19 @@ TEST(BatchInvariance, FewRowKernelEqualsPanelKernelBitwise) {
 // panels, odd group counts and inputs past the first chunk of kQKC.
 TEST(BatchInvariance, ShortPromptKernelEqualsPanelKernelBitwise) {
   std::mt19937 rng(25);
-  std::vector<TestWeight> ws = few_row_weights(rng);
-  ws.push_back(make_quantized(1050, 2560, DType::BF16, 1, rng));
-  for (int threads : {1, 3}) {
-    SCOPED_TRACE("threads=" + std::to_string(threads));
-    ScopedThreads pool(threads);
-    for_each_target([&] {
-      for_each_q8_kernel([&] {
-        for (const TestWeight& t : ws) {
-          const std::vector<float> x = randn(129 * t.w.in, rng), bias = randn(t.w.out, rng);
-          for (int64_t n : {9, 13, 16, 17, 33, 64, 128, 129}) {
-            if (n > 64 && threads == 1) continue;  // the limit once, on the pool (CI time)
-            for (const float* b : {static_cast<const float*>(nullptr), bias.data()})
-              ASSERT_NO_FATAL_FAILURE(expect_rows_of_the_panel_kernel(t.w, x.data(), n, b));
-          }
+  const std::vector<TestWeight> ws = few_row_weights(rng, 1050);
+  for_each_pool_and_target([&](int threads) {
+    for_each_q8_kernel([&] {
+      for (const TestWeight& t : ws) {
+        const std::vector<float> x = randn(129 * t.w.in, rng), bias = randn(t.w.out, rng);
+        for (int64_t n : {9, 13, 16, 17, 33, 64, 128, 129}) {
+          if (n > 64 && threads == 1) continue;  // the limit once, on the pool (CI time)
+          for (const float* b : {static_cast<const float*>(nullptr), bias.data()})
+            ASSERT_NO_FATAL_FAILURE(expect_rows_of_the_panel_kernel(t.w, x.data(), n, b));
         }
-      });
+      }
     });
-  }
+  });
 }
 
 // The benchmarks' prepacked vertical layout (pack_q8_vertical, issue 16 item 3) gives the panel
@@ -791,32 +796,23 @@ TEST(BatchInvariance, ShortPromptKernelEqualsPanelKernelBitwise) {
 // dtype. Only AVX3_DL has the layout; elsewhere the test says it ran nothing.
 TEST(BatchInvariance, VerticalPackedLayoutEqualsPanelKernelBitwise) {
   std::mt19937 rng(27);
-  std::vector<TestWeight> ws = few_row_weights(rng);
-  ws.push_back(make_quantized(1050, 2560, DType::BF16, 1, rng));
+  const std::vector<TestWeight> ws = few_row_weights(rng, 1050);
   std::string ran;
-  for (int threads : {1, 3}) {
-    SCOPED_TRACE("threads=" + std::to_string(threads));
-    ScopedThreads pool(threads);
-    for_each_target([&] {
-      for (const TestWeight& t : ws) {
-        const std::vector<uint8_t> packed = cpu::pack_q8_vertical(t.w);
-        if (packed.empty()) return;
-        if (threads == 1 && &t == &ws[0])
-          ran += std::string(ran.empty() ? "" : " ") + cpu::target_name();
-        const std::vector<float> x = randn(128 * t.w.in, rng);
-        for (int64_t n : {2, 5, 8, 9, 16, 17, 64, 128}) {
-          std::vector<float> got(n * t.w.out, std::nanf("")), want(n * t.w.out, std::nanf(""));
-          cpu::linear_q8_vertical_packed(t.w, packed.data(), x.data(), n, got.data());
-          cpu::linear_q8_gemm(t.w, x.data(), n, want.data(), nullptr);
-          for (int64_t r = 0; r < n; ++r)
-            ASSERT_EQ(std::memcmp(got.data() + r * t.w.out, want.data() + r * t.w.out,
-                                  t.w.out * sizeof(float)),
-                      0)
-                << "row " << r << " of " << n << ", out=" << t.w.out << " in=" << t.w.in;
-        }
+  for_each_pool_and_target([&](int threads) {
+    for (const TestWeight& t : ws) {
+      const std::vector<uint8_t> packed = cpu::pack_q8_vertical(t.w);
+      if (packed.empty()) return;
+      if (threads == 1 && &t == &ws[0])
+        ran += std::string(ran.empty() ? "" : " ") + cpu::target_name();
+      const std::vector<float> x = randn(128 * t.w.in, rng);
+      for (int64_t n : {2, 5, 8, 9, 16, 17, 64, 128}) {
+        std::vector<float> got(n * t.w.out, std::nanf("")), want(n * t.w.out, std::nanf(""));
+        cpu::linear_q8_vertical_packed(t.w, packed.data(), x.data(), n, got.data());
+        cpu::linear_q8_gemm(t.w, x.data(), n, want.data(), nullptr);
+        ASSERT_NO_FATAL_FAILURE(expect_rows_bitwise(got, want, t.w, n, nullptr));
       }
-    });
-  }
+    }
+  });
   std::printf("vertical packed layout tested on: %s\n",
               ran.empty() ? "(none of these targets)" : ran.c_str());
 }
@@ -925,8 +921,7 @@ TEST(BatchInvariance, AvxVnniKernelEqualsPmaddubswBitwise) {
   if (std::find(targets.begin(), targets.end(), int64_t{HWY_AVX2}) == targets.end())
     GTEST_SKIP() << "not run: the AVX2 target is not built or not supported here";
   std::mt19937 rng(24);
-  std::vector<TestWeight> ws = few_row_weights(rng);
-  ws.push_back(make_quantized(1030, 2560, DType::BF16, 1, rng));
+  std::vector<TestWeight> ws = few_row_weights(rng, 1030);
   hwy::SetSupportedTargetsForTest(HWY_AVX2);
   struct Restore {  // also when an assertion below ends the test early
     ~Restore() {
@@ -984,8 +979,7 @@ TEST(BatchInvariance, Avx512VnniOnAvx3EqualsAvx3DlAndPmaddubswBitwise) {
   if (!has(HWY_AVX3)) GTEST_SKIP() << "not run: the AVX3 target is not built or not supported here";
   const bool with_dl = has(HWY_AVX3_DL);
   std::mt19937 rng(25);
-  std::vector<TestWeight> ws = few_row_weights(rng);
-  ws.push_back(make_quantized(1030, 2560, DType::BF16, 1, rng));
+  std::vector<TestWeight> ws = few_row_weights(rng, 1030);
   ws.push_back(make_quantized(40, 10240, DType::BF16, 0, rng));
   struct Restore {  // also when an assertion below ends the test early
     ~Restore() {
@@ -1466,13 +1460,9 @@ TEST(BatchInvariance, AttentionPrefillRowsEqualDecodeSteps) {
       {"gqa 3 head_dim 44", 6, 2, 44, 70, 9, 4096, 0, DType::F32},
       {"long context f16", 8, 4, 64, 3000, 16, 4096, 0, DType::F16},
   };
-  for (int threads : {1, 3}) {
-    SCOPED_TRACE("threads=" + std::to_string(threads));
-    ScopedThreads pool(threads);
-    for_each_target([&] {
-      for (const CacheCase& c : cases) check_prefill_equals_decode(c, rng);
-    });
-  }
+  for_each_pool_and_target([&](int) {
+    for (const CacheCase& c : cases) check_prefill_equals_decode(c, rng);
+  });
 }
 
 }  // namespace
