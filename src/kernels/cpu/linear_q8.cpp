@@ -1277,6 +1277,17 @@ HWY_INLINE void TransposedScales(const uint8_t* const* p, DType t, int64_t g0, i
   }
 }
 
+// The cache line at byte off of each of kRows rows of a and of b into L1 (the scales and the
+// biases of a block's next groups).
+template <int kRows>
+HWY_INLINE void PrefetchRowsAt(const uint8_t* const* a, const uint8_t* const* b, int64_t off) {
+  HWY_UNROLL(32)
+  for (int i = 0; i < kRows; ++i) {
+    hwy::Prefetch(a[i] + off);
+    hwy::Prefetch(b[i] + off);
+  }
+}
+
 // Outputs o .. o+15 (those below w.out) for the NR rows of x: xq row r at xq + r * in (QuantizeX
 // order), dx and xs [NR, gpr]. The chain of each output is GemmQ8's (see the section's head).
 // kPacked: the nibbles come from `packed` (pack_q8_vertical) instead of the mapped rows. cold: no
@@ -1313,13 +1324,7 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
   for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
     // The next 16 groups' scales and biases into L1: the next-block prefetch brought them to
     // L2, but a block of long rows (80 KB at in = 10240) evicts them from L1 before they are read.
-    if (g0 + 16 < gpr) {
-      HWY_UNROLL(16)
-      for (int i = 0; i < kVRows; ++i) {
-        hwy::Prefetch(srow[i] + (g0 + 16) * ss);
-        hwy::Prefetch(brow[i] + (g0 + 16) * ss);
-      }
-    }
+    if (g0 + 16 < gpr) PrefetchRowsAt<kVRows>(srow, brow, (g0 + 16) * ss);
     TransposedScales(srow, w.scale_dtype, g0, gpr, tsc);
     TransposedScales(brow, w.scale_dtype, g0, gpr, tbi);
     const int64_t g1 = std::min(gpr, g0 + 16);
@@ -1700,13 +1705,7 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
     // The next 16 groups' scales and biases into L1 (as FewRowsQ8V's). These are read as
     // stored, two groups a dword, not copied to f32 rows first: converting 32 rows of them cost
     // a tenth of the kernel at 16 rows.
-    if (g0 + 16 < gpr) {
-      HWY_UNROLL(32)
-      for (int i = 0; i < kMCols; ++i) {
-        hwy::Prefetch(srow[i] + (g0 + 16) * ss);
-        hwy::Prefetch(brow[i] + (g0 + 16) * ss);
-      }
-    }
+    if (g0 + 16 < gpr) PrefetchRowsAt<kMCols>(srow, brow, (g0 + 16) * ss);
     for (int h = 0; h < 2; ++h) {
       TransposedScales(srow + 16 * h, w.scale_dtype, g0, gpr, tsc + 16 * kVRows * h);
       TransposedScales(brow + 16 * h, w.scale_dtype, g0, gpr, tbi + 16 * kVRows * h);
