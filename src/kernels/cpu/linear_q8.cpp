@@ -1320,7 +1320,7 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
   const bool prefetch_next = o + 2 * kVRows <= o_end;
   const uint8_t* next =
       prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kVRows) * wpr) : nullptr;
-  const uint8_t* pk = packed + o / kVRows * gpr * kVRows * 32;
+  const uint8_t* pk = kPacked ? packed + o / kVRows * gpr * kVRows * 32 : nullptr;
   for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
     // The next 16 groups' scales and biases into L1: the next-block prefetch brought them to
     // L2, but a block of long rows (80 KB at in = 10240) evicts them from L1 before they are read.
@@ -1698,9 +1698,12 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
   // Packed: the two halves' blocks of 16 rows (the last one again past w.out), each one stream
   // of gpr * 512 bytes, the next 32 outputs' two right after them.
   const int64_t last_block = (w.out - 1) / kVRows, block_bytes = gpr * kVRows * 32;
-  const uint8_t* pk[2] = {packed + std::min(o / kVRows, last_block) * block_bytes,
-                          packed + std::min(o / kVRows + 1, last_block) * block_bytes};
-  if (kPacked && prefetch_next) next = pk[0] + 2 * block_bytes;
+  const uint8_t* pk[2] = {};
+  if constexpr (kPacked) {
+    pk[0] = packed + std::min(o / kVRows, last_block) * block_bytes;
+    pk[1] = packed + std::min(o / kVRows + 1, last_block) * block_bytes;
+    if (prefetch_next) next = pk[0] + 2 * block_bytes;
+  }
   for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
     // The next 16 groups' scales and biases into L1 (as FewRowsQ8V's). These are read as
     // stored, two groups a dword, not copied to f32 rows first: converting 32 rows of them cost
