@@ -1189,6 +1189,9 @@ void RunVertical(const ops::LinearOut* outs, size_t n_outs, const float* x, int6
 // serves all rows of x (4 of their bytes broadcast), and the float chain runs 16 outputs per
 // vector. The rows are transposed in registers as they are read.
 constexpr int64_t kVRows = 16;
+// Bytes of one group (32 nibble bytes) of a block of kVRows rows, in the registers' transposed
+// order or in a prepacked copy (pack_q8_vertical: [out/16][gpr] of these).
+constexpr int64_t kVGroupBytes = kVRows * 32;
 
 // Lane i of t[j] = dword j of row i, for 16 rows of 8 dwords: z[i] holds row i (row i + 4 for
 // i >= 4) in its low 256 bits and row i + 4 (i + 8) in its high ones, so that the lanes come
@@ -1320,7 +1323,7 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
   const bool prefetch_next = o + 2 * kVRows <= o_end;
   const uint8_t* next =
       prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kVRows) * wpr) : nullptr;
-  const uint8_t* pk = kPacked ? packed + o / kVRows * gpr * kVRows * 32 : nullptr;
+  const uint8_t* pk = kPacked ? packed + o / kVRows * gpr * kVGroupBytes : nullptr;
   for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
     // The next 16 groups' scales and biases into L1: the next-block prefetch brought them to
     // L2, but a block of long rows (80 KB at in = 10240) evicts them from L1 before they are read.
@@ -1331,7 +1334,7 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
     for (int64_t g = g0; g < g1; ++g) {
       __m512i t[8];
       if constexpr (kPacked) {
-        const uint8_t* p = pk + g * kVRows * 32;
+        const uint8_t* p = pk + g * kVGroupBytes;
         hwy::Prefetch(p + 4 * kPrefetchAhead);
         hwy::Prefetch(p + 4 * kPrefetchAhead + 64);
         hwy::Prefetch(p + 4 * kPrefetchAhead + 128);
@@ -1696,8 +1699,8 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
   const uint8_t* next =
       prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kMCols) * wpr) : nullptr;
   // Packed: the two halves' blocks of 16 rows (the last one again past w.out), each one stream
-  // of gpr * 512 bytes, the next 32 outputs' two right after them.
-  const int64_t last_block = (w.out - 1) / kVRows, block_bytes = gpr * kVRows * 32;
+  // of gpr * kVGroupBytes bytes, the next 32 outputs' two right after them.
+  const int64_t last_block = (w.out - 1) / kVRows, block_bytes = gpr * kVGroupBytes;
   const uint8_t* pk[2] = {};
   if constexpr (kPacked) {
     pk[0] = packed + std::min(o / kVRows, last_block) * block_bytes;
@@ -1720,7 +1723,7 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
         HWY_UNROLL(16)
         for (int i = 0; i < 16; ++i) {
           const int64_t off =
-              kPacked ? (i / 8) * block_bytes + g * 512 + (i % 8) * 64 : (g * 16 + i) * 64;
+              kPacked ? (i / 8) * block_bytes + g * kVGroupBytes + (i % 8) * 64 : (g * 16 + i) * 64;
           _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T1);
         }
       }
@@ -1728,7 +1731,7 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
         if constexpr (kPacked) {
           HWY_UNROLL(16)
           for (int i = 0; i < 16; ++i)
-            hwy::Prefetch(pk[i / 8] + (g + kMPrefetchGroups) * 512 + (i % 8) * 64);
+            hwy::Prefetch(pk[i / 8] + (g + kMPrefetchGroups) * kVGroupBytes + (i % 8) * 64);
         } else {
           HWY_UNROLL(32)
           for (int i = 0; i < kMCols; ++i) hwy::Prefetch(rows[i] + (g + kMPrefetchGroups) * 32);
@@ -1737,7 +1740,7 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
       for (int h = 0; h < 2; ++h) {
         if constexpr (kPacked) {
           HWY_UNROLL(8)
-          for (int j = 0; j < 8; ++j) t[j] = _mm512_loadu_si512(pk[h] + g * 512 + j * 64);
+          for (int j = 0; j < 8; ++j) t[j] = _mm512_loadu_si512(pk[h] + g * kVGroupBytes + j * 64);
         } else {
           LoadTransposed(rows + 16 * h, g * 32, t);
         }
@@ -1862,7 +1865,7 @@ void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x,
 std::vector<uint8_t> PackQ8VerticalImpl(const Weight& w) {
 #if GP_Q8_VNNI512
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
-  std::vector<uint8_t> packed((w.out + kVRows - 1) / kVRows * gpr * kVRows * 32);
+  std::vector<uint8_t> packed((w.out + kVRows - 1) / kVRows * gpr * kVGroupBytes);
   for (int64_t o = 0; o < w.out; o += kVRows) {
     const uint8_t* rows[kVRows];
     for (int i = 0; i < kVRows; ++i)
@@ -1870,7 +1873,7 @@ std::vector<uint8_t> PackQ8VerticalImpl(const Weight& w) {
     for (int64_t g = 0; g < gpr; ++g) {
       __m512i t[8];
       LoadTransposed(rows, g * 32, t);
-      uint8_t* p = packed.data() + (o / kVRows * gpr + g) * kVRows * 32;
+      uint8_t* p = packed.data() + (o / kVRows * gpr + g) * kVGroupBytes;
       for (int j = 0; j < 8; ++j) _mm512_storeu_si512(p + j * 64, t[j]);
     }
   }
