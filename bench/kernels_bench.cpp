@@ -381,57 +381,65 @@ BENCHMARK(BM_LinearManyFused)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
-// The vertical few-row kernel reading a prepacked copy of the weights instead of transposing
-// the mapped rows as it reads them: what a load-time repack (issue 16 item 3) would give. On
-// the best target only (AVX3_DL); no bias.
-void BM_LinearQ8VerticalPacked(benchmark::State& state) {
+// linear_q8 over the mapped rows (repacked: 0) and over the load's repacked copy (cpu::q8_repack,
+// repacked: 1) of the same weights, the same outputs bit for bit: an in-process A/B of the
+// layouts (issue 16 item 3), whatever q8_repack_gains says of the shape. The weights come from
+// DRAM, as in a model. Where the target has no repacked layout, repacked: 1 is skipped.
+void BM_LinearQ8Repack(benchmark::State& state) {
   const int64_t n = state.range(0), in = state.range(1), out = state.range(2);
+  const bool repack = state.range(3) != 0;
   const size_t bytes = QuantWeight(1, in, 0).w.bytes() * out;
   const size_t copies = std::max<size_t>(1, (size_t{256} << 20) / bytes + 1);
   std::vector<QuantWeight> ws;
-  std::vector<std::vector<uint8_t>> packed;
+  std::vector<std::vector<uint8_t>> packed(copies);
   for (size_t c = 0; c < copies; ++c) {
     ws.emplace_back(out, in, static_cast<uint32_t>(c));
-    packed.push_back(cpu::pack_q8_vertical(ws.back().w));
-  }
-  if (packed[0].empty()) {
-    state.SkipWithError("this target has no vertical int8 layout");
-    return;
+    if (!repack) continue;
+    packed[c].resize(cpu::q8_repack_bytes(ws[c].w));
+    if (packed[c].empty()) {
+      state.SkipWithError("this target has no repacked int8 layout");
+      return;
+    }
+    cpu::q8_repack(ws[c].w, packed[c].data());
+    ws[c].w.vq = packed[c].data();
   }
   const std::vector<float> x = activations(n * in);
   std::vector<float> y(n * out);
   size_t c = 0;
   for (auto _ : state) {
-    cpu::linear_q8_vertical_packed(ws[c].w, packed[c].data(), x.data(), n, y.data());
+    cpu::linear_q8(ws[c].w, x.data(), n, y.data(), nullptr);
     c = (c + 1) % copies;
     benchmark::DoNotOptimize(y.data());
   }
   set_flops(state, 2.0 * n * in * out);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * ws[0].w.bytes()));
 }
-BENCHMARK(BM_LinearQ8VerticalPacked)
-    ->ArgNames({"n", "in", "out"})
-    ->ArgsProduct({{1, 2, 4, 8, 16, 64}, {2560}, {10240}})
-    ->ArgsProduct({{1, 2, 4, 8, 16, 64}, {10240}, {2560}})
+BENCHMARK(BM_LinearQ8Repack)
+    ->ArgNames({"n", "in", "out", "repacked"})
+    ->ArgsProduct({{1, 2, 4, 8, 16, 64, 512}, {2560}, {10240}, {0, 1}})
+    ->ArgsProduct({{1, 2, 4, 8, 16, 64, 512}, {10240}, {2560}, {0, 1}})
+    ->ArgsProduct({{1, 4, 16, 512}, {2048}, {2560}, {0, 1}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
-// The repack itself (issue 16 item 3: a load must stay under 1 s warm): pack_q8_vertical of
-// one weight, fresh memory each time as at a load, in bytes of nibbles per second on one thread.
-void BM_PackQ8Vertical(benchmark::State& state) {
+// The repack itself (a load must stay under 1 s warm): cpu::q8_repack of one weight into memory
+// written before (as the load's, after its first touch), in bytes of nibbles per second on one
+// thread.
+void BM_Q8Repack(benchmark::State& state) {
   const int64_t in = state.range(0), out = state.range(1);
   const QuantWeight q(out, in, 0);
-  if (cpu::pack_q8_vertical(q.w).empty()) {
-    state.SkipWithError("this target has no vertical int8 layout");
+  std::vector<uint8_t> packed(cpu::q8_repack_bytes(q.w));
+  if (packed.empty()) {
+    state.SkipWithError("this target has no repacked int8 layout");
     return;
   }
   for (auto _ : state) {
-    const std::vector<uint8_t> packed = cpu::pack_q8_vertical(q.w);
+    cpu::q8_repack(q.w, packed.data());
     benchmark::DoNotOptimize(packed.data());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * out * in / 2));
 }
-BENCHMARK(BM_PackQ8Vertical)
+BENCHMARK(BM_Q8Repack)
     ->ArgNames({"in", "out"})
     ->Args({2560, 10240})
     ->Args({10240, 2560})

@@ -7,17 +7,21 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
 #include "base/error.h"
 #include "base/mapped_file.h"
+#include "kernels/ops.h"
 #include "test_util.h"
 
 namespace gp {
 namespace {
 namespace fs = std::filesystem;
+using ::testing::AnyOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 double max_abs_diff(const float* a, const float* b, size_t n) {
   double m = 0;
@@ -594,6 +598,36 @@ TEST(Cli, KvOptionSetsTheCacheTypeBesideExact) {
   const double d16 = max_abs_diff(f16.data(), f32.data(), exact.size());
   EXPECT_GT(d16, 0);
   EXPECT_LT(d16, 2e-2);
+}
+
+// --repack copies the int8 weights into another layout (where this CPU's kernels have one) and
+// says so on the load line; a prompt's logits keep their bits (every row count of 2 or more takes
+// the panel kernel's sums from either layout).
+TEST(Cli, RepackKeepsThePromptLogitsAndSaysWhatItDid) {
+  const std::string ref = test::data_path("tiny-mobile/ref/");
+  const std::string dir = test::temp_dir("repack");
+  std::string ids = test::read_text(ref + "seq40.tokens.txt");
+  ids.erase(std::remove(ids.begin(), ids.end(), '\n'), ids.end());
+  std::string logs[2];
+  for (int repack : {0, 1}) {
+    int rc;
+    logs[repack] =
+        cli(test::data_path("tiny-mobile") + " --tokens " + ids + " --logits-out " + dir + "/" +
+                std::to_string(repack) + ".f32 --max-tokens 0" + (repack ? " --repack" : ""),
+            &rc);
+    ASSERT_EQ(rc, 0) << logs[repack];
+  }
+  EXPECT_THAT(logs[0], Not(HasSubstr("--repack")));
+  EXPECT_THAT(logs[1], AnyOf(HasSubstr("MB of int8 weights repacked)"),
+                             HasSubstr("this CPU's int8 kernels have no faster layout)")))
+      << logs[1];
+  if (const size_t at = logs[1].find("(--repack"); at != std::string::npos)
+    std::printf("%s: %s", ops::simd_target(),
+                logs[1].substr(at, logs[1].find('\n', at) - at + 1).c_str());
+  const auto a = test::read_f32(dir + "/0.f32"), b = test::read_f32(dir + "/1.f32");
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_FALSE(a.empty());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
 }
 
 TEST(Engine, KvTypeIsF16UnlessExactOrAsked) {

@@ -5,9 +5,11 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "base/error.h"
 #include "io/model_dir.h"
+#include "kernels/ops.h"
 #include "model/config.h"
 #include "model/model_files.h"
 #include "model/tensor_table.h"
@@ -22,8 +24,10 @@ struct Loaded {
   ModelFiles files;
   const ModelConfig& config = files.config();
   TextModel model;
-  explicit Loaded(const std::string& path, ops::Activations act = ops::Activations::kF32)
-      : files(path), model(config, load_text_weights(files.dir(), config, files.layout()), act) {}
+  explicit Loaded(const std::string& path, ops::Activations act = ops::Activations::kF32,
+                  bool repack = false)
+      : files(path),
+        model(config, load_text_weights(files.dir(), config, files.layout()), act, repack) {}
 };
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
@@ -39,7 +43,7 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 // The logits [ids, n_vocab] of running ids one token at a time through the cache.
-std::vector<float> decode_one_by_one(TextModel& model, const std::vector<int32_t>& ids,
+std::vector<float> decode_one_by_one(const TextModel& model, const std::vector<int32_t>& ids,
                                      KvCache& cache) {
   const int64_t V = model.config().text.n_vocab;
   std::vector<float> logits(ids.size() * V);
@@ -145,6 +149,11 @@ TEST_P(FixtureLogits, Int8ActivationsStayCloseToExact) {
   check_close(logits, "prefill");
   KvCache cache2(m.config.text, 256, DType::F16);  // as Session keeps it with int8 activations
   check_close(decode_one_by_one(m.model, ids, cache2), "decode");
+  // Decode over the weights repacked at load (--repack; where this CPU has a repacked layout),
+  // whose one row takes the kernels of the prompt's rows.
+  Loaded r(test::data_path(model_name), ops::Activations::kInt8, /*repack=*/true);
+  KvCache cache3(m.config.text, 256, DType::F16);
+  check_close(decode_one_by_one(r.model, ids, cache3), "decode, repacked");
 }
 
 // An F16 KV cache takes half the memory; decoding through it, with exact activations, stays
@@ -205,22 +214,75 @@ TEST(TextModel, WeightRangesCoverTheBytesADecodeStepReads) {
   }
 }
 
+// Layers' linears repacked at load (int8 activations, a CPU whose int8 kernels read the repacked
+// layout faster: AVX3_DL) give a prompt the same logits as the mapped rows, bitwise: every row
+// count of 2 or more gives the panel kernel's bits either way. (Decode differs: the one-row
+// kernel over the mapped rows sums in another order; Int8ActivationsStayCloseToExact holds the
+// repacked decode to the reference, LastLogitsDoNotDependOnHowThePromptIsChunked to the prompt's
+// bits.) Where the CPU does not repack, the test says so and checks only that nothing was.
+TEST(TextModel, RepackedWeightsGiveTheMappedWeightsLogits) {
+  for (const char* name : {"tiny-original", "tiny-mobile"}) {
+    SCOPED_TRACE(name);
+    Loaded mapped(test::data_path(name), ops::Activations::kInt8);
+    Loaded repacked(test::data_path(name), ops::Activations::kInt8, /*repack=*/true);
+    int n_repacked = 0, n_linears = 0;
+    for (const auto& L : repacked.model.weights().layers) {
+      for (const Weight* w : L.linears()) {
+        n_linears += 1;
+        n_repacked += w->vq != nullptr;
+        EXPECT_EQ(w->vq != nullptr, ops::repack_bytes(*w) > 0);
+      }
+    }
+    for (const auto& L : mapped.model.weights().layers)
+      for (const Weight* w : L.linears()) EXPECT_EQ(w->vq, nullptr);
+    std::printf("%s: %d of %d linears repacked on %s\n", name, n_repacked, n_linears,
+                ops::simd_target());
+    if (n_repacked == 0) continue;
+
+    const auto ids = test::read_ids(test::data_path(std::string(name) + "/ref/seq40.tokens.txt"));
+    const int64_t V = mapped.config.text.n_vocab, n = static_cast<int64_t>(ids.size());
+    auto prefill = [&](const TextModel& model) {
+      KvCache cache(model.config().text, 64);
+      std::vector<float> logits(n * V, std::nanf(""));
+      TextBatch b;
+      b.ids = ids;
+      model.forward(b, cache, logits.data(), static_cast<int>(n));
+      return logits;
+    };
+    const std::vector<float> want = prefill(mapped.model), got = prefill(repacked.model);
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0)
+        << "max |diff| " << max_abs_diff(got, want);
+  }
+}
+
 // Same prompt, same answer: the logits of the last prompt position are bitwise the same whether
 // the prompt runs as one batch, in chunks of 7 (they wrap the local layers' ring) or of 2, in both
-// activation modes and with both cache dtypes. (Chunks of one row take the one-row linears, which
-// sum in another order: see kernels_test's BatchInvariance.)
+// activation modes, with and without the int8 repack, and with both cache dtypes; and in chunks
+// of one row (decode) where the load repacked every layer's linears (int8 on AVX3_DL with
+// --repack: one row then takes the kernels of the others).
+// (Elsewhere one row takes the one-row linears, which sum in another order: see kernels_test's
+// BatchInvariance.)
 TEST(TextModel, LastLogitsDoNotDependOnHowThePromptIsChunked) {
   for (const char* name : {"tiny-original", "tiny-mobile"}) {
-    for (ops::Activations act : {ops::Activations::kF32, ops::Activations::kInt8}) {
-      Loaded m(test::data_path(name), act);
+    using Mode = std::pair<ops::Activations, bool>;  // activations, repack
+    for (const auto& [act, repack] :
+         {Mode{ops::Activations::kF32, false}, Mode{ops::Activations::kInt8, false},
+          Mode{ops::Activations::kInt8, true}}) {
+      Loaded m(test::data_path(name), act, repack);
       const auto ids = test::read_ids(test::data_path(std::string(name) + "/ref/seq40.tokens.txt"));
       const int64_t V = m.config.text.n_vocab, n = static_cast<int64_t>(ids.size());
+      bool all_repacked = true;
+      for (const auto& L : m.model.weights().layers)
+        for (const Weight* w : L.linears()) all_repacked = all_repacked && w->vq;
+      std::vector<int64_t> chunks = {n, 7, 2};
+      if (all_repacked) chunks.push_back(1);
       for (DType dtype : {DType::F32, DType::F16}) {
         std::vector<float> first;
-        for (int64_t chunk : {n, int64_t{7}, int64_t{2}}) {
+        for (int64_t chunk : chunks) {
           SCOPED_TRACE(
               std::string(name) + " int8=" + std::to_string(act == ops::Activations::kInt8) +
-              " f16=" + std::to_string(dtype == DType::F16) + " chunk=" + std::to_string(chunk));
+              " repack=" + std::to_string(repack) + " f16=" + std::to_string(dtype == DType::F16) +
+              " chunk=" + std::to_string(chunk));
           KvCache cache(m.config.text, 64, dtype);
           std::vector<float> logits(V, std::nanf(""));
           for (int64_t t0 = 0; t0 < n; t0 += chunk) {

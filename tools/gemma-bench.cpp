@@ -40,7 +40,7 @@ struct Args {
   bool json_out = false, skip_image = false;
   std::optional<DType> kv;  // --kv; unset: f16 with int8 activations, f32 with --exact ones
   std::string simd_target;  // --simd-target; empty: the best this CPU runs
-  bool no_avx_vnni = false, no_avx512_vnni = false;
+  bool no_avx_vnni = false, no_avx512_vnni = false, repack = false;
 };
 
 // The 1-minute load average: the machine's own load around a run (foreign load skews a timing).
@@ -123,7 +123,7 @@ Image test_image() {
 }
 
 json generation_test(const Args& a, const std::string& prompt, int n_tokens, bool with_image) {
-  Engine engine(a.model, {a.threads, false, false, a.kv});
+  Engine engine(a.model, {a.threads, false, false, a.kv, a.repack});
   Image img;
   std::vector<const Image*> images;
   if (with_image) {
@@ -136,10 +136,15 @@ json generation_test(const Args& a, const std::string& prompt, int n_tokens, boo
   opt.ignore_stop_tokens = true;  // random weights: always run the full count
   const auto r =
       generate(session, engine.chat_prompt({{"user", prompt, with_image ? 1 : 0}}), images, opt);
+  double linears = 0;  // of the layers, of which the load repacked engine.text().repacked_bytes()
+  for (const auto& L : engine.text().weights().layers)
+    for (const Weight* w : L.linears()) linears += static_cast<double>(w->bytes());
+  const auto repacked = static_cast<double>(engine.text().repacked_bytes());
   return {{"load_s", engine.load_seconds()}, {"prompt_tokens", r.prefill.n_tokens},
           {"prompt_tps", r.prompt_tps()},    {"gen_tokens", r.ids.size()},
           {"gen_tps", r.gen_tps()},          {"image_s", r.prefill.image_s},
-          {"peak_rss_mb", peak_rss_mb()}};
+          {"peak_rss_mb", peak_rss_mb()},    {"repacked_mb", repacked / 1e6},
+          {"linears_mb", linears / 1e6}};
 }
 
 struct Stat {
@@ -156,8 +161,8 @@ Stat stat_of(std::vector<double> v) {
 json pp_tg_test(const Args& a) {
   // The default int8 activations, and --exact's f32 ones in an engine of their own (precision is
   // fixed when an engine is built; the weights' pages are shared).
-  Engine engine(a.model, {a.threads, false, false, a.kv});
-  Engine exact(a.model, {a.threads, false, true, a.kv});
+  Engine engine(a.model, {a.threads, false, false, a.kv, a.repack});
+  Engine exact(a.model, {a.threads, false, true, a.kv, a.repack});
   const ModelConfig& c = engine.config();
   // Deterministic ids from the upper half of the tokenizer's pieces (ordinary text, no specials).
   const int32_t hi =
@@ -348,6 +353,8 @@ int run(const Args& a) {
     });
   for (const char* k : {"load_s", "prompt_tps", "gen_tps", "peak_rss_mb"})
     out["text"][k] = collect(text, k);
+  out["repacked_mb"] = text.front()["repacked_mb"];
+  out["linears_mb"] = text.front()["linears_mb"];
   for (const char* k : {"pp_tps", "pp_exact_tps", "tg_tps", "tg_exact_tps"})
     out["bench"][k] = collect(bench, k);
   for (int n : a.pp_short) {
@@ -400,6 +407,9 @@ int run(const Args& a) {
   std::printf("%-28s %s\n", "cpu", out["cpu"].get<std::string>().c_str());
   std::printf("%-28s %s\n", "simd target", out["simd_target"].get<std::string>().c_str());
   std::printf("%-28s %s\n", "int8 kernel", out["int8_kernel"].get<std::string>().c_str());
+  std::printf("%-28s %10.0f MB of the layers' %.0f MB repacked at load%s\n", "int8 weights",
+              out["repacked_mb"].get<double>(), out["linears_mb"].get<double>(),
+              a.repack ? " (--repack)" : "");
   std::printf("%-28s %10.0f MB (language %.0f + vision %.0f)\n", "disk", (lang + vision) / 1e6,
               lang / 1e6, vision / 1e6);
   std::printf("%-28s %10.0f MB %s\n", "peak memory, text", m(out["text"]["peak_rss_mb"]),
@@ -509,6 +519,7 @@ int main(int argc, char** argv) {
   app.add_flag("--no-avx512-vnni", a.no_avx512_vnni,
                "the AVX3 target's int8 kernels use 256-bit pmaddubsw + pmaddwd even where the CPU "
                "has AVX512-VNNI (AVX3_DL always uses it), to compare the two");
+  gp::add_repack_option(app, a.repack);
   gp::add_kv_option(app, a.kv);
   return gp::run_tool("gemma-bench", app, argc, argv, [&] { return run(a); });
 }

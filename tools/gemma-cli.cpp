@@ -44,7 +44,8 @@ struct Args {
 
 void print_stats(const Engine& engine, const GenerateResult& r) {
   std::fprintf(stderr, "\n---\n");
-  std::fprintf(stderr, "load:       %.2f s\n", engine.load_seconds());
+  std::fprintf(stderr, "load:       %.2f s%s\n", engine.load_seconds(),
+               repack_summary(engine).c_str());
   if (r.prefill.n_images)
     std::fprintf(stderr, "image:      %d encoded in %.2f s\n", r.prefill.n_images,
                  r.prefill.image_s);

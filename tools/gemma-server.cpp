@@ -29,8 +29,9 @@ int run(const std::string& model, const EngineOptions& engine_options,
                  "warning: listening on %s without --api-key: anyone who reaches this "
                  "address can use the model\n",
                  options.host.c_str());
-  std::fprintf(stderr, "model '%s' loaded in %.2f s; listening on http://%s:%d/\n",
-               server.model_name().c_str(), engine.load_seconds(), options.host.c_str(), port);
+  std::fprintf(stderr, "model '%s' loaded in %.2f s%s; listening on http://%s:%d/\n",
+               server.model_name().c_str(), engine.load_seconds(), repack_summary(engine).c_str(),
+               options.host.c_str(), port);
   server.listen();
   return 0;
 }

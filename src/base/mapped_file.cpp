@@ -27,6 +27,23 @@ std::string canonical_key(const std::string& path) {
 }
 }  // namespace
 
+void release_pages(const void* data, size_t nbytes) {
+  if (nbytes == 0) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(data) + nbytes + page - 1) & ~(page - 1);
+  ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);  // advisory: errors are harmless
+}
+
+std::shared_ptr<uint8_t> map_anonymous(size_t bytes, const std::string& what) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    throw Error("cannot allocate " + std::to_string(bytes >> 20) + " MB for " + what + ": " +
+                std::strerror(errno));
+  return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(p),
+                                  [bytes](uint8_t* q) { ::munmap(q, bytes); });
+}
+
 void check_regular_file(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0)

@@ -1,12 +1,17 @@
 #include "kernels/ops.h"
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/linear_q8.h"
 
 namespace gp::ops {
 
 void linear_many(std::span<const LinearOut> outs, const float* x, int64_t n, Activations act) {
   cpu::linear_many(outs, x, n, act);
 }
+size_t repack_bytes(const Weight& w) {
+  return cpu::q8_repack_gains(w) ? cpu::q8_repack_bytes(w) : 0;
+}
+void repack(const Weight& w, uint8_t* dst) { cpu::q8_repack(w, dst); }
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y) {
   cpu::rms_norm(x, w, n, d, eps, y);
 }

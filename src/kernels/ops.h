@@ -32,12 +32,24 @@ struct LinearOut {
 // AVX3_DL), x is quantized once and the rows of all the weights share one pass over the thread
 // pool: decode reads the weights as one stream instead of several short ones. Batch invariance: row
 // t of any call with n >= 2 is bitwise the same whatever the other rows and the thread count; n = 1
-// (the decode kernels) sums in another order.
+// (the decode kernels) sums in another order, except for weights repacked at load (Weight::vq),
+// whose one row gets the bits of the others.
 void linear_many(std::span<const LinearOut> outs, const float* x, int64_t n, Activations act);
 inline void linear_many(std::initializer_list<LinearOut> outs, const float* x, int64_t n,
                         Activations act) {
   linear_many(std::span(outs.begin(), outs.size()), x, n, act);
 }
+
+// The load-time repack of int8 weights: the bytes of a copy of w's nibbles in the layout that
+// this CPU's int8 kernels read faster than the checkpoint's rows (AVX3_DL: 16 rows side by side
+// per group of 64 inputs), where a load should make one; 0 where it should not (other CPUs,
+// weights without an int8 path, or whose kernels gain nothing from it).
+size_t repack_bytes(const Weight& w);
+// Writes that copy of w's nibbles into dst (repack_bytes(w) bytes), on the thread pool. With
+// w.vq = dst the int8 linears read it instead of w.q, bitwise the same outputs as the panel kernel
+// over w.q for every row count (one row included: the decode kernel over w.q sums in another
+// order).
+void repack(const Weight& w, uint8_t* dst);
 
 // Gemma RMSNorm over rows of d: y = x / sqrt(mean(x^2) + eps) * (1 + w).  x, y [n, d]; may alias.
 void rms_norm(const float* x, const float* w, int64_t n, int64_t d, float eps, float* y);

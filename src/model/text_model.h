@@ -44,8 +44,10 @@ class TextModel {
   // act: how the linears treat activations. kInt8 (the default, as llama.cpp's 4-bit formats
   // do): each row is quantized to int8 per group of 64 and multiplied by the nibbles with integer
   // multiply-adds, faster prefill and decode; kF32: exact f32 products, which the float reference
-  // matches to 1e-3.
-  TextModel(const ModelConfig& c, TextWeights w, ops::Activations act = ops::Activations::kInt8);
+  // matches to 1e-3. repack (int8 only): copy the layers' linears whose kernels read another
+  // layout faster on this CPU into that layout (ops::repack_bytes), one copy in memory.
+  TextModel(const ModelConfig& c, TextWeights w, ops::Activations act = ops::Activations::kInt8,
+            bool repack = false);
   const ModelConfig& config() const { return c_; }
   const TextWeights& weights() const { return w_; }
   ops::Activations activations() const { return act_; }
@@ -76,6 +78,8 @@ class TextModel {
 
   // Weight bytes one decode step reads: every layer, the output head and one embedding row.
   size_t weight_bytes_per_token() const;
+  // The bytes of the layers' linears that the load repacked (Weight::vq), 0 without --repack.
+  size_t repacked_bytes() const;
   // Where those bytes lie (the linears' nibbles, scales and biases, or float data, as mapped), for
   // a bandwidth probe over the same pages.
   std::vector<std::span<const uint8_t>> weight_ranges_per_token() const;

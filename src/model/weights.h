@@ -3,7 +3,9 @@
 // The tensor table (tensor_table.h) binds every stored tensor to one field here.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "tensor/weight.h"
@@ -19,6 +21,13 @@ struct TextLayer {
   std::vector<float> input_norm, post_attn_norm, pre_ffw_norm, post_ffw_norm;  // [d_model]
   bool is_global = false;
   int d_ff = 0;
+
+  std::array<const Weight*, 7> linears() const {
+    return {&q_proj, &k_proj, &v_proj, &o_proj, &gate_proj, &up_proj, &down_proj};
+  }
+  std::array<Weight*, 7> linears() {
+    return {&q_proj, &k_proj, &v_proj, &o_proj, &gate_proj, &up_proj, &down_proj};
+  }
 };
 
 struct TextWeights {
@@ -27,6 +36,11 @@ struct TextWeights {
   Weight lm_head;                      // [n_vocab or compact rows, d_model]; empty: tied to embed
   std::vector<TextLayer> layers;
   std::vector<float> final_norm;  // [d_model]
+  // Whether the quantized weights view read-only file mappings (load_text_weights), whose pages
+  // can be dropped and read again: then an int8 model repacks the layers' linears that gain
+  // (TextModel), and `repacked` owns their copies (Weight::vq).
+  bool mapped = false;
+  std::shared_ptr<const uint8_t> repacked;
 };
 
 struct VisionLayer {

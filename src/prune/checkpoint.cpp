@@ -94,14 +94,6 @@ uint64_t Checkpoint::file_bytes() const {
 
 // ---- Memory, cancellation, sinks
 
-void release_pages(const void* data, size_t nbytes) {
-  if (nbytes == 0) return;
-  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t b = reinterpret_cast<uintptr_t>(data) & ~(page - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(data) + nbytes + page - 1) & ~(page - 1);
-  ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);  // advisory: errors are harmless
-}
-
 void request_cancel() { g_cancel = true; }
 bool cancel_requested() { return g_cancel; }
 

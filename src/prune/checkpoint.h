@@ -56,9 +56,9 @@ class Checkpoint {
   bool has_index_ = false;
 };
 
-// Drops the pages of a mapped input range from this process's resident set (the data stays in
-// the page cache and is read back on the next access). Keeps a streaming pass's memory flat.
-void release_pages(const void* data, size_t nbytes);
+// Drops the pages of a mapped input tensor from this process's resident set (release_pages):
+// keeps a streaming pass's memory flat.
+using gp::release_pages;
 inline void release_pages(const TensorInfo& t) { release_pages(t.data, t.nbytes); }
 
 // Asks running rewrites to stop (from a signal handler): the next write throws Error, which

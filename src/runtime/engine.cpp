@@ -21,7 +21,7 @@ Engine::Engine(const std::string& path, const EngineOptions& options)
   ThreadPool::set_global_threads(options.threads);
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(path));
   text_ = std::make_unique<TextModel>(config(), load_text_weights(dir(), config(), layout()),
-                                      options.activations());
+                                      options.activations(), options.repack);
 
   // Chat pieces: the template's markers as the tokenizer spells the config's ids.
   pieces_.mm_tokens_per_image = config().mm_tokens_per_image;

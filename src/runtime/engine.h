@@ -33,6 +33,11 @@ struct EngineOptions {
   // How sessions' KV caches store keys and values, F16 or F32 (--kv); unset: F16, or F32 with
   // exact (the reference's arithmetic end to end).
   std::optional<DType> kv = std::nullopt;
+  // --repack: with int8 activations, copy the layers' linears into the layout that this CPU's
+  // int8 kernels read faster where it has one (AVX3_DL; TextModel), at about 0.4 s of load.
+  // Faster short prompts and batched decode; off by default because one-stream decode from
+  // memory measured 0.71-1.08x the mapped rows on the shared host we have (docs/BENCHMARKS.md).
+  bool repack = false;
 
   ops::Activations activations() const {
     return exact ? ops::Activations::kF32 : ops::Activations::kInt8;

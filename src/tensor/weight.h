@@ -24,6 +24,10 @@ struct Weight {
   const void* biases = nullptr;
   DType scale_dtype = DType::BF16;
   QuantFormat fmt;
+  // Where the load repacked the nibbles (cpu::repack_q8, model/text_model.cpp): the same nibbles
+  // in the vertical int8 kernels' layout, which the int8 kernels of the target that repacked them
+  // read instead of q; null otherwise. q still views the checkpoint (for every other reader).
+  const uint8_t* vq = nullptr;
   // Float: data [out, in] of `dtype`.
   const void* data = nullptr;
   DType dtype = DType::F32;

@@ -6,7 +6,8 @@
 // (q8_arm.cpp); 16-bit products elsewhere), several weights of the same input in one pass over
 // the pool; many rows (prefill) unpack blocks of weight rows into u8 panels for the same
 // multiply-adds, about twice the f32 GEMM's rate. Less precise than linear by the int8 rounding
-// of x.
+// of x. On AVX3_DL a load may repack a weight's nibbles into the vertical kernels' layout
+// (q8_repack, Weight::vq): every int8 path of that target then reads the copy instead.
 #include "kernels/cpu/linear_q8.h"
 
 #include <algorithm>
@@ -508,6 +509,45 @@ GP_AVXVNNI_ATTR void GemvQ8Rows(const Weight& w, const XQ* xq, const float* dx, 
 constexpr int64_t kGemvBlockMinBytes = int64_t{24} << 10;
 constexpr int64_t kGemvBlockMaxBytes = int64_t{1} << 20;
 
+// One task of a pass over several weights: outputs [r0, r1) of one of them.
+struct RowTask {
+  const ops::LinearOut* out;
+  int64_t r0, r1;
+};
+
+// The row blocks of a one-row pass over the weights of outs, in multiples of `unit` rows:
+// guided, each block a share of the rows left, so that the first ones are long sequential
+// streams (every block start is a cold stream for the prefetchers) and the last ones short, so
+// that the threads finish together; at most 1 MB, so that a descheduled thread holds up little.
+// The caller's list, reused (no allocation per call), which the pool's threads read too;
+// *bytes: the weights' bytes.
+std::vector<RowTask>& GuidedTasks(const ops::LinearOut* outs, size_t n_outs, int64_t unit,
+                                  size_t* bytes) {
+  thread_local std::vector<RowTask> kept;
+  kept.clear();
+  *bytes = 0;
+  int64_t left = 0;  // rows of all weights not yet in a block
+  for (size_t j = 0; j < n_outs; ++j) {
+    *bytes += outs[j].w->bytes();
+    left += outs[j].w->out;
+  }
+  const int64_t threads = ThreadPool::global().size();
+  for (size_t j = 0; j < n_outs; ++j) {
+    const Weight& w = *outs[j].w;
+    const int64_t row_bytes = static_cast<int64_t>(w.bytes()) / w.out;
+    const int64_t lo = std::max<int64_t>(2 * unit, kGemvBlockMinBytes / row_bytes / unit * unit);
+    const int64_t hi = std::max(lo, kGemvBlockMaxBytes / row_bytes / unit * unit);
+    for (int64_t r = 0; r < w.out;) {
+      const int64_t rb =
+          std::min(w.out - r, std::clamp(left / (2 * threads) / unit * unit, lo, hi));
+      kept.push_back({&outs[j], r, r + rb});
+      r += rb;
+      left -= rb;
+    }
+  }
+  return kept;
+}
+
 // One activation row through several weights with the same input width (ops::linear_many):
 // x is quantized once, and the row blocks of all weights share one pass over the thread pool.
 void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* x) {
@@ -524,35 +564,9 @@ void LinearQ8OneRowImpl(const ops::LinearOut* outs, size_t n_outs, const float* 
 #else
   QuantizeX(x, in, xq, dx, xsum, vnni512);
 #endif
-  struct Block {
-    const ops::LinearOut* out;
-    int64_t r0, r1;
-  };
-  std::vector<Block> blocks;
   size_t bytes = 0;
-  int64_t left = 0;  // rows of all weights not yet in a block
-  for (size_t j = 0; j < n_outs; ++j) {
-    bytes += outs[j].w->bytes();
-    left += outs[j].w->out;
-  }
-  const int64_t threads = ThreadPool::global().size();
-  for (size_t j = 0; j < n_outs; ++j) {
-    const Weight& w = *outs[j].w;
-    const int64_t row_bytes = static_cast<int64_t>(w.bytes()) / w.out;
-    // Guided: each block a share of the rows left, so the first ones are long sequential
-    // streams (every block start is a cold stream for the prefetchers) and the last ones short,
-    // so that the threads finish together; at most 1 MB, so that a descheduled thread holds up
-    // little.
-    const int64_t lo = std::max<int64_t>(8, kGemvBlockMinBytes / row_bytes / 4 * 4);
-    const int64_t hi = std::max(lo, kGemvBlockMaxBytes / row_bytes / 4 * 4);
-    for (int64_t r = 0; r < w.out;) {
-      const int64_t rb = std::min(w.out - r, std::clamp(left / (2 * threads) / 4 * 4, lo, hi));
-      blocks.push_back({&outs[j], r, r + rb});
-      r += rb;
-      left -= rb;
-    }
-  }
-  auto run = [&](const Block& b) {
+  const std::vector<RowTask>& blocks = GuidedTasks(outs, n_outs, 4, &bytes);
+  auto run = [&](const RowTask& b) {
     const Weight& w = *b.out->w;
 #if GP_Q8_AVXVNNI || GP_Q8_VNNI512_CPU
     if (vnni) return GemvQ8Rows<true>(w, xq, dx, xsum, b.r0, b.r1, b.out->y, b.out->bias);
@@ -672,11 +686,57 @@ constexpr auto kDupBytes = [] {
 }();
 #endif
 
+#if GP_Q8_VNNI512
+// PackQ8PanelVnni from the repacked copy (w.vq: per block of 16 rows and group, dword j of the
+// 16 rows in one vector): each dword (8 nibbles) spread to bytes is chunks 2j and 2j + 1 of its
+// row, and a dword permute splits them into two 16-row halves of panel rows.
+void PackQ8PanelVertical(const Weight& w, int64_t o, int64_t k0, int64_t kc,
+                         uint8_t* HWY_RESTRICT panel, float* HWY_RESTRICT sc,
+                         float* HWY_RESTRICT bi) {
+  constexpr int64_t NB = 32, kRows = 16, kGroupBytes = kRows * 32;
+  const int64_t gpr = w.groups_per_row(), last = (w.out - 1) / kRows;
+  const __m512i dup = _mm512_loadu_si512(kDupBytes.data());
+  const __mmask64 odd = 0xAAAAAAAAAAAAAAAAull;
+  const __m512i mask = _mm512_set1_epi8(0x0F);
+  const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+  // The low 256 bits of v (8 rows' dwords), each dword spread to 8 bytes in element order.
+  auto spread = [&](__m512i v) {
+    const __m512i b = _mm512_permutexvar_epi8(dup, v);
+    return _mm512_and_si512(_mm512_mask_blend_epi8(odd, b, _mm512_srli_epi16(b, 4)), mask);
+  };
+  const int64_t ng = kc / kGroup;
+  for (int64_t h = 0; h < 2; ++h) {
+    const uint8_t* src = w.vq + (std::min(o / kRows + h, last) * gpr + k0 / kGroup) * kGroupBytes;
+    for (int64_t g = 0; g < ng; ++g) {
+      if (g + 4 < ng) {
+        HWY_UNROLL(8)
+        for (int i = 0; i < 8; ++i) hwy::Prefetch(src + (g + 4) * kGroupBytes + i * 64);
+      }
+      HWY_UNROLL(8)
+      for (int j = 0; j < 8; ++j) {
+        const __m512i t = _mm512_loadu_si512(src + g * kGroupBytes + j * 64);
+        const __m512i a = spread(t);  // rows 0-7: chunk 2j, then 2j + 1, of each
+        const __m512i b = spread(_mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 2, 3, 2)));  // 8-15
+        uint8_t* p = panel + ((g * 16 + 2 * j) * NB + kRows * h) * 4;
+        _mm512_storeu_si512(p, _mm512_permutex2var_epi32(a, evens, b));
+        _mm512_storeu_si512(p + NB * 4, _mm512_permutex2var_epi32(a, odds, b));
+      }
+    }
+  }
+  PanelScales(w, o, NB, k0, ng, sc, bi);
+}
+#endif
+
 // PackQ8Panel for panels of 32 rows: each group (32 nibble bytes) of 4 rows is spread to bytes in
 // registers (a byte permute doubles every byte, the odd copies take the high nibble) and
-// transposed in 32-bit words within the 128-bit lanes, without a buffer of unpacked rows.
+// transposed in 32-bit words within the 128-bit lanes, without a buffer of unpacked rows. From
+// the repacked copy where the load made one (AVX3_DL only).
 void PackQ8PanelVnni(const Weight& w, int64_t o, int64_t k0, int64_t kc,
                      uint8_t* HWY_RESTRICT panel, float* HWY_RESTRICT sc, float* HWY_RESTRICT bi) {
+#if GP_Q8_VNNI512
+  if (w.vq) return PackQ8PanelVertical(w, o, k0, kc, panel, sc, bi);
+#endif
   constexpr int64_t NB = 32;
   const int64_t wpr = w.in / 8, gpr = w.groups_per_row();
   const size_t ss = dtype_size(w.scale_dtype);
@@ -1115,12 +1175,6 @@ HWY_INLINE void VerticalRowSources(const Weight& w, int64_t o, int count, int64_
   }
 }
 
-// One task of a pass over several weights: outputs [r0, r1) of one of them.
-struct RowTask {
-  const ops::LinearOut* out;
-  int64_t r0, r1;
-};
-
 // The tasks of one pass over the weights of outs: each weight's outputs in runs of whole
 // `unit`-row blocks, about 16 runs per thread (gemv_row_block) and at least min_units blocks each
 // (a task's first block is read cold: nothing prefetched it; the others were prefetched while the
@@ -1157,7 +1211,9 @@ void RunVertical(const ops::LinearOut* outs, size_t n_outs, const float* x, int6
   for (int64_t r = 0; r < n; ++r)
     QuantizeX(x + r * in, in, xq + r * in, dx + r * gpr, xs + r * gpr);
   size_t bytes = 0;
-  const std::vector<RowTask>& tasks = RowTasks(outs, n_outs, kLanes, 4, &bytes);
+  // One row (repacked weights) is a decode step's stream: guided blocks, as the one-row kernel's.
+  const std::vector<RowTask>& tasks = n == 1 ? GuidedTasks(outs, n_outs, kLanes, &bytes)
+                                             : RowTasks(outs, n_outs, kLanes, 4, &bytes);
   auto run = [&](int64_t k, int) {
     const RowTask& t = tasks[k];
     auto go = [&](auto nr) { block(nr, *t.out, xq, dx, xs, t.r0, t.r1); };
@@ -1293,12 +1349,12 @@ HWY_INLINE void PrefetchRowsAt(const uint8_t* const* a, const uint8_t* const* b,
 
 // Outputs o .. o+15 (those below w.out) for the NR rows of x: xq row r at xq + r * in (QuantizeX
 // order), dx and xs [NR, gpr]. The chain of each output is GemmQ8's (see the section's head).
-// kPacked: the nibbles come from `packed` (pack_q8_vertical) instead of the mapped rows. cold: no
+// kPacked: the nibbles come from the repacked copy (w.vq) instead of the mapped rows. cold: no
 // earlier block prefetched this one's rows (11 % of a 4-row step, docs/BENCHMARKS.md).
 template <int NR, bool kPacked>
 GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, const float* xs,
                              int64_t o, int64_t o_end, float* y, const float* bias, float* buf,
-                             const uint8_t* packed, bool cold = false) {
+                             bool cold = false) {
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const auto ss = static_cast<int64_t>(dtype_size(w.scale_dtype));
   const int64_t partial = w.out - w.out % QPanelWidth();
@@ -1323,7 +1379,12 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
   const bool prefetch_next = o + 2 * kVRows <= o_end;
   const uint8_t* next =
       prefetch_next ? reinterpret_cast<const uint8_t*>(w.q + (o + kVRows) * wpr) : nullptr;
-  const uint8_t* pk = kPacked ? packed + o / kVRows * gpr * kVGroupBytes : nullptr;
+  const uint8_t* pk = kPacked ? w.vq + o / kVRows * gpr * kVGroupBytes : nullptr;
+  if (kPacked && cold) {
+    // A task's first block: nothing prefetched the bytes before the running prefetch distance.
+    for (int64_t b = 0; b < std::min<int64_t>(4 * kPrefetchAhead, gpr * kVGroupBytes); b += 64)
+      hwy::Prefetch(pk + b);
+  }
   for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
     // The next 16 groups' scales and biases into L1: the next-block prefetch brought them to
     // L2, but a block of long rows (80 KB at in = 10240) evicts them from L1 before they are read.
@@ -1357,9 +1418,14 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
         LoadTransposed(rows, g * 32, t);
       }
       const auto [even, odd] = XQGroupHalves(g, gpr, true);  // in each row of xq
-      __m512i pe[NR], po[NR];
+      // Integer sums, exact in any order: with one row, four chains of 4 vpdpbusd instead of
+      // two of 8, which a decode step's latency would otherwise bound.
+      constexpr int kChains = NR == 1 ? 2 : 1;
+      __m512i pe[kChains][NR], po[kChains][NR];
       HWY_UNROLL(8)
-      for (int r = 0; r < NR; ++r) pe[r] = po[r] = _mm512_setzero_si512();
+      for (int r = 0; r < NR; ++r) {
+        for (int c = 0; c < kChains; ++c) pe[c][r] = po[c][r] = _mm512_setzero_si512();
+      }
       HWY_UNROLL(8)
       for (int j = 0; j < 8; ++j) {
         const __m512i lo = _mm512_and_si512(t[j], mask);
@@ -1369,17 +1435,21 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
           int32_t xe, xo;
           std::memcpy(&xe, xq + r * w.in + even + 4 * j, 4);
           std::memcpy(&xo, xq + r * w.in + odd + 4 * j, 4);
-          pe[r] = _mm512_dpbusd_epi32(pe[r], lo, _mm512_set1_epi32(xe));
-          po[r] = _mm512_dpbusd_epi32(po[r], hi, _mm512_set1_epi32(xo));
+          __m512i& e = pe[j % kChains][r];
+          __m512i& od = po[j % kChains][r];
+          e = _mm512_dpbusd_epi32(e, lo, _mm512_set1_epi32(xe));
+          od = _mm512_dpbusd_epi32(od, hi, _mm512_set1_epi32(xo));
         }
       }
       const __m512 sc = _mm512_load_ps(tsc + (g - g0) * kVRows);
       const __m512 bi = _mm512_load_ps(tbi + (g - g0) * kVRows);
       HWY_UNROLL(8)
       for (int r = 0; r < NR; ++r) {
+        __m512i sum = _mm512_add_epi32(pe[0][r], po[0][r]);
+        if constexpr (kChains == 2)
+          sum = _mm512_add_epi32(sum, _mm512_add_epi32(pe[1][r], po[1][r]));
         const __m512 d = _mm512_set1_ps(dx[r * gpr + g]), x = _mm512_set1_ps(xs[r * gpr + g]);
-        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(pe[r], po[r])),
-                                 _mm512_mul_ps(sc, d), acc[r]);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(sc, d), acc[r]);
         acc[r] = _mm512_fmadd_ps(bi, x, acc[r]);
       }
       if (g + 1 == first_chunk) {
@@ -1396,31 +1466,24 @@ GP_VNNI_ATTR void FewRowsQ8V(const Weight& w, const XQ* xq, const float* dx, con
 // Outputs [r0, r1) (r0 a multiple of 16), 16 at a time.
 template <int NR, bool kPacked>
 GP_VNNI_ATTR void FewRowsQ8VBlock(const Weight& w, const XQ* xq, const float* dx, const float* xs,
-                                  int64_t r0, int64_t r1, float* y, const float* bias,
-                                  const uint8_t* packed) {
+                                  int64_t r0, int64_t r1, float* y, const float* bias) {
   float* buf = thread_scratch(kScratchA, 2 * 16 * kVRows);
   for (int64_t o = r0; o < r1; o += kVRows)
-    FewRowsQ8V<NR, kPacked>(w, xq, dx, xs, o, r1, y, bias, buf, packed, o == r0);
+    FewRowsQ8V<NR, kPacked>(w, xq, dx, xs, o, r1, y, bias, buf, o == r0);
 }
 
-// x [n, in], 1 <= n <= 8, through the vertical kernel for every weight of outs (from `packed`
-// where not null: then outs is one weight).
-void LinearQ8VerticalImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n,
-                          const uint8_t* packed) {
-  RunVertical<kVRows>(
-      outs, n_outs, x, n,
-      [&](auto nr, const ops::LinearOut& out, const XQ* xq, const float* dx, const float* xs,
-          int64_t r0, int64_t r1) {
-        constexpr int NR = decltype(nr)::value;
-        if (packed)
-          return FewRowsQ8VBlock<NR, true>(*out.w, xq, dx, xs, r0, r1, out.y, out.bias, packed);
-        FewRowsQ8VBlock<NR, false>(*out.w, xq, dx, xs, r0, r1, out.y, out.bias, packed);
-      });
-}
-
-// x [n, in], 2 <= n <= kFewRows, through every weight of outs.
+// x [n, in], 1 <= n <= kFewRows, through the vertical kernel for every weight of outs, each
+// read from its repacked copy where it has one (w.vq).
 void LinearQ8FewImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
-  LinearQ8VerticalImpl(outs, n_outs, x, n, nullptr);
+  RunVertical<kVRows>(outs, n_outs, x, n,
+                      [&](auto nr, const ops::LinearOut& out, const XQ* xq, const float* dx,
+                          const float* xs, int64_t r0, int64_t r1) {
+                        constexpr int NR = decltype(nr)::value;
+                        if (out.w->vq)
+                          return FewRowsQ8VBlock<NR, true>(*out.w, xq, dx, xs, r0, r1, out.y,
+                                                           out.bias);
+                        FewRowsQ8VBlock<NR, false>(*out.w, xq, dx, xs, r0, r1, out.y, out.bias);
+                      });
 }
 #else
 // The vertical kernel at 256 bits: 8 weight rows side by side, each int32 lane one output (see
@@ -1660,12 +1723,12 @@ GP_VNNI_ATTR HWY_INLINE void ManyRowsTile(const __m512i* HWY_RESTRICT u,
 // ManyRowsTile), dt and st [gpr][np] (np a multiple of 4; rows past n repeat the last one and
 // are not stored). buf: the f32 scales and biases of 16 groups of the 32 rows, transposed as
 // stored (TransposedScales: [2 halves][16 groups][16 outputs] each), the spread nibbles (32
-// vectors), then the accumulators [np][32]. kPacked: the nibbles come from `packed`
-// (pack_q8_vertical) instead of the mapped rows.
+// vectors), then the accumulators [np][32]. kPacked: the nibbles come from the repacked copy
+// (w.vq) instead of the mapped rows.
 template <bool kPacked>
 GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* dt, const float* st,
                               int64_t n, int64_t np, int64_t o, int64_t o_end, float* y,
-                              const float* bias, float* buf, const uint8_t* packed) {
+                              const float* bias, float* buf) {
   const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
   const auto ss = static_cast<int64_t>(dtype_size(w.scale_dtype));
   const int64_t partial = w.out - w.out % QPanelWidth();
@@ -1703,8 +1766,8 @@ GP_VNNI_ATTR void ManyRowsQ8V(const Weight& w, const int32_t* xt, const float* d
   const int64_t last_block = (w.out - 1) / kVRows, block_bytes = gpr * kVGroupBytes;
   const uint8_t* pk[2] = {};
   if constexpr (kPacked) {
-    pk[0] = packed + std::min(o / kVRows, last_block) * block_bytes;
-    pk[1] = packed + std::min(o / kVRows + 1, last_block) * block_bytes;
+    pk[0] = w.vq + std::min(o / kVRows, last_block) * block_bytes;
+    pk[1] = w.vq + std::min(o / kVRows + 1, last_block) * block_bytes;
     if (prefetch_next) next = pk[0] + 2 * block_bytes;
   }
   for (int64_t g0 = 0; g0 < gpr; g0 += 16) {
@@ -1826,10 +1889,8 @@ GP_VNNI_ATTR void QuantizeTileRow(const float* x, int64_t gpr, int64_t np, int64
 // x [n, in], FewRowsMax() < n <= kManyRows, through the n_outs weights of outs (the same input
 // width, as ops::linear_many's): each row quantized once into the tiles' layout (on the pool
 // when large), then the blocks of 32-output groups of every weight in one pass over the pool.
-// Separately, q, k and v (gate and up) quantized x and woke the pool once each. packed: the
-// nibbles of outs' one weight in pack_q8_vertical's layout (benchmarks only), or null.
-void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n,
-                      const uint8_t* packed = nullptr) {
+// Separately, q, k and v (gate and up) quantized x and woke the pool once each.
+void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
   const int64_t in = outs[0].w->in, gpr = in / kGroup, np = (n + 3) / 4 * 4;
   size_t bytes = 0;
   const std::vector<RowTask>& tasks = RowTasks(outs, n_outs, kMCols, kMTaskBlocks, &bytes);
@@ -1847,12 +1908,10 @@ void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x,
     const RowTask& t = tasks[k];
     float* buf = thread_scratch(kScratchA, 2 * 16 * kMCols + 32 * 16 + np * kMCols);
     for (int64_t o = t.r0; o < t.r1; o += kMCols) {
-      if (packed) {
-        ManyRowsQ8V<true>(*t.out->w, xt, dt, st, n, np, o, t.r1, t.out->y, t.out->bias, buf,
-                          packed);
+      if (t.out->w->vq) {
+        ManyRowsQ8V<true>(*t.out->w, xt, dt, st, n, np, o, t.r1, t.out->y, t.out->bias, buf);
       } else {
-        ManyRowsQ8V<false>(*t.out->w, xt, dt, st, n, np, o, t.r1, t.out->y, t.out->bias, buf,
-                           nullptr);
+        ManyRowsQ8V<false>(*t.out->w, xt, dt, st, n, np, o, t.r1, t.out->y, t.out->bias, buf);
       }
     }
   };
@@ -1860,39 +1919,38 @@ void LinearQ8ManyImpl(const ops::LinearOut* outs, size_t n_outs, const float* x,
 }
 #endif  // GP_Q8_VNNI512
 
-// For kernels_bench (issue 16 item 3): the nibbles in the vertical kernel's layout, 16 rows
-// transposed per group, [out/16][gpr][8][16] dwords; empty where the target has no such kernel.
-std::vector<uint8_t> PackQ8VerticalImpl(const Weight& w) {
+// Bytes of w's nibbles in the vertical kernels' layout, 16 rows transposed per group
+// ([ceil(out/16)][gpr][8][16] dwords, rows past w.out repeating the last one); 0 where this
+// target does not read that layout (all but AVX3_DL) or w has no int8 path.
+size_t Q8VerticalBytesImpl(const Weight& w) {
 #if GP_Q8_VNNI512
-  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
-  std::vector<uint8_t> packed((w.out + kVRows - 1) / kVRows * gpr * kVGroupBytes);
-  for (int64_t o = 0; o < w.out; o += kVRows) {
-    const uint8_t* rows[kVRows];
-    for (int i = 0; i < kVRows; ++i)
-      rows[i] = reinterpret_cast<const uint8_t*>(w.q + std::min(o + i, w.out - 1) * wpr);
-    for (int64_t g = 0; g < gpr; ++g) {
-      __m512i t[8];
-      LoadTransposed(rows, g * 32, t);
-      uint8_t* p = packed.data() + (o / kVRows * gpr + g) * kVGroupBytes;
-      for (int j = 0; j < 8; ++j) _mm512_storeu_si512(p + j * 64, t[j]);
-    }
-  }
-  return packed;
+  if (!(w.quantized && w.fmt.bits == 4 && w.fmt.group_size == kGroup) || w.out <= 0) return 0;
+  return static_cast<size_t>((w.out + kVRows - 1) / kVRows * w.groups_per_row() * kVGroupBytes);
 #else
   (void)w;
-  return {};
+  return 0;
 #endif
 }
 
-// linear_q8 from PackQ8VerticalImpl's layout, 1 <= n <= kManyRows, no bias.
-void LinearQ8VerticalPackedImpl(const Weight& w, const uint8_t* packed, const float* x, int64_t n,
-                                float* y) {
+// Blocks [b0, b1) of 16 rows of that layout into dst (Q8VerticalBytesImpl(w) bytes), read
+// from w.q.
+void PackQ8VerticalImpl(const Weight& w, uint8_t* dst, int64_t b0, int64_t b1) {
 #if GP_Q8_VNNI512
-  const ops::LinearOut out{&w, y, nullptr};
-  if (n > kFewRows) return LinearQ8ManyImpl(&out, 1, x, n, packed);
-  LinearQ8VerticalImpl(&out, 1, x, n, packed);
+  const int64_t gpr = w.groups_per_row(), wpr = w.in / 8;
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint8_t* rows[kVRows];
+    for (int i = 0; i < kVRows; ++i)
+      rows[i] = reinterpret_cast<const uint8_t*>(w.q + std::min(b * kVRows + i, w.out - 1) * wpr);
+    for (int64_t g = 0; g < gpr; ++g) {
+      __m512i t[8];
+      LoadTransposed(rows, g * 32, t);
+      uint8_t* p = dst + (b * gpr + g) * kVGroupBytes;
+      HWY_UNROLL(8)
+      for (int j = 0; j < 8; ++j) _mm512_storeu_si512(p + j * 64, t[j]);
+    }
+  }
 #else
-  (void)w, (void)packed, (void)x, (void)n, (void)y;
+  (void)w, (void)dst, (void)b0, (void)b1;
 #endif
 }
 
@@ -1920,11 +1978,18 @@ const char* Q8KernelNameImpl() {
 #endif
 }
 
-// x [n, in], n >= 2, through every weight of outs (the same input width): the few-row and the
-// short-prompt kernels run them all in one pass over the pool, x quantized once; the panel
-// kernel runs one weight after the other. Each output gets the bits of its weight alone.
-void LinearQ8BatchImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
+// x [n, in], n >= 1, through every weight of outs (the same input width): one row through the
+// one-row kernel; the few-row and the short-prompt kernels run them all in one pass over the
+// pool, x quantized once; the panel kernel runs one weight after the other. Each output gets the
+// bits of its weight alone. Weights repacked at load (all of outs or none: the load repacks by
+// input width) take the vertical kernel for one row too, since they are read from the repacked
+// copy only; the one-row kernel would read their mapped rows.
+void LinearQ8RowsImpl(const ops::LinearOut* outs, size_t n_outs, const float* x, int64_t n) {
   if (n <= 0) return;
+#if GP_Q8_VNNI512
+  if (n == 1 && outs[0].w->vq) return LinearQ8FewImpl(outs, n_outs, x, 1);
+#endif
+  if (n == 1) return LinearQ8OneRowImpl(outs, n_outs, x);
 #if GP_Q8_FEW
   if (n <= FewRowsMax()) return LinearQ8FewImpl(outs, n_outs, x, n);
 #endif
@@ -1948,12 +2013,11 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace gp::cpu {
 
-HWY_EXPORT(LinearQ8OneRowImpl);
-HWY_EXPORT(LinearQ8BatchImpl);
+HWY_EXPORT(LinearQ8RowsImpl);
 HWY_EXPORT(LinearQ8GemmImpl);
 HWY_EXPORT(FewRowsMaxImpl);
+HWY_EXPORT(Q8VerticalBytesImpl);
 HWY_EXPORT(PackQ8VerticalImpl);
-HWY_EXPORT(LinearQ8VerticalPackedImpl);
 HWY_EXPORT(Q8KernelNameImpl);
 
 namespace {
@@ -1963,6 +2027,11 @@ bool has_q8_path(const Weight& w) {
 }
 
 std::atomic<bool> g_avx_vnni_enabled{true};
+// The widest input the load repacks: over the copy of a 2560-input weight the vertical kernel
+// gains from 2 rows on and decodes one row from cache 15 % faster than the one-row kernel over
+// the mapped rows (from memory on two threads, 0.7-1.2x); at 10240 inputs it decodes slower
+// (docs/BENCHMARKS.md, A load-time repack).
+constexpr int64_t kRepackMaxIn = 4096;
 std::atomic<bool> g_avx512_vnni_enabled{true};
 }  // namespace
 
@@ -2011,12 +2080,8 @@ const char* linear_q8_kernel_name() { return HWY_DYNAMIC_DISPATCH(Q8KernelNameIm
 void linear_q8(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
   if (!has_q8_path(w)) return linear(w, x, n, y, bias);
   if (n <= 0 || w.out <= 0) return;
-  if (n == 1) {
-    const ops::LinearOut out{&w, y, bias};
-    return HWY_DYNAMIC_DISPATCH(LinearQ8OneRowImpl)(&out, 1, x);
-  }
   const ops::LinearOut out{&w, y, bias};
-  HWY_DYNAMIC_DISPATCH(LinearQ8BatchImpl)(&out, 1, x, n);
+  HWY_DYNAMIC_DISPATCH(LinearQ8RowsImpl)(&out, 1, x, n);
 }
 
 void linear_q8_gemm(const Weight& w, const float* x, int64_t n, float* y, const float* bias) {
@@ -2026,14 +2091,17 @@ void linear_q8_gemm(const Weight& w, const float* x, int64_t n, float* y, const 
 
 int64_t linear_q8_few_rows_max() { return HWY_DYNAMIC_DISPATCH(FewRowsMaxImpl)(); }
 
-std::vector<uint8_t> pack_q8_vertical(const Weight& w) {
-  if (!has_q8_path(w)) return {};
-  return HWY_DYNAMIC_DISPATCH(PackQ8VerticalImpl)(w);
-}
+size_t q8_repack_bytes(const Weight& w) { return HWY_DYNAMIC_DISPATCH(Q8VerticalBytesImpl)(w); }
 
-void linear_q8_vertical_packed(const Weight& w, const uint8_t* packed, const float* x, int64_t n,
-                               float* y) {
-  HWY_DYNAMIC_DISPATCH(LinearQ8VerticalPackedImpl)(w, packed, x, n, y);
+bool q8_repack_gains(const Weight& w) { return w.in <= kRepackMaxIn && q8_repack_bytes(w) > 0; }
+
+void q8_repack(const Weight& w, uint8_t* dst) {
+  constexpr int64_t kTaskBlocks = 8;  // of 16 rows: 40-160 KB of nibbles in 4-bit Gemma layers
+  const int64_t blocks = (w.out + 15) / 16, tasks = (blocks + kTaskBlocks - 1) / kTaskBlocks;
+  parallel_blocks(tasks, [&](int64_t t, int) {
+    HWY_DYNAMIC_DISPATCH(PackQ8VerticalImpl)
+    (w, dst, t * kTaskBlocks, std::min(blocks, (t + 1) * kTaskBlocks));
+  });
 }
 
 void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n,
@@ -2044,11 +2112,10 @@ void linear_many(std::span<const ops::LinearOut> outs, const float* x, int64_t n
   // pass.
   const bool one_pass = act == ops::Activations::kInt8 &&
                         std::all_of(outs.begin(), outs.end(), [&](const ops::LinearOut& o) {
-                          return has_q8_path(*o.w) && o.w->in == outs[0].w->in && o.w->out > 0;
+                          return has_q8_path(*o.w) && o.w->in == outs[0].w->in && o.w->out > 0 &&
+                                 !o.w->vq == !outs[0].w->vq;
                         });
-  if (one_pass && n == 1)
-    return HWY_DYNAMIC_DISPATCH(LinearQ8OneRowImpl)(outs.data(), outs.size(), x);
-  if (one_pass) return HWY_DYNAMIC_DISPATCH(LinearQ8BatchImpl)(outs.data(), outs.size(), x, n);
+  if (one_pass) return HWY_DYNAMIC_DISPATCH(LinearQ8RowsImpl)(outs.data(), outs.size(), x, n);
   for (const ops::LinearOut& o : outs) {
     if (act == ops::Activations::kInt8) {
       linear_q8(*o.w, x, n, o.y, o.bias);

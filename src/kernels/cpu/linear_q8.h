@@ -21,14 +21,16 @@ void linear_q8_gemm(const Weight& w, const float* x, int64_t n, float* y, const 
 // target; 0 where that target has none.
 int64_t linear_q8_few_rows_max();
 
-// Benchmarks only (issue 16 item 3, a weight layout decided at load): a copy of w's nibbles
-// in the vertical few-row kernel's layout (16 rows transposed per group), empty where the
-// current target has no such kernel (AVX3_DL only); and linear_q8 without bias for
-// 1 <= n <= 128 rows read from that copy (nothing where it is empty): the few-row kernel up to
-// 8 rows, the short-prompt one above.
-std::vector<uint8_t> pack_q8_vertical(const Weight& w);
-void linear_q8_vertical_packed(const Weight& w, const uint8_t* packed, const float* x, int64_t n,
-                               float* y);
+// The load-time repack (issue 16 item 3, EngineOptions::repack). q8_repack_bytes: the bytes of
+// w's nibbles in the layout that the current target's int8 kernels read fastest (AVX3_DL: the
+// vertical kernels' 16 rows transposed per group); 0 on other targets and for weights without an
+// int8 path. q8_repack_gains: whether a load asked to repack should repack w (the layout exists
+// and w has at most 4096 inputs: wider ones decode slower from it, docs/BENCHMARKS.md).
+// q8_repack writes that layout into dst (q8_repack_bytes(w) bytes), read from w.q, on the thread
+// pool; with w.vq = dst the int8 kernels of this target read dst and never w.q.
+size_t q8_repack_bytes(const Weight& w);
+bool q8_repack_gains(const Weight& w);
+void q8_repack(const Weight& w, uint8_t* dst);
 
 // The int8 kernel linear_q8 runs on the current SIMD target, e.g. "vpdpbusd 256-bit (AVX-VNNI)".
 const char* linear_q8_kernel_name();
