@@ -68,8 +68,9 @@ inline CLI::Option* add_repack_option(CLI::App& app, bool& repack) {
   return app.add_flag(
       "--repack", repack,
       "with int8 activations, copy the layers' linears at load into the layout that this CPU's "
-      "int8 kernels read faster, where it has one (AVX-512 VNNI with VBMI): faster short prompts "
-      "and batched decode, about 0.4 s more load, one copy of the weights in memory");
+      "int8 kernels read faster, where it has one (AVX3_DL: Intel Ice Lake, AMD Zen 4 and "
+      "later): faster short prompts and sequences decoded together, one stream's decode up to a "
+      "quarter slower, about 0.4 s more load, one copy of the weights in memory");
 }
 
 // What --repack did, for a tool's load line: " (--repack: N MB of int8 weights repacked)", or

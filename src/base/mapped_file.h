@@ -1,5 +1,6 @@
-// A read-only memory-mapped file: weights are used in place (an int8 model on AVX3_DL copies the
-// layers' nibbles once, repacked for its kernels, and drops their pages: model/text_model.cpp).
+// A read-only memory-mapped file: weights are used in place (with --repack, an int8 model on
+// AVX3_DL copies the layers' nibbles once, repacked for its kernels, and drops their pages:
+// model/text_model.cpp).
 #pragma once
 
 #include <cstddef>

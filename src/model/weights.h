@@ -37,8 +37,8 @@ struct TextWeights {
   std::vector<TextLayer> layers;
   std::vector<float> final_norm;  // [d_model]
   // Whether the quantized weights view read-only file mappings (load_text_weights), whose pages
-  // can be dropped and read again: then an int8 model repacks the layers' linears that gain
-  // (TextModel), and `repacked` owns their copies (Weight::vq).
+  // can be dropped and read again: then an int8 model asked to (--repack) repacks the layers'
+  // linears that gain (TextModel), and `repacked` owns their copies (Weight::vq).
   bool mapped = false;
   std::shared_ptr<const uint8_t> repacked;
 };
