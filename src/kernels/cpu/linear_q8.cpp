@@ -687,14 +687,20 @@ constexpr auto kDupBytes = [] {
 #endif
 
 #if GP_Q8_VNNI512
+// The weight rows side by side in the vertical kernels (FewRowsQ8V, ManyRowsQ8V), and the bytes
+// of one group (32 nibble bytes) of a block of them, in the registers' transposed order or in
+// the load's repacked copy (q8_repack, Weight::vq: [ceil(out/16)][gpr] of these).
+constexpr int64_t kVRows = 16;
+constexpr int64_t kVGroupBytes = kVRows * 32;
+
 // PackQ8PanelVnni from the repacked copy (w.vq: per block of 16 rows and group, dword j of the
 // 16 rows in one vector): each dword (8 nibbles) spread to bytes is chunks 2j and 2j + 1 of its
 // row, and a dword permute splits them into two 16-row halves of panel rows.
 void PackQ8PanelVertical(const Weight& w, int64_t o, int64_t k0, int64_t kc,
                          uint8_t* HWY_RESTRICT panel, float* HWY_RESTRICT sc,
                          float* HWY_RESTRICT bi) {
-  constexpr int64_t NB = 32, kRows = 16, kGroupBytes = kRows * 32;
-  const int64_t gpr = w.groups_per_row(), last = (w.out - 1) / kRows;
+  constexpr int64_t NB = 32;
+  const int64_t gpr = w.groups_per_row(), last = (w.out - 1) / kVRows;
   const __m512i dup = _mm512_loadu_si512(kDupBytes.data());
   const __mmask64 odd = 0xAAAAAAAAAAAAAAAAull;
   const __m512i mask = _mm512_set1_epi8(0x0F);
@@ -707,18 +713,18 @@ void PackQ8PanelVertical(const Weight& w, int64_t o, int64_t k0, int64_t kc,
   };
   const int64_t ng = kc / kGroup;
   for (int64_t h = 0; h < 2; ++h) {
-    const uint8_t* src = w.vq + (std::min(o / kRows + h, last) * gpr + k0 / kGroup) * kGroupBytes;
+    const uint8_t* src = w.vq + (std::min(o / kVRows + h, last) * gpr + k0 / kGroup) * kVGroupBytes;
     for (int64_t g = 0; g < ng; ++g) {
       if (g + 4 < ng) {
         HWY_UNROLL(8)
-        for (int i = 0; i < 8; ++i) hwy::Prefetch(src + (g + 4) * kGroupBytes + i * 64);
+        for (int i = 0; i < 8; ++i) hwy::Prefetch(src + (g + 4) * kVGroupBytes + i * 64);
       }
       HWY_UNROLL(8)
       for (int j = 0; j < 8; ++j) {
-        const __m512i t = _mm512_loadu_si512(src + g * kGroupBytes + j * 64);
+        const __m512i t = _mm512_loadu_si512(src + g * kVGroupBytes + j * 64);
         const __m512i a = spread(t);  // rows 0-7: chunk 2j, then 2j + 1, of each
         const __m512i b = spread(_mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 2, 3, 2)));  // 8-15
-        uint8_t* p = panel + ((g * 16 + 2 * j) * NB + kRows * h) * 4;
+        uint8_t* p = panel + ((g * 16 + 2 * j) * NB + kVRows * h) * 4;
         _mm512_storeu_si512(p, _mm512_permutex2var_epi32(a, evens, b));
         _mm512_storeu_si512(p + NB * 4, _mm512_permutex2var_epi32(a, odds, b));
       }
@@ -1243,11 +1249,7 @@ void RunVertical(const ops::LinearOut* outs, size_t n_outs, const float* x, int6
 // The vertical kernel: 16 weight rows side by side, each int32 lane one output, so a group's
 // integer sum lands in its output's lane with no horizontal sums, every unpacked weight vector
 // serves all rows of x (4 of their bytes broadcast), and the float chain runs 16 outputs per
-// vector. The rows are transposed in registers as they are read.
-constexpr int64_t kVRows = 16;
-// Bytes of one group (32 nibble bytes) of a block of kVRows rows, in the registers' transposed
-// order or in a prepacked copy (pack_q8_vertical: [out/16][gpr] of these).
-constexpr int64_t kVGroupBytes = kVRows * 32;
+// vector (kVRows). The rows are transposed in registers as they are read.
 
 // Lane i of t[j] = dword j of row i, for 16 rows of 8 dwords: z[i] holds row i (row i + 4 for
 // i >= 4) in its low 256 bits and row i + 4 (i + 8) in its high ones, so that the lanes come
@@ -2027,12 +2029,12 @@ bool has_q8_path(const Weight& w) {
 }
 
 std::atomic<bool> g_avx_vnni_enabled{true};
+std::atomic<bool> g_avx512_vnni_enabled{true};
 // The widest input the load repacks: over the copy of a 2560-input weight the vertical kernel
 // gains from 2 rows on and decodes one row from cache 15 % faster than the one-row kernel over
 // the mapped rows (from memory on two threads, 0.7-1.2x); at 10240 inputs it decodes slower
 // (docs/BENCHMARKS.md, A load-time repack).
 constexpr int64_t kRepackMaxIn = 4096;
-std::atomic<bool> g_avx512_vnni_enabled{true};
 }  // namespace
 
 bool cpu_has_avx_vnni() {
